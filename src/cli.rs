@@ -1,0 +1,100 @@
+//! The command line: `ratelimitd serve` and `ratelimitd check`. Every flag has an environment
+//! twin (`RATELIMITD_…`), so a container can be configured without a command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use ratelimitd::service::HeaderStyle;
+
+#[derive(Debug, Parser)]
+#[command(name = "ratelimitd", version, about = "Rate-limit decisions for Envoy")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve Envoy's RateLimitService over gRPC.
+    Serve(Serve),
+    /// Validate rule files; print every error as file:line:column and exit 1 if there is one.
+    Check(Check),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Serve {
+    /// A rule file, or a directory of rule files (one domain per file).
+    #[arg(long, env = "RATELIMITD_CONFIG")]
+    pub config: PathBuf,
+    /// Address of the gRPC server (RateLimitService, health, reflection).
+    #[arg(long, env = "RATELIMITD_GRPC_ADDR", default_value = "0.0.0.0:8081")]
+    pub grpc_addr: SocketAddr,
+    /// Where counters live. Only `memory` exists so far.
+    #[arg(long, env = "RATELIMITD_BACKEND", default_value = "memory")]
+    pub backend: String,
+    /// Which rate-limit headers go on responses.
+    #[arg(long, env = "RATELIMITD_HEADER_STYLE", value_enum, default_value_t = HeaderStyleArg::Ratelimit)]
+    pub header_style: HeaderStyleArg,
+    /// Body of the 429 that Envoy sends when over the limit (an empty string: Envoy's own).
+    #[arg(long, env = "RATELIMITD_OVER_LIMIT_BODY", default_value = ratelimitd::service::DEFAULT_OVER_LIMIT_BODY)]
+    pub over_limit_body: String,
+    /// `content-type` of that body.
+    #[arg(long, env = "RATELIMITD_OVER_LIMIT_CONTENT_TYPE", default_value = "application/json")]
+    pub over_limit_content_type: String,
+    /// The most counters kept in memory; past it, new keys get UNAVAILABLE until windows end.
+    #[arg(long, env = "RATELIMITD_MAX_COUNTERS", default_value_t = 10_000_000)]
+    pub max_counters: usize,
+    /// Seconds that in-flight calls get to finish after SIGTERM or Ctrl-C.
+    #[arg(long, env = "RATELIMITD_DRAIN_TIMEOUT", default_value_t = 10)]
+    pub drain_timeout: u64,
+    #[command(flatten)]
+    pub log: Log,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Check {
+    /// A rule file, or a directory of rule files.
+    #[arg(long, env = "RATELIMITD_CONFIG")]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Log {
+    /// Log format on stderr.
+    #[arg(long, env = "RATELIMITD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Log filter, in `tracing` syntax (`info`, `ratelimitd=debug`, …).
+    #[arg(long, env = "RATELIMITD_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum HeaderStyleArg {
+    /// RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset
+    Ratelimit,
+    /// X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset
+    XRatelimit,
+    /// IETF draft-10: RateLimit and RateLimit-Policy
+    Draft10,
+    /// no rate-limit headers
+    None,
+}
+
+impl From<HeaderStyleArg> for HeaderStyle {
+    fn from(arg: HeaderStyleArg) -> HeaderStyle {
+        match arg {
+            HeaderStyleArg::Ratelimit => HeaderStyle::RateLimit,
+            HeaderStyleArg::XRatelimit => HeaderStyle::XRateLimit,
+            HeaderStyleArg::Draft10 => HeaderStyle::IetfDraft10,
+            HeaderStyleArg::None => HeaderStyle::None,
+        }
+    }
+}

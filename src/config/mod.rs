@@ -1,0 +1,96 @@
+//! Loading rule files: one YAML file, or a directory of them (one domain per file).
+//!
+//! `load` either returns a complete [`RuleSet`] or every error it found, each with
+//! file:line:column; it never returns half a rule set. `ratelimitd check` prints the errors,
+//! `serve` refuses to start on them, and (later) a reload keeps the running rules.
+
+mod error;
+mod validate;
+mod yaml;
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+pub use error::{ConfigError, ConfigErrorKind, ConfigErrors, Location};
+
+use crate::rules::{Domain, RuleSet};
+
+/// Loads `path`: a rule file, or a directory whose `*.yaml` / `*.yml` files each hold a domain.
+pub fn load(path: &Path) -> Result<RuleSet, ConfigErrors> {
+    let files = rule_files(path).map_err(|e| ConfigErrors(vec![e]))?;
+    let mut errors = Vec::new();
+    let mut domains: Vec<Domain> = Vec::new();
+    let mut first_file: HashMap<String, PathBuf> = HashMap::new();
+    for file in files {
+        let text = match fs::read_to_string(&file) {
+            Ok(text) => text,
+            Err(e) => {
+                errors.push(ConfigError::in_file(&file, ConfigErrorKind::Io(e)));
+                continue;
+            }
+        };
+        match parse_domain(&file, &text) {
+            Ok(domain) => {
+                if let Some(first) = first_file.get(&domain.name) {
+                    errors.push(ConfigError::in_file(
+                        &file,
+                        ConfigErrorKind::DuplicateDomain {
+                            domain: domain.name.clone(),
+                            first: first.clone(),
+                        },
+                    ));
+                    continue;
+                }
+                first_file.insert(domain.name.clone(), file.clone());
+                domains.push(domain);
+            }
+            Err(mut found) => errors.append(&mut found),
+        }
+    }
+    if errors.is_empty() {
+        Ok(RuleSet::new(domains))
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+/// Parses one rule file's text; `file` is only used in messages.
+pub fn parse_domain(file: &Path, text: &str) -> Result<Domain, Vec<ConfigError>> {
+    let root = yaml::parse(file, text).map_err(|e| vec![e])?;
+    let mut reader = yaml::Reader::new(file);
+    match validate::domain(&mut reader, &root) {
+        Some(domain) if reader.errors.is_empty() => Ok(domain),
+        _ => Err(reader.errors),
+    }
+}
+
+/// The rule files under `path`, sorted by name so that loads are repeatable.
+///
+/// Hidden entries are skipped: Kubernetes mounts a ConfigMap as `..data` symlinks beside the
+/// visible files, and editors leave `.swp` files.
+fn rule_files(path: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+    let metadata = fs::metadata(path).map_err(|e| ConfigError::in_file(path, ConfigErrorKind::Io(e)))?;
+    if !metadata.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let entries = fs::read_dir(path).map_err(|e| ConfigError::in_file(path, ConfigErrorKind::Io(e)))?;
+    let mut files = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| ConfigError::in_file(path, ConfigErrorKind::Io(e)))?;
+        let file = entry.path();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let is_rule_file = !name.starts_with('.')
+            && (name.ends_with(".yaml") || name.ends_with(".yml"))
+            && fs::metadata(&file).map(|m| m.is_file()).unwrap_or(false);
+        if is_rule_file {
+            files.push(file);
+        }
+    }
+    if files.is_empty() {
+        return Err(ConfigError::in_file(path, ConfigErrorKind::NoRuleFiles));
+    }
+    files.sort();
+    Ok(files)
+}

@@ -1,0 +1,295 @@
+//! Turning one parsed rule file into a [`Domain`], checking everything on the way.
+//!
+//! Every field of envoyproxy/ratelimit's format is known here. Those that ratelimitd does not
+//! implement yet are refused by name ("not supported yet") rather than ignored, because a
+//! silently ignored field is a limit the operator believes in and does not have. Errors are
+//! collected, not returned at the first, so one `ratelimitd check` lists them all.
+
+use std::collections::HashSet;
+
+use saphyr::MarkedYaml;
+use saphyr_parser::Span;
+
+use super::error::ConfigErrorKind;
+use super::yaml::{Field, Reader, is_null};
+use crate::rules::{
+    Children, Domain, DuplicateNode, InvalidWindow, Limit, Node, NodeValue, Policy, Unit, Wildcard,
+    Window,
+};
+
+const ROOT_FIELDS: &str = "domain, descriptors";
+const DESCRIPTOR_FIELDS: &str = "key, value, rate_limit, rate_limits, descriptors, shadow_mode, \
+     detailed_metric, value_to_metric, share_threshold, quota_mode, metadata";
+const LIMIT_FIELDS: &str =
+    "unit, requests_per_unit, unlimited, name, replaces, unit_multiplier, algorithm";
+const REPLACES_FIELDS: &str = "name";
+
+/// Fields of envoyproxy/ratelimit that are accepted when they ask for nothing (`false`) and
+/// refused when they ask for a behaviour that is not built yet.
+const NOT_YET_WHEN_TRUE: [&str; 4] = [
+    "detailed_metric",
+    "value_to_metric",
+    "share_threshold",
+    "quota_mode",
+];
+
+/// Reads a whole rule file; `None` when it has errors (they are in `reader.errors`).
+pub fn domain(reader: &mut Reader<'_>, root: &MarkedYaml<'_>) -> Option<Domain> {
+    let fields = reader.fields(root, "the rule file", ROOT_FIELDS)?;
+    let mut name = None;
+    let mut children = Children::default();
+    for field in &fields {
+        match field.name.as_str() {
+            "domain" => name = reader.string(field),
+            "descriptors" => children = descriptors(reader, field),
+            _ => {}
+        }
+    }
+    let name = match name {
+        Some(name) if !name.is_empty() => name,
+        Some(_) => {
+            reader.error(root.span, ConfigErrorKind::Empty("domain"));
+            return None;
+        }
+        None => {
+            reader.error(root.span, ConfigErrorKind::MissingField("domain"));
+            return None;
+        }
+    };
+    if !reader.errors.is_empty() {
+        return None;
+    }
+    Some(Domain {
+        name,
+        source: reader.file.to_path_buf(),
+        root: children,
+    })
+}
+
+fn descriptors(reader: &mut Reader<'_>, field: &Field<'_, '_>) -> Children {
+    let mut children = Children::default();
+    for item in reader.sequence(field).into_iter().flatten() {
+        let Some(node) = descriptor(reader, item) else {
+            continue;
+        };
+        let (key, value) = (node.key.clone(), node.value.as_str().to_string());
+        if let Err(DuplicateNode) = children.insert(node) {
+            reader.error(item.span, ConfigErrorKind::DuplicateNode { key, value });
+        }
+    }
+    children
+}
+
+fn descriptor(reader: &mut Reader<'_>, item: &MarkedYaml<'_>) -> Option<Node> {
+    let fields = reader.fields(item, "a descriptor", DESCRIPTOR_FIELDS)?;
+    let mut key = None;
+    let mut value = None;
+    let mut rate_limit = None;
+    let mut rate_limits = None;
+    let mut children = Children::default();
+    let mut shadow_mode = false;
+    for field in &fields {
+        match field.name.as_str() {
+            "key" => key = reader.string(field),
+            "value" => value = reader.string(field),
+            "rate_limit" => rate_limit = Some(field),
+            "rate_limits" => rate_limits = Some(field),
+            "descriptors" => children = descriptors(reader, field),
+            "shadow_mode" => shadow_mode = reader.boolean(field).unwrap_or(false),
+            "metadata" => reader.error(
+                field.name_span,
+                ConfigErrorKind::NotSupported(field.name.clone()),
+            ),
+            name if NOT_YET_WHEN_TRUE.contains(&name) => {
+                if reader.boolean(field) == Some(true) {
+                    reader.error(
+                        field.name_span,
+                        ConfigErrorKind::NotSupported(format!("{name}: true")),
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+    let key = match key {
+        Some(key) if !key.is_empty() => key,
+        Some(_) => {
+            reader.error(item.span, ConfigErrorKind::Empty("key"));
+            return None;
+        }
+        None => {
+            reader.error(item.span, ConfigErrorKind::MissingField("key"));
+            return None;
+        }
+    };
+    let policy = match (rate_limit, rate_limits) {
+        (Some(_), Some(both)) => {
+            reader.error(both.name_span, ConfigErrorKind::BothRateLimitForms);
+            None
+        }
+        (Some(one), None) => single_limit(reader, one, shadow_mode),
+        (None, Some(list)) => limit_list(reader, list, shadow_mode),
+        (None, None) => None,
+    };
+    let value = match value.filter(|v| !v.is_empty()) {
+        None => NodeValue::Any,
+        Some(value) => match Wildcard::parse(&value) {
+            Some(pattern) => NodeValue::Wildcard(pattern),
+            None => NodeValue::Exact(value),
+        },
+    };
+    Some(Node {
+        key,
+        value,
+        policy,
+        children,
+    })
+}
+
+/// `rate_limit: {…}`: one window, or `unlimited: true`.
+fn single_limit(reader: &mut Reader<'_>, field: &Field<'_, '_>, shadow: bool) -> Option<Policy> {
+    let parsed = limit(reader, field.value, shadow)?;
+    match parsed {
+        ParsedLimit::Unlimited => Some(Policy::Unlimited),
+        ParsedLimit::Limited(limit) => Some(Policy::Limited(vec![limit])),
+    }
+}
+
+/// `rate_limits: [{…}, …]`: several windows, all enforced.
+fn limit_list(reader: &mut Reader<'_>, field: &Field<'_, '_>, shadow: bool) -> Option<Policy> {
+    let items = reader.sequence(field)?;
+    let mut limits = Vec::with_capacity(items.len());
+    let mut windows = HashSet::new();
+    for item in items {
+        match limit(reader, item, shadow) {
+            Some(ParsedLimit::Limited(limit)) => {
+                if !windows.insert(limit.window.seconds()) {
+                    reader.error(
+                        item.span,
+                        ConfigErrorKind::DuplicateWindow(limit.window.seconds()),
+                    );
+                }
+                limits.push(limit);
+            }
+            Some(ParsedLimit::Unlimited) => reader.error(item.span, ConfigErrorKind::UnlimitedInList),
+            None => {}
+        }
+    }
+    if limits.is_empty() {
+        reader.error(field.value.span, ConfigErrorKind::Empty("rate_limits"));
+        return None;
+    }
+    Some(Policy::Limited(limits))
+}
+
+enum ParsedLimit {
+    Unlimited,
+    Limited(Limit),
+}
+
+fn limit(reader: &mut Reader<'_>, node: &MarkedYaml<'_>, shadow_mode: bool) -> Option<ParsedLimit> {
+    let fields = reader.fields(node, "a rate limit", LIMIT_FIELDS)?;
+    let errors_before = reader.errors.len();
+    let mut unit: Option<(Unit, Span)> = None;
+    let mut requests_per_unit = None;
+    let mut unlimited = false;
+    let mut name = None;
+    let mut replaces = Vec::new();
+    let mut multiplier = 1;
+    for field in &fields {
+        match field.name.as_str() {
+            "unit" => {
+                if let Some(text) = reader.string(field) {
+                    match Unit::parse(&text) {
+                        Some(parsed) => unit = Some((parsed, field.value.span)),
+                        None => reader.error(field.value.span, ConfigErrorKind::UnknownUnit(text)),
+                    }
+                }
+            }
+            "requests_per_unit" => requests_per_unit = reader.u32(field),
+            "unlimited" => unlimited = reader.boolean(field).unwrap_or(false),
+            "name" => name = reader.string(field).filter(|n| !n.is_empty()),
+            "replaces" => replaces = replaced_names(reader, field),
+            "unit_multiplier" => multiplier = reader.u32(field).unwrap_or(1),
+            "algorithm" => algorithm(reader, field),
+            _ => {}
+        }
+    }
+    if let (Some(own), Some(span)) = (&name, replaces.iter().find(|(n, _)| Some(n) == name.as_ref()).map(|(_, s)| *s)) {
+        reader.error(span, ConfigErrorKind::ReplacesItself(own.clone()));
+    }
+    let replaces = replaces.into_iter().map(|(name, _)| name).collect();
+    if unlimited {
+        if let Some((_, span)) = unit {
+            reader.error(span, ConfigErrorKind::UnlimitedWithUnit);
+        }
+        return (reader.errors.len() == errors_before).then_some(ParsedLimit::Unlimited);
+    }
+    let Some((unit, unit_span)) = unit else {
+        if reader.errors.len() == errors_before {
+            reader.error(node.span, ConfigErrorKind::MissingField("unit"));
+        }
+        return None;
+    };
+    let Some(requests_per_unit) = requests_per_unit else {
+        if reader.errors.len() == errors_before {
+            reader.error(node.span, ConfigErrorKind::MissingField("requests_per_unit"));
+        }
+        return None;
+    };
+    let window = match Window::try_new(unit, multiplier) {
+        Ok(window) => window,
+        Err(InvalidWindow::ZeroMultiplier) => {
+            reader.error(unit_span, ConfigErrorKind::ZeroMultiplier);
+            return None;
+        }
+        Err(InvalidWindow::TooLong) => {
+            reader.error(unit_span, ConfigErrorKind::WindowTooLong);
+            return None;
+        }
+    };
+    if reader.errors.len() != errors_before {
+        return None;
+    }
+    Some(ParsedLimit::Limited(Limit {
+        requests_per_unit,
+        window,
+        name,
+        replaces,
+        shadow_mode,
+    }))
+}
+
+/// `replaces: [{name: …}, …]`, each name with its place for messages.
+fn replaced_names(reader: &mut Reader<'_>, field: &Field<'_, '_>) -> Vec<(String, Span)> {
+    let mut names = Vec::new();
+    for item in reader.sequence(field).into_iter().flatten() {
+        let Some(fields) = reader.fields(item, "a replaces entry", REPLACES_FIELDS) else {
+            continue;
+        };
+        let name = fields.iter().find_map(|f| reader.string(f));
+        match name {
+            Some(name) if !name.is_empty() => names.push((name, item.span)),
+            _ => reader.error(item.span, ConfigErrorKind::Empty("replaces: name")),
+        }
+    }
+    names
+}
+
+/// `algorithm`: only envoyproxy/ratelimit's fixed window exists so far.
+fn algorithm(reader: &mut Reader<'_>, field: &Field<'_, '_>) {
+    if is_null(field.value) {
+        return;
+    }
+    let Some(name) = reader.string(field) else {
+        return;
+    };
+    match name.as_str() {
+        "fixed_window" => {}
+        "sliding_window" | "token_bucket" => reader.error(
+            field.value.span,
+            ConfigErrorKind::NotSupported(format!("algorithm: {name}")),
+        ),
+        _ => reader.error(field.value.span, ConfigErrorKind::UnknownAlgorithm(name)),
+    }
+}

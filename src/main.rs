@@ -1,0 +1,127 @@
+//! `ratelimitd`: parses the command line, sets up logging, and starts things. The only place
+//! that uses `anyhow` and chooses exit codes.
+
+mod cli;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use tokio::net::TcpListener;
+
+use cli::{Cli, Command, LogFormat};
+use ratelimitd::app::{self, Settings};
+use ratelimitd::config;
+use ratelimitd::service::ResponseSettings;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check(check) => run_check(&check),
+        Command::Serve(serve) => {
+            init_logging(&serve.log);
+            match run_serve(serve) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("ratelimitd: {error:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn run_check(check: &cli::Check) -> ExitCode {
+    match config::load(&check.config) {
+        Ok(rules) => {
+            let domains = rules.domains();
+            println!(
+                "{}: OK ({} domain{}: {})",
+                check.config.display(),
+                domains.len(),
+                if domains.len() == 1 { "" } else { "s" },
+                domains.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", ")
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_serve(serve: cli::Serve) -> anyhow::Result<()> {
+    if serve.backend != "memory" {
+        bail!(
+            "--backend {}: only `memory` is supported yet (Redis comes later)",
+            serve.backend
+        );
+    }
+    let rules = config::load(&serve.config)
+        .map_err(|errors| anyhow::anyhow!("{errors}"))
+        .with_context(|| format!("cannot load the rules in {}", serve.config.display()))?;
+    let settings = Settings {
+        response: ResponseSettings {
+            header_style: serve.header_style.into(),
+            over_limit_body: Some(serve.over_limit_body).filter(|b| !b.is_empty()),
+            over_limit_content_type: serve.over_limit_content_type,
+        },
+        max_counters: serve.max_counters,
+        drain_timeout: Duration::from_secs(serve.drain_timeout),
+        ..Settings::default()
+    };
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let grpc = TcpListener::bind(serve.grpc_addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", serve.grpc_addr))?;
+        tracing::info!(
+            grpc = %grpc.local_addr().unwrap_or(serve.grpc_addr),
+            config = %serve.config.display(),
+            domains = rules.domains().len(),
+            "ratelimitd serving"
+        );
+        app::serve(settings, rules, grpc, shutdown_signal()).await?;
+        tracing::info!("ratelimitd stopped");
+        Ok(())
+    })
+}
+
+/// Completes on SIGTERM (how containers are stopped) or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot watch SIGTERM; stopping on Ctrl-C only");
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+fn init_logging(log: &cli::Log) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&log.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match log.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

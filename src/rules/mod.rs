@@ -1,0 +1,293 @@
+//! The rule tree, as the rest of ratelimitd sees it: immutable once built.
+//!
+//! Only `config` builds a [`RuleSet`]; everything here has been validated by then, so the
+//! matcher and the limiter never meet an unknown unit, a zero-length window or a duplicate node.
+//! This module knows nothing of YAML, gRPC or counters.
+
+mod matcher;
+mod wildcard;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use matcher::Entry;
+pub use wildcard::Wildcard;
+
+/// Every domain that the rule files define, by name.
+#[derive(Debug, Default)]
+pub struct RuleSet {
+    domains: HashMap<String, Domain>,
+}
+
+impl RuleSet {
+    /// Builds a rule set from domains whose names are unique (checked by `config`).
+    pub fn new(domains: Vec<Domain>) -> RuleSet {
+        RuleSet {
+            domains: domains.into_iter().map(|d| (d.name.clone(), d)).collect(),
+        }
+    }
+
+    pub fn domain(&self, name: &str) -> Option<&Domain> {
+        self.domains.get(name)
+    }
+
+    /// The domains in name order, for listings.
+    pub fn domains(&self) -> Vec<&Domain> {
+        let mut domains: Vec<&Domain> = self.domains.values().collect();
+        domains.sort_by(|a, b| a.name.cmp(&b.name));
+        domains
+    }
+}
+
+/// One rule file: a domain name and its descriptor tree.
+#[derive(Debug)]
+pub struct Domain {
+    pub name: String,
+    /// The file this domain was loaded from, for messages and listings.
+    pub source: PathBuf,
+    /// The top level of the descriptor tree.
+    pub root: Children,
+}
+
+/// One node of the descriptor tree: a `key` (and maybe a `value`) with its limits and children.
+#[derive(Debug)]
+pub struct Node {
+    pub key: String,
+    pub value: NodeValue,
+    /// What applies when a descriptor's *last* entry stops at this node; `None` when the node
+    /// only leads to deeper nodes.
+    pub policy: Option<Policy>,
+    pub children: Children,
+}
+
+/// How a node's `value` matches an entry's value.
+#[derive(Debug)]
+pub enum NodeValue {
+    /// `value: exact`
+    Exact(String),
+    /// `value: "prefix_*"`: `*` matches any run of characters.
+    Wildcard(Wildcard),
+    /// No `value`: any value of the key.
+    Any,
+}
+
+/// The nodes one level below a node (or at the top of a domain), indexed for matching.
+///
+/// Matching order is fixed by envoyproxy/ratelimit: exact value, then the first wildcard in
+/// file order, then the key-only node. Keeping the three kinds apart makes each step one lookup.
+#[derive(Debug, Default)]
+pub struct Children {
+    by_key: HashMap<String, KeyNodes>,
+}
+
+/// All nodes of one level that share a key.
+#[derive(Debug, Default)]
+struct KeyNodes {
+    exact: HashMap<String, Node>,
+    /// In file order: the first that matches wins.
+    wildcards: Vec<Node>,
+    any: Option<Box<Node>>,
+}
+
+/// Why a node could not be added to a level: the level already has one like it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DuplicateNode;
+
+impl Children {
+    /// Adds a node, refusing a second node with the same key and value.
+    pub fn insert(&mut self, node: Node) -> Result<(), DuplicateNode> {
+        let nodes = self.by_key.entry(node.key.clone()).or_default();
+        match &node.value {
+            NodeValue::Exact(value) => {
+                if nodes.exact.contains_key(value) {
+                    return Err(DuplicateNode);
+                }
+                nodes.exact.insert(value.clone(), node);
+            }
+            NodeValue::Wildcard(pattern) => {
+                let duplicate = nodes.wildcards.iter().any(
+                    |other| matches!(&other.value, NodeValue::Wildcard(p) if p.as_str() == pattern.as_str()),
+                );
+                if duplicate {
+                    return Err(DuplicateNode);
+                }
+                nodes.wildcards.push(node);
+            }
+            NodeValue::Any => {
+                if nodes.any.is_some() {
+                    return Err(DuplicateNode);
+                }
+                nodes.any = Some(Box::new(node));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+
+    /// Every node of this level, exact values first, for listings and tests.
+    pub fn nodes(&self) -> Vec<&Node> {
+        let mut keys: Vec<&String> = self.by_key.keys().collect();
+        keys.sort();
+        let mut out = Vec::new();
+        for key in keys {
+            let nodes = &self.by_key[key];
+            let mut exact: Vec<&Node> = nodes.exact.values().collect();
+            exact.sort_by(|a, b| a.value.as_str().cmp(b.value.as_str()));
+            out.extend(exact);
+            out.extend(nodes.wildcards.iter());
+            out.extend(nodes.any.as_deref());
+        }
+        out
+    }
+}
+
+impl NodeValue {
+    pub fn as_str(&self) -> &str {
+        match self {
+            NodeValue::Exact(value) => value,
+            NodeValue::Wildcard(pattern) => pattern.as_str(),
+            NodeValue::Any => "",
+        }
+    }
+}
+
+/// What a node reached by a descriptor's last entry does with it.
+#[derive(Debug)]
+pub enum Policy {
+    /// `rate_limit: {unlimited: true}`: never limited, never counted.
+    Unlimited,
+    /// One or more windows, all enforced, each with its own counter.
+    Limited(Vec<Limit>),
+}
+
+/// One window of a rule: at most `requests_per_unit` hits per `window`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limit {
+    /// 0 blocks every request.
+    pub requests_per_unit: u32,
+    pub window: Window,
+    /// `name`, which `replaces` in other rules refers to.
+    pub name: Option<String>,
+    /// Names of limits that this one replaces in the same request.
+    pub replaces: Vec<String>,
+    /// Counted and reported, never enforced.
+    pub shadow_mode: bool,
+}
+
+/// A fixed window: `multiplier` × `unit`, aligned to the Unix epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Window {
+    unit: Unit,
+    multiplier: u32,
+}
+
+/// The longest window allowed: counters keep window indexes and lengths in 32 bits.
+pub const MAX_WINDOW_SECONDS: u64 = u32::MAX as u64;
+
+/// Why a window could not be built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvalidWindow {
+    ZeroMultiplier,
+    TooLong,
+}
+
+impl Window {
+    /// A window of `multiplier` units; refuses 0 and windows longer than [`MAX_WINDOW_SECONDS`].
+    pub fn try_new(unit: Unit, multiplier: u32) -> Result<Window, InvalidWindow> {
+        if multiplier == 0 {
+            return Err(InvalidWindow::ZeroMultiplier);
+        }
+        if unit.seconds() * u64::from(multiplier) > MAX_WINDOW_SECONDS {
+            return Err(InvalidWindow::TooLong);
+        }
+        Ok(Window { unit, multiplier })
+    }
+
+    /// One plain unit: always valid.
+    pub fn of(unit: Unit) -> Window {
+        Window {
+            unit,
+            multiplier: 1,
+        }
+    }
+
+    pub fn unit(self) -> Unit {
+        self.unit
+    }
+
+    pub fn multiplier(self) -> u32 {
+        self.multiplier
+    }
+
+    /// The window's length in whole seconds; never 0 and never above [`MAX_WINDOW_SECONDS`].
+    pub fn seconds(self) -> u32 {
+        // Both bounds are checked when the window is built.
+        (self.unit.seconds() * u64::from(self.multiplier)) as u32
+    }
+
+    pub fn duration(self) -> Duration {
+        Duration::from_secs(u64::from(self.seconds()))
+    }
+}
+
+/// The units of envoyproxy/ratelimit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Unit {
+    Second,
+    Minute,
+    Hour,
+    Day,
+    Week,
+    /// 30 days, as envoyproxy/ratelimit counts it.
+    Month,
+    /// 365 days, as envoyproxy/ratelimit counts it.
+    Year,
+}
+
+impl Unit {
+    pub const NAMES: &'static str = "second|minute|hour|day|week|month|year";
+
+    /// Case-insensitive, as envoyproxy/ratelimit reads units.
+    pub fn parse(name: &str) -> Option<Unit> {
+        let unit = match name.to_ascii_lowercase().as_str() {
+            "second" => Unit::Second,
+            "minute" => Unit::Minute,
+            "hour" => Unit::Hour,
+            "day" => Unit::Day,
+            "week" => Unit::Week,
+            "month" => Unit::Month,
+            "year" => Unit::Year,
+            _ => return None,
+        };
+        Some(unit)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Unit::Second => "second",
+            Unit::Minute => "minute",
+            Unit::Hour => "hour",
+            Unit::Day => "day",
+            Unit::Week => "week",
+            Unit::Month => "month",
+            Unit::Year => "year",
+        }
+    }
+
+    pub fn seconds(self) -> u64 {
+        const DAY: u64 = 24 * 60 * 60;
+        match self {
+            Unit::Second => 1,
+            Unit::Minute => 60,
+            Unit::Hour => 60 * 60,
+            Unit::Day => DAY,
+            Unit::Week => 7 * DAY,
+            Unit::Month => 30 * DAY,
+            Unit::Year => 365 * DAY,
+        }
+    }
+}
