@@ -54,7 +54,8 @@ pub async fn serve(
     let stop_accepting = async move {
         shutdown.await;
         tracing::info!("shutting down: health NOT_SERVING, draining in-flight calls");
-        if let Some(health) = health_rx.borrow_and_update().clone() {
+        let health = health_rx.borrow_and_update().clone();
+        if let Some(health) = health {
             health.set(false).await;
         }
         let _ = stopping_tx.send(true);

@@ -158,6 +158,7 @@ fn single_limit(reader: &mut Reader<'_>, field: &Field<'_, '_>, shadow: bool) ->
 /// `rate_limits: [{…}, …]`: several windows, all enforced.
 fn limit_list(reader: &mut Reader<'_>, field: &Field<'_, '_>, shadow: bool) -> Option<Policy> {
     let items = reader.sequence(field)?;
+    let errors_before = reader.errors.len();
     let mut limits = Vec::with_capacity(items.len());
     let mut windows = HashSet::new();
     for item in items {
@@ -176,7 +177,9 @@ fn limit_list(reader: &mut Reader<'_>, field: &Field<'_, '_>, shadow: bool) -> O
         }
     }
     if limits.is_empty() {
-        reader.error(field.value.span, ConfigErrorKind::Empty("rate_limits"));
+        if reader.errors.len() == errors_before {
+            reader.error(field.value.span, ConfigErrorKind::Empty("rate_limits"));
+        }
         return None;
     }
     Some(Policy::Limited(limits))

@@ -42,3 +42,116 @@ impl Children {
         wildcard.or(nodes.any.as_deref())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::Entry;
+    use crate::rules::{Domain, Policy};
+
+    const RULES: &str = r#"
+domain: d
+descriptors:
+  - key: api_key
+    value: "internal_*"
+    rate_limit: {unlimited: true}
+  - key: api_key
+    value: "*_sandbox"
+    rate_limit: {unit: second, requests_per_unit: 1}
+  - key: api_key
+    value: "internal_billing"
+    rate_limit: {unit: second, requests_per_unit: 2}
+  - key: api_key
+    value: acme
+    descriptors:
+      - key: bucket
+        value: default
+        rate_limits:
+          - {unit: minute, requests_per_unit: 600}
+          - {unit: hour, requests_per_unit: 20000}
+  - key: api_key
+    rate_limit: {unit: day, requests_per_unit: 5}
+    descriptors:
+      - key: bucket
+        value: default
+        rate_limits:
+          - {unit: minute, requests_per_unit: 60}
+          - {unit: hour, requests_per_unit: 1000}
+      - key: bucket
+        value: bulk
+        rate_limit: {unit: minute, requests_per_unit: 10}
+      - key: bucket
+        rate_limit: {unit: minute, requests_per_unit: 3, unit_multiplier: 5}
+  - key: remote_address
+    descriptors:
+      - key: path
+        value: /leads
+"#;
+
+    fn domain() -> Domain {
+        match crate::config::parse_domain(Path::new("rules.yaml"), RULES) {
+            Ok(domain) => domain,
+            Err(errors) => panic!("rules do not load: {errors:?}"),
+        }
+    }
+
+    /// The limits that apply to `entries`, as text: `60/minute+1000/hour`, `unlimited`, `none`.
+    fn applied(domain: &Domain, entries: &[(&str, &str)]) -> String {
+        let entries = entries.iter().map(|(key, value)| Entry { key, value });
+        match domain.find(entries).and_then(|node| node.policy.as_ref()) {
+            None => "none".to_string(),
+            Some(Policy::Unlimited) => "unlimited".to_string(),
+            Some(Policy::Limited(limits)) => limits
+                .iter()
+                .map(|l| {
+                    let m = l.window.multiplier();
+                    let unit = l.window.unit().name();
+                    if m == 1 {
+                        format!("{}/{unit}", l.requests_per_unit)
+                    } else {
+                        format!("{}/{m}{unit}", l.requests_per_unit)
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("+"),
+        }
+    }
+
+    #[test]
+    fn each_rule_is_reached_by_the_descriptors_it_is_for() {
+        let d = domain();
+        let table: &[(&[(&str, &str)], &str)] = &[
+            // key-only node, then exact values below it
+            (&[("api_key", "k1"), ("bucket", "default")], "60/minute+1000/hour"),
+            (&[("api_key", "k1"), ("bucket", "bulk")], "10/minute"),
+            // key-only child when no value matches
+            (&[("api_key", "k1"), ("bucket", "other")], "3/5minute"),
+            // a node's own limit applies only to the descriptor that stops there
+            (&[("api_key", "k1")], "5/day"),
+            // exact value beats the key-only node
+            (&[("api_key", "acme"), ("bucket", "default")], "600/minute+20000/hour"),
+            // exact value beats a matching wildcard
+            (&[("api_key", "internal_billing")], "2/second"),
+            // wildcard beats key-only; the first matching wildcard in file order wins
+            (&[("api_key", "internal_tools")], "unlimited"),
+            (&[("api_key", "internal_x_sandbox")], "unlimited"),
+            (&[("api_key", "acme_sandbox")], "1/second"),
+            // the wildcard node has no children: a longer descriptor stops there
+            (&[("api_key", "internal_tools"), ("bucket", "default")], "none"),
+            // the exact node has no such child, and matching does not fall back to key-only
+            (&[("api_key", "acme"), ("bucket", "bulk")], "none"),
+            // longer than any rule path
+            (&[("api_key", "k1"), ("bucket", "bulk"), ("x", "y")], "none"),
+            // a path node without limits
+            (&[("remote_address", "10.0.0.1"), ("path", "/leads")], "none"),
+            (&[("remote_address", "10.0.0.1")], "none"),
+            // unknown key, and keys out of order
+            (&[("user", "u")], "none"),
+            (&[("bucket", "default"), ("api_key", "k1")], "none"),
+        ];
+        for (entries, expected) in table {
+            assert_eq!(applied(&d, entries), *expected, "{entries:?}");
+        }
+    }
+}

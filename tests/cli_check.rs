@@ -1,0 +1,103 @@
+//! `ratelimitd check` as a user runs it: the built binary, its exit code, and every error with
+//! file:line:column and what is wrong.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+/// Runs `ratelimitd check --config <path>` from the fixtures folder, so paths print short.
+fn check(path: &Path) -> (i32, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_ratelimitd"))
+        .current_dir(fixture(""))
+        .args(["check", "--config"])
+        .arg(path)
+        .output()
+        .expect("the ratelimitd binary runs");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn each_broken_file_is_refused_with_its_place_and_reason() {
+    let table = [
+        (
+            "bad_unknown_field.yaml",
+            "bad_unknown_field.yaml:7:7: unknown field `burst` (expected one of: unit, requests_per_unit, unlimited, name, replaces, unit_multiplier, algorithm)",
+        ),
+        (
+            "bad_unit.yaml",
+            r#"bad_unit.yaml:5:13: unknown unit "minutes" (expected second|minute|hour|day|week|month|year)"#,
+        ),
+        (
+            "bad_duplicate_node.yaml",
+            r#"bad_duplicate_node.yaml:6:5: duplicate descriptor: this level already has key "api_key" with value "acme""#,
+        ),
+        (
+            "bad_syntax.yaml",
+            "bad_syntax.yaml:5:8: YAML syntax error: while parsing a flow mapping, did not find expected ',' or '}'",
+        ),
+        (
+            "bad_unlimited_with_unit.yaml",
+            "bad_unlimited_with_unit.yaml:7:13: a limit with `unlimited: true` must not have a `unit`",
+        ),
+        (
+            "bad_not_supported.yaml",
+            "bad_not_supported.yaml:4:5: `detailed_metric: true` is not supported yet",
+        ),
+        (
+            "bad_several.yaml",
+            "bad_several.yaml:5:43: `requests_per_unit` must be a whole number from 0 to 4294967295\n\
+             bad_several.yaml:6:16: unknown unit \"fortnight\" (expected second|minute|hour|day|week|month|year)\n\
+             bad_several.yaml:7:5: missing field `key`",
+        ),
+    ];
+    for (file, expected) in table {
+        let (code, stdout, stderr) = check(Path::new(file));
+        assert_eq!(code, 1, "{file}: exit code");
+        assert_eq!(stdout, "", "{file}: nothing on stdout");
+        assert_eq!(stderr.trim_end(), expected, "{file}");
+    }
+}
+
+#[test]
+fn the_shipped_rules_and_examples_pass() {
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let (code, stdout, stderr) = check(&config);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("OK (1 domain: mega-api)"), "{stdout}");
+}
+
+#[test]
+fn a_directory_with_a_duplicate_domain_names_both_files() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let rule = "domain: shared\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, requests_per_unit: 1}\n";
+    std::fs::write(dir.path().join("a.yaml"), rule).expect("write");
+    std::fs::write(dir.path().join("b.yml"), rule).expect("write");
+    std::fs::write(dir.path().join(".hidden.yaml"), "not: [valid").expect("write");
+    std::fs::write(dir.path().join("notes.txt"), "not a rule file").expect("write");
+    let (code, _, stderr) = check(dir.path());
+    assert_eq!(code, 1);
+    let b = dir.path().join("b.yml");
+    let a = dir.path().join("a.yaml");
+    assert_eq!(
+        stderr.trim_end(),
+        format!(
+            "{}:1:1: duplicate domain \"shared\": already defined in {}",
+            b.display(),
+            a.display()
+        )
+    );
+}
+
+#[test]
+fn a_missing_path_is_an_error_not_a_panic() {
+    let (code, _, stderr) = check(Path::new("no-such-dir/rules.yaml"));
+    assert_eq!(code, 1);
+    assert!(stderr.starts_with("no-such-dir/rules.yaml:1:1: cannot read:"), "{stderr}");
+}

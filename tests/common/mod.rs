@@ -1,0 +1,180 @@
+//! Shared helpers for the black-box tests: a real ratelimitd on a free loopback port, a real
+//! gRPC client, and request builders.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use envoy_types::pb::envoy::config::core::v3::HeaderValue;
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
+use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+
+use ratelimitd::app::{self, Settings};
+
+pub type Client = RateLimitServiceClient<Channel>;
+
+/// A ratelimitd serving `rules` in this process, on 127.0.0.1 and a port the OS chose.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestServer {
+    pub async fn start(rules_yaml: &str) -> TestServer {
+        TestServer::start_with(rules_yaml, Settings::default()).await
+    }
+
+    pub async fn start_with(rules_yaml: &str, settings: Settings) -> TestServer {
+        let domain = ratelimitd::config::parse_domain(std::path::Path::new("test.yaml"), rules_yaml)
+            .unwrap_or_else(|errors| panic!("test rules do not load: {errors:?}"));
+        let rules = ratelimitd::rules::RuleSet::new(vec![domain]);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a free port");
+        let addr = listener.local_addr().expect("bound address");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let shutdown = async {
+                let _ = stopped.await;
+            };
+            if let Err(e) = app::serve(settings, rules, listener, shutdown).await {
+                panic!("server failed: {e}");
+            }
+        });
+        TestServer {
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub async fn client(&self) -> Client {
+        let endpoint = format!("http://{}", self.addr);
+        RateLimitServiceClient::connect(endpoint).await.expect("connect to ratelimitd")
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(10), task)
+                .await
+                .expect("server stops within 10 s")
+                .expect("server task ends cleanly");
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+pub fn descriptor(entries: &[(&str, &str)]) -> RateLimitDescriptor {
+    RateLimitDescriptor {
+        entries: entries
+            .iter()
+            .map(|(key, value)| Entry {
+                key: key.to_string(),
+                value: value.to_string(),
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+pub fn request(domain: &str, descriptors: Vec<RateLimitDescriptor>) -> RateLimitRequest {
+    RateLimitRequest {
+        domain: domain.to_string(),
+        descriptors,
+        hits_addend: 0,
+    }
+}
+
+/// The seed's request shape: `(api_key, key), (bucket, bucket)` in domain `mega-api`.
+pub fn seed_request(api_key: &str, bucket: &str) -> RateLimitRequest {
+    request(
+        "mega-api",
+        vec![descriptor(&[("api_key", api_key), ("bucket", bucket)])],
+    )
+}
+
+pub async fn call(client: &mut Client, request: RateLimitRequest) -> RateLimitResponse {
+    client
+        .should_rate_limit(request)
+        .await
+        .expect("ShouldRateLimit answers")
+        .into_inner()
+}
+
+/// The value of response header `name` (case-insensitive), if present.
+pub fn header<'r>(response: &'r RateLimitResponse, name: &str) -> Option<&'r str> {
+    find_header(&response.response_headers_to_add, name)
+}
+
+pub fn find_header<'h>(headers: &'h [HeaderValue], name: &str) -> Option<&'h str> {
+    headers
+        .iter()
+        .find(|h| h.key.eq_ignore_ascii_case(name))
+        .map(|h| h.value.as_str())
+}
+
+pub fn header_u64(response: &RateLimitResponse, name: &str) -> u64 {
+    header(response, name)
+        .unwrap_or_else(|| panic!("missing header {name}: {response:?}"))
+        .parse()
+        .unwrap_or_else(|_| panic!("header {name} is not a number"))
+}
+
+/// A key no other test uses.
+pub fn fresh_key(prefix: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("{prefix}-{nanos}")
+}
+
+/// The number of the `seconds`-long window that now falls in, as ratelimitd counts windows.
+pub fn window_index(seconds: u64) -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() / seconds)
+        .unwrap_or_default()
+}
+
+/// Runs `scenario` until one run starts and ends in the same `seconds`-long window (at most 3
+/// runs), and returns what that run observed; the caller asserts on it. So a test never fails
+/// because a window turned over in the middle of it. Each run gets a new attempt number, to
+/// build fresh keys from.
+pub async fn within_one_window<F, Fut, T>(seconds: u64, mut scenario: F) -> T
+where
+    F: FnMut(u32) -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    for attempt in 0..3 {
+        let before = window_index(seconds);
+        let observed = scenario(attempt).await;
+        if window_index(seconds) == before {
+            return observed;
+        }
+    }
+    panic!("a {seconds}-second window turned over during each of 3 attempts");
+}
+
+/// Sleeps until just after the next whole second.
+pub async fn next_second() {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let wait = Duration::from_secs(1) - Duration::from_nanos(u64::from(now.subsec_nanos()));
+    tokio::time::sleep(wait + Duration::from_millis(5)).await;
+}
