@@ -41,7 +41,11 @@ pub struct Serve {
     #[arg(long, env = "RATELIMITD_OVER_LIMIT_BODY", default_value = ratelimitd::service::DEFAULT_OVER_LIMIT_BODY)]
     pub over_limit_body: String,
     /// `content-type` of that body.
-    #[arg(long, env = "RATELIMITD_OVER_LIMIT_CONTENT_TYPE", default_value = "application/json")]
+    #[arg(
+        long,
+        env = "RATELIMITD_OVER_LIMIT_CONTENT_TYPE",
+        default_value = "application/json"
+    )]
     pub over_limit_content_type: String,
     /// The most counters kept in memory; past it, new keys get UNAVAILABLE until windows end.
     #[arg(long, env = "RATELIMITD_MAX_COUNTERS", default_value_t = 10_000_000)]

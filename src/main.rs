@@ -3,6 +3,7 @@
 
 mod cli;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -41,7 +42,11 @@ fn run_check(check: &cli::Check) -> ExitCode {
                 check.config.display(),
                 domains.len(),
                 if domains.len() == 1 { "" } else { "s" },
-                domains.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", ")
+                domains
+                    .iter()
+                    .map(|d| d.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
             ExitCode::SUCCESS
         }
@@ -119,6 +124,7 @@ fn init_logging(log: &cli::Log) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match log.log_format {
         LogFormat::Text => builder.init(),

@@ -1,6 +1,8 @@
 //! Malformed and oversized requests: each gets a gRPC error (or a bounded answer), never a
 //! panic, and the server goes on serving.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;
@@ -20,10 +22,26 @@ async fn bad_requests_get_errors_and_the_server_keeps_serving() {
     let mut client = server.client().await;
     let huge_value = "v".repeat(1024 * 1024);
     let table = [
-        ("empty domain", request("", vec![descriptor(&[("k", "v")])]), GrpcCode::InvalidArgument),
-        ("no descriptors", request("d", vec![]), GrpcCode::InvalidArgument),
-        ("descriptor without entries", request("d", vec![descriptor(&[])]), GrpcCode::InvalidArgument),
-        ("entry with an empty key", request("d", vec![descriptor(&[("", "v")])]), GrpcCode::InvalidArgument),
+        (
+            "empty domain",
+            request("", vec![descriptor(&[("k", "v")])]),
+            GrpcCode::InvalidArgument,
+        ),
+        (
+            "no descriptors",
+            request("d", vec![]),
+            GrpcCode::InvalidArgument,
+        ),
+        (
+            "descriptor without entries",
+            request("d", vec![descriptor(&[])]),
+            GrpcCode::InvalidArgument,
+        ),
+        (
+            "entry with an empty key",
+            request("d", vec![descriptor(&[("", "v")])]),
+            GrpcCode::InvalidArgument,
+        ),
         (
             "10,000 descriptors",
             request("d", vec![descriptor(&[("k", "v")]); 10_000]),
@@ -41,14 +59,19 @@ async fn bad_requests_get_errors_and_the_server_keeps_serving() {
         ),
     ];
     for (what, bad, expected) in table {
-        let status = client
-            .should_rate_limit(bad)
-            .await
-            .expect_err(what);
+        let status = client.should_rate_limit(bad).await.expect_err(what);
         assert_eq!(status.code(), expected, "{what}: {}", status.message());
         assert!(!status.message().is_empty(), "{what}: the error says why");
-        let ok = call(&mut client, request("d", vec![descriptor(&[("k", "after")])])).await;
-        assert_eq!(ok.overall_code, Code::Ok as i32, "still serving after {what}");
+        let ok = call(
+            &mut client,
+            request("d", vec![descriptor(&[("k", "after")])]),
+        )
+        .await;
+        assert_eq!(
+            ok.overall_code,
+            Code::Ok as i32,
+            "still serving after {what}"
+        );
     }
 }
 

@@ -1,11 +1,15 @@
 //! `ratelimitd check` as a user runs it: the built binary, its exit code, and every error with
 //! file:line:column and what is wrong.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 /// Runs `ratelimitd check --config <path>` from the fixtures folder, so paths print short.
@@ -99,5 +103,8 @@ fn a_directory_with_a_duplicate_domain_names_both_files() {
 fn a_missing_path_is_an_error_not_a_panic() {
     let (code, _, stderr) = check(Path::new("no-such-dir/rules.yaml"));
     assert_eq!(code, 1);
-    assert!(stderr.starts_with("no-such-dir/rules.yaml:1:1: cannot read:"), "{stderr}");
+    assert!(
+        stderr.starts_with("no-such-dir/rules.yaml:1:1: cannot read:"),
+        "{stderr}"
+    );
 }

@@ -1,6 +1,8 @@
 //! ShouldRateLimit over real gRPC against a real ratelimitd: the seed policy, several windows,
 //! the request-level knobs, and what a client sees on the wire.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;
@@ -35,7 +37,15 @@ async fn the_default_bucket_admits_60_a_minute_then_answers_over_limit_with_head
     let mut client = server.client().await;
     let responses = within_one_window(60, |attempt| {
         let mut client = client.clone();
-        async move { send(&mut client, &fresh_key(&format!("k{attempt}")), "default", 61).await }
+        async move {
+            send(
+                &mut client,
+                &fresh_key(&format!("k{attempt}")),
+                "default",
+                61,
+            )
+            .await
+        }
     })
     .await;
     for (i, response) in responses[..60].iter().enumerate() {
@@ -49,7 +59,10 @@ async fn the_default_bucket_admits_60_a_minute_then_answers_over_limit_with_head
         let status = &response.statuses[0];
         assert_eq!(status.limit_remaining, 59 - i as u32);
         let limit = status.current_limit.as_ref().expect("current_limit");
-        assert_eq!((limit.requests_per_unit, limit.unit), (60, Unit::Minute as i32));
+        assert_eq!(
+            (limit.requests_per_unit, limit.unit),
+            (60, Unit::Minute as i32)
+        );
     }
     let over = &responses[60];
     assert_eq!(code(over), Code::OverLimit);
@@ -60,10 +73,16 @@ async fn the_default_bucket_admits_60_a_minute_then_answers_over_limit_with_head
     assert_eq!(header(over, "ratelimit-remaining"), Some("0"));
     let reset = header_u64(over, "ratelimit-reset");
     let retry_after = header_u64(over, "retry-after");
-    assert!((1..=reset).contains(&retry_after), "retry-after {retry_after}, reset {reset}");
+    assert!(
+        (1..=reset).contains(&retry_after),
+        "retry-after {retry_after}, reset {reset}"
+    );
     assert_eq!(header(over, "content-type"), Some("application/json"));
     assert_eq!(String::from_utf8_lossy(&over.raw_body), SEED_BODY);
-    let duration = over.statuses[0].duration_until_reset.as_ref().expect("duration");
+    let duration = over.statuses[0]
+        .duration_until_reset
+        .as_ref()
+        .expect("duration");
     assert_eq!(duration.seconds as u64, reset);
     assert_eq!(
         call(&mut client, seed_request(&fresh_key("other"), "default"))
@@ -93,7 +112,11 @@ async fn bulk_has_its_own_counter_and_keys_are_isolated() {
     assert!(bulk[..10].iter().all(|r| code(r) == Code::Ok));
     assert_eq!(header(&bulk[0], "ratelimit-limit"), Some("10"));
     assert_eq!(code(&bulk[10]), Code::OverLimit);
-    assert_eq!(code(&default_after), Code::Ok, "an exhausted bulk leaves default alone");
+    assert_eq!(
+        code(&default_after),
+        Code::Ok,
+        "an exhausted bulk leaves default alone"
+    );
     assert_eq!(header(&default_after, "ratelimit-remaining"), Some("59"));
     assert_eq!(code(&other_bulk), Code::Ok, "another key's bulk is its own");
     assert_eq!(header(&other_bulk, "ratelimit-remaining"), Some("9"));
@@ -184,19 +207,31 @@ async fn several_windows_are_all_enforced_and_the_binding_one_is_reported() {
     for (i, r) in first_second[..5].iter().enumerate() {
         assert_eq!(code(r), Code::Ok, "call {}", i + 1);
     }
-    assert_eq!(header(&first_second[0], "ratelimit-limit"), Some("5"), "least remaining: second");
+    assert_eq!(
+        header(&first_second[0], "ratelimit-limit"),
+        Some("5"),
+        "least remaining: second"
+    );
     assert_eq!(header(&first_second[0], "ratelimit-remaining"), Some("4"));
     for r in &first_second[5..] {
         assert_eq!(code(r), Code::OverLimit);
         assert_eq!(header(r, "ratelimit-limit"), Some("5"));
-        assert_eq!(header(r, "retry-after"), Some("1"), "the second window blocks");
+        assert_eq!(
+            header(r, "retry-after"),
+            Some("1"),
+            "the second window blocks"
+        );
         let limit = r.statuses[0].current_limit.as_ref().expect("limit");
         assert_eq!(limit.unit, Unit::Second as i32);
     }
     // Next second: the three refused calls consumed nothing, so the minute has 3 left.
     for (i, r) in second_second[..3].iter().enumerate() {
         assert_eq!(code(r), Code::Ok, "call {} of the second second", i + 1);
-        assert_eq!(header(r, "ratelimit-limit"), Some("8"), "least remaining: minute");
+        assert_eq!(
+            header(r, "ratelimit-limit"),
+            Some("8"),
+            "least remaining: minute"
+        );
         assert_eq!(header_u64(r, "ratelimit-remaining"), 2 - i as u64);
     }
     let blocked = &second_second[3];
@@ -206,7 +241,10 @@ async fn several_windows_are_all_enforced_and_the_binding_one_is_reported() {
     assert_eq!(limit.unit, Unit::Minute as i32);
     let retry_after = header_u64(blocked, "retry-after");
     assert_eq!(retry_after, header_u64(blocked, "ratelimit-reset"));
-    assert!(retry_after >= 2, "the minute window blocks: retry-after {retry_after}");
+    assert!(
+        retry_after >= 2,
+        "the minute window blocks: retry-after {retry_after}"
+    );
 }
 
 #[tokio::test]
@@ -229,7 +267,11 @@ async fn hits_addend_counts_several_and_zero_checks_without_counting() {
     })
     .await;
     assert_eq!(header(&five, "ratelimit-remaining"), Some("55"));
-    assert_eq!(header(&check, "ratelimit-remaining"), Some("55"), "a check counts nothing");
+    assert_eq!(
+        header(&check, "ratelimit-remaining"),
+        Some("55"),
+        "a check counts nothing"
+    );
     assert_eq!(header(&after, "ratelimit-remaining"), Some("54"));
 }
 
@@ -247,7 +289,12 @@ async fn unknown_domains_and_unmatched_descriptors_are_ok_and_bare() {
     .await;
     assert_eq!(code(&unknown), Code::Ok);
     assert_eq!(unknown.statuses.len(), 2);
-    assert!(unknown.statuses.iter().all(|s| s.code == Code::Ok as i32 && s.current_limit.is_none()));
+    assert!(
+        unknown
+            .statuses
+            .iter()
+            .all(|s| s.code == Code::Ok as i32 && s.current_limit.is_none())
+    );
     assert!(unknown.response_headers_to_add.is_empty());
 
     let mixed = call(
@@ -261,7 +308,11 @@ async fn unknown_domains_and_unmatched_descriptors_are_ok_and_bare() {
         ),
     )
     .await;
-    assert_eq!(mixed.statuses.len(), 2, "one status per descriptor, in order");
+    assert_eq!(
+        mixed.statuses.len(),
+        2,
+        "one status per descriptor, in order"
+    );
     assert_eq!(mixed.statuses[0].current_limit, None);
     assert_eq!(mixed.statuses[1].limit_remaining, 9);
 }
@@ -318,7 +369,10 @@ async fn replaces_drops_the_named_limit_and_shadow_mode_never_blocks() {
             let both = || {
                 request(
                     "replaces",
-                    vec![descriptor(&[("tenant", &tenant)]), descriptor(&[("premium", &tenant)])],
+                    vec![
+                        descriptor(&[("tenant", &tenant)]),
+                        descriptor(&[("premium", &tenant)]),
+                    ],
                 )
             };
             let mut replaced = Vec::new();
@@ -328,7 +382,13 @@ async fn replaces_drops_the_named_limit_and_shadow_mode_never_blocks() {
             let trial = fresh_key(&format!("s{attempt}"));
             let mut shadow = Vec::new();
             for _ in 0..3 {
-                shadow.push(call(&mut client, request("replaces", vec![descriptor(&[("trial", &trial)])])).await);
+                shadow.push(
+                    call(
+                        &mut client,
+                        request("replaces", vec![descriptor(&[("trial", &trial)])]),
+                    )
+                    .await,
+                );
             }
             (replaced, shadow)
         }
@@ -337,7 +397,10 @@ async fn replaces_drops_the_named_limit_and_shadow_mode_never_blocks() {
     // tenant_hourly (1/hour) is replaced: the premium limit (3/hour) alone applies.
     for r in &replaced[..3] {
         assert_eq!(code(r), Code::Ok);
-        assert_eq!(r.statuses[0].current_limit, None, "the replaced limit is not counted");
+        assert_eq!(
+            r.statuses[0].current_limit, None,
+            "the replaced limit is not counted"
+        );
     }
     assert_eq!(code(&replaced[3]), Code::OverLimit);
     // Shadow mode: over the limit after the first call, reported, never enforced.
@@ -370,7 +433,11 @@ descriptors:
                 tasks.push(tokio::spawn(async move {
                     let mut ok = 0;
                     for _ in 0..25 {
-                        let r = call(&mut client, request("contention", vec![descriptor(&[("hot", &key)])])).await;
+                        let r = call(
+                            &mut client,
+                            request("contention", vec![descriptor(&[("hot", &key)])]),
+                        )
+                        .await;
                         if r.overall_code == Code::Ok as i32 {
                             ok += 1;
                         }

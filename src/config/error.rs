@@ -62,7 +62,10 @@ pub enum ConfigErrorKind {
     UnknownUnit(String),
     #[error("unknown algorithm {0:?} (expected fixed_window)")]
     UnknownAlgorithm(String),
-    #[error("duplicate descriptor: this level already has key {key:?}{}", value_text(value))]
+    #[error(
+        "duplicate descriptor: this level already has key {key:?}{}",
+        value_text(value)
+    )]
     DuplicateNode { key: String, value: String },
     #[error("duplicate domain {domain:?}: already defined in {}", first.display())]
     DuplicateDomain { domain: String, first: PathBuf },
@@ -72,11 +75,16 @@ pub enum ConfigErrorKind {
     UnlimitedInList,
     #[error("use either `rate_limit` or `rate_limits` on one descriptor, not both")]
     BothRateLimitForms,
-    #[error("two limits of this descriptor have the same window ({0} seconds): each window has one counter")]
+    #[error(
+        "two limits of this descriptor have the same window ({0} seconds): each window has one counter"
+    )]
     DuplicateWindow(u32),
     #[error("`unit_multiplier` must be at least 1")]
     ZeroMultiplier,
-    #[error("the window is longer than {} seconds", crate::rules::MAX_WINDOW_SECONDS)]
+    #[error(
+        "the window is longer than {} seconds",
+        crate::rules::MAX_WINDOW_SECONDS
+    )]
     WindowTooLong,
     #[error("a limit must not replace itself ({0:?})")]
     ReplacesItself(String),

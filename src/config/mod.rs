@@ -70,11 +70,13 @@ pub fn parse_domain(file: &Path, text: &str) -> Result<Domain, Vec<ConfigError>>
 /// Hidden entries are skipped: Kubernetes mounts a ConfigMap as `..data` symlinks beside the
 /// visible files, and editors leave `.swp` files.
 fn rule_files(path: &Path) -> Result<Vec<PathBuf>, ConfigError> {
-    let metadata = fs::metadata(path).map_err(|e| ConfigError::in_file(path, ConfigErrorKind::Io(e)))?;
+    let metadata =
+        fs::metadata(path).map_err(|e| ConfigError::in_file(path, ConfigErrorKind::Io(e)))?;
     if !metadata.is_dir() {
         return Ok(vec![path.to_path_buf()]);
     }
-    let entries = fs::read_dir(path).map_err(|e| ConfigError::in_file(path, ConfigErrorKind::Io(e)))?;
+    let entries =
+        fs::read_dir(path).map_err(|e| ConfigError::in_file(path, ConfigErrorKind::Io(e)))?;
     let mut files = Vec::new();
     for entry in entries {
         let entry = entry.map_err(|e| ConfigError::in_file(path, ConfigErrorKind::Io(e)))?;

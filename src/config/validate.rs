@@ -100,13 +100,11 @@ fn descriptor(reader: &mut Reader<'_>, item: &MarkedYaml<'_>) -> Option<Node> {
                 field.name_span,
                 ConfigErrorKind::NotSupported(field.name.clone()),
             ),
-            name if NOT_YET_WHEN_TRUE.contains(&name) => {
-                if reader.boolean(field) == Some(true) {
-                    reader.error(
-                        field.name_span,
-                        ConfigErrorKind::NotSupported(format!("{name}: true")),
-                    );
-                }
+            name if NOT_YET_WHEN_TRUE.contains(&name) && reader.boolean(field) == Some(true) => {
+                reader.error(
+                    field.name_span,
+                    ConfigErrorKind::NotSupported(format!("{name}: true")),
+                );
             }
             _ => {}
         }
@@ -172,7 +170,9 @@ fn limit_list(reader: &mut Reader<'_>, field: &Field<'_, '_>, shadow: bool) -> O
                 }
                 limits.push(limit);
             }
-            Some(ParsedLimit::Unlimited) => reader.error(item.span, ConfigErrorKind::UnlimitedInList),
+            Some(ParsedLimit::Unlimited) => {
+                reader.error(item.span, ConfigErrorKind::UnlimitedInList)
+            }
             None => {}
         }
     }
@@ -218,7 +218,13 @@ fn limit(reader: &mut Reader<'_>, node: &MarkedYaml<'_>, shadow_mode: bool) -> O
             _ => {}
         }
     }
-    if let (Some(own), Some(span)) = (&name, replaces.iter().find(|(n, _)| Some(n) == name.as_ref()).map(|(_, s)| *s)) {
+    if let (Some(own), Some(span)) = (
+        &name,
+        replaces
+            .iter()
+            .find(|(n, _)| Some(n) == name.as_ref())
+            .map(|(_, s)| *s),
+    ) {
         reader.error(span, ConfigErrorKind::ReplacesItself(own.clone()));
     }
     let replaces = replaces.into_iter().map(|(name, _)| name).collect();
@@ -236,7 +242,10 @@ fn limit(reader: &mut Reader<'_>, node: &MarkedYaml<'_>, shadow_mode: bool) -> O
     };
     let Some(requests_per_unit) = requests_per_unit else {
         if reader.errors.len() == errors_before {
-            reader.error(node.span, ConfigErrorKind::MissingField("requests_per_unit"));
+            reader.error(
+                node.span,
+                ConfigErrorKind::MissingField("requests_per_unit"),
+            );
         }
         return None;
     };

@@ -25,7 +25,9 @@ pub fn parse<'t>(file: &Path, text: &'t str) -> Result<MarkedYaml<'t>, ConfigErr
         },
         kind: ConfigErrorKind::Syntax(e.info().to_string()),
     };
-    parser.load(&mut loader, true).map_err(|e| syntax_error(&e))?;
+    parser
+        .load(&mut loader, true)
+        .map_err(|e| syntax_error(&e))?;
     if let Some(e) = loader.error() {
         return Err(syntax_error(e));
     }
@@ -127,10 +129,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A sequence's items, or an error naming the field.
-    pub fn sequence<'n, 't>(
-        &mut self,
-        field: &Field<'n, 't>,
-    ) -> Option<&'n Vec<MarkedYaml<'t>>> {
+    pub fn sequence<'n, 't>(&mut self, field: &Field<'n, 't>) -> Option<&'n Vec<MarkedYaml<'t>>> {
         match &field.value.data {
             YamlData::Sequence(items) => Some(items),
             _ if is_null(field.value) => None,
@@ -157,7 +156,10 @@ impl<'a> Reader<'a> {
 
     /// `true` or `false` (YAML 1.2 core schema, any case).
     pub fn boolean(&mut self, field: &Field<'_, '_>) -> Option<bool> {
-        match plain_scalar(field.value).map(str::to_ascii_lowercase).as_deref() {
+        match plain_scalar(field.value)
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
             Some("true") => Some(true),
             Some("false") => Some(false),
             _ => {
@@ -210,7 +212,9 @@ fn scalar<'n>(node: &'n MarkedYaml<'_>) -> Option<(&'n str, bool)> {
 
 /// A plain (unquoted) scalar's text: quoted `"true"` or `"60"` stay strings.
 fn plain_scalar<'n>(node: &'n MarkedYaml<'_>) -> Option<&'n str> {
-    scalar(node).filter(|(_, plain)| *plain).map(|(text, _)| text)
+    scalar(node)
+        .filter(|(_, plain)| *plain)
+        .map(|(text, _)| text)
 }
 
 /// `~`, `null` or nothing at all.

@@ -69,14 +69,22 @@ mod tests {
 
     #[test]
     fn separators_inside_values_cannot_collide() {
-        let table: [(&[(&str, &str)], &[(&str, &str)]); 4] = [
+        type Entries<'a> = &'a [(&'a str, &'a str)];
+        let table: [(Entries, Entries); 4] = [
             (&[("a", "b_c")], &[("a_b", "c")]),
             (&[("a", "b"), ("c", "d")], &[("a", "b\u{0}c"), ("", "d")]),
             (&[("k", "")], &[("k", ""), ("", "")]),
-            (&[("key", "v".repeat(200).leak())], &[("key", "v".repeat(199).leak())]),
+            (
+                &[("key", "v".repeat(200).leak())],
+                &[("key", "v".repeat(199).leak())],
+            ),
         ];
         for (left, right) in table {
-            assert_ne!(key("d", left, 60), key("d", right, 60), "{left:?} vs {right:?}");
+            assert_ne!(
+                key("d", left, 60),
+                key("d", right, 60),
+                "{left:?} vs {right:?}"
+            );
         }
         assert_ne!(key("d_a", &[("b", "c")], 60), key("d", &[("a_b", "c")], 60));
     }

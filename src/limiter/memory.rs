@@ -197,8 +197,9 @@ impl MemoryStore {
                 });
                 continue;
             }
-            let outcome =
-                self.with_slot(inc, |slot| slot.reserve(inc.window_index, inc.hits, inc.requests_per_unit))?;
+            let outcome = self.with_slot(inc, |slot| {
+                slot.reserve(inc.window_index, inc.hits, inc.requests_per_unit)
+            })?;
             match outcome {
                 Ok((at, after)) => {
                     reserved.push((i, at));
@@ -251,7 +252,11 @@ impl MemoryStore {
     }
 
     /// Runs `f` on the key's slot, creating the slot if the table has room.
-    fn with_slot<R>(&self, inc: &Increment<'_>, f: impl FnOnce(&Slot) -> R) -> Result<R, StoreError> {
+    fn with_slot<R>(
+        &self,
+        inc: &Increment<'_>,
+        f: impl FnOnce(&Slot) -> R,
+    ) -> Result<R, StoreError> {
         if let Some(slot) = self.slots.get(inc.key.as_bytes()) {
             return Ok(f(&slot));
         }
@@ -315,7 +320,13 @@ mod tests {
         }
         let (admitted, counts) = store.apply(&[inc(&k, 3, 1, 7)]).expect("room");
         assert!(!admitted);
-        assert_eq!(counts[0], Count { value: 3, over_limit: true });
+        assert_eq!(
+            counts[0],
+            Count {
+                value: 3,
+                over_limit: true
+            }
+        );
     }
 
     #[test]
@@ -327,8 +338,20 @@ mod tests {
             .apply(&[inc(&minute, 10, 1, 1), inc(&hour, 2, 1, 1)])
             .expect("room");
         assert!(!admitted);
-        assert_eq!(counts[0], Count { value: 0, over_limit: false });
-        assert_eq!(counts[1], Count { value: 2, over_limit: true });
+        assert_eq!(
+            counts[0],
+            Count {
+                value: 0,
+                over_limit: false
+            }
+        );
+        assert_eq!(
+            counts[1],
+            Count {
+                value: 2,
+                over_limit: true
+            }
+        );
         let (_, counts) = store.apply(&[inc(&minute, 10, 0, 1)]).expect("room");
         assert_eq!(counts[0].value, 0, "the minute counter did not move");
     }

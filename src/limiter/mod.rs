@@ -136,10 +136,10 @@ impl Limiter {
                     shadow_mode: false,
                 }),
                 None => {
-                    let entries = descriptor.entries.iter().map(|(key, value)| Entry {
-                        key,
-                        value,
-                    });
+                    let entries = descriptor
+                        .entries
+                        .iter()
+                        .map(|(key, value)| Entry { key, value });
                     match domain.find(entries).and_then(|node| node.policy.as_ref()) {
                         Some(Policy::Limited(limits)) => Applied::Rules(limits),
                         Some(Policy::Unlimited) | None => Applied::None,
@@ -164,7 +164,10 @@ impl Limiter {
                 }
                 let seconds = limit.window.seconds();
                 let position = window::position(now, seconds);
-                let entries = descriptor.entries.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+                let entries = descriptor
+                    .entries
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()));
                 keys.push(CounterKey::new(&request.domain, entries, seconds));
                 increments.push((seconds, position.index, limit, descriptor.hits));
                 planned.push(Planned {
@@ -187,7 +190,11 @@ impl Limiter {
             })
             .collect();
         let (_, counts) = self.store.apply(&batch)?;
-        Ok(Decision::from_counts(request.descriptors.len(), &planned, &counts))
+        Ok(Decision::from_counts(
+            request.descriptors.len(),
+            &planned,
+            &counts,
+        ))
     }
 }
 
@@ -253,7 +260,9 @@ impl Decision {
 
 /// The exceeded window that resets last, else the one with the least remaining (the later
 /// reset on a tie): the window a client has to wait for.
-fn most_restrictive<'a>(reports: impl Iterator<Item = &'a WindowReport>) -> Option<&'a WindowReport> {
+fn most_restrictive<'a>(
+    reports: impl Iterator<Item = &'a WindowReport>,
+) -> Option<&'a WindowReport> {
     reports.max_by(|a, b| {
         a.over_limit
             .cmp(&b.over_limit)

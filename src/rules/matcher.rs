@@ -17,7 +17,10 @@ pub struct Entry<'a> {
 
 impl Domain {
     /// The node reached by the last of `entries`, if every entry found a node.
-    pub fn find<'r, 'e>(&'r self, entries: impl IntoIterator<Item = Entry<'e>>) -> Option<&'r Node> {
+    pub fn find<'r, 'e>(
+        &'r self,
+        entries: impl IntoIterator<Item = Entry<'e>>,
+    ) -> Option<&'r Node> {
         let mut level = &self.root;
         let mut reached = None;
         for entry in entries {
@@ -123,14 +126,20 @@ descriptors:
         let d = domain();
         let table: &[(&[(&str, &str)], &str)] = &[
             // key-only node, then exact values below it
-            (&[("api_key", "k1"), ("bucket", "default")], "60/minute+1000/hour"),
+            (
+                &[("api_key", "k1"), ("bucket", "default")],
+                "60/minute+1000/hour",
+            ),
             (&[("api_key", "k1"), ("bucket", "bulk")], "10/minute"),
             // key-only child when no value matches
             (&[("api_key", "k1"), ("bucket", "other")], "3/5minute"),
             // a node's own limit applies only to the descriptor that stops there
             (&[("api_key", "k1")], "5/day"),
             // exact value beats the key-only node
-            (&[("api_key", "acme"), ("bucket", "default")], "600/minute+20000/hour"),
+            (
+                &[("api_key", "acme"), ("bucket", "default")],
+                "600/minute+20000/hour",
+            ),
             // exact value beats a matching wildcard
             (&[("api_key", "internal_billing")], "2/second"),
             // wildcard beats key-only; the first matching wildcard in file order wins
@@ -138,13 +147,19 @@ descriptors:
             (&[("api_key", "internal_x_sandbox")], "unlimited"),
             (&[("api_key", "acme_sandbox")], "1/second"),
             // the wildcard node has no children: a longer descriptor stops there
-            (&[("api_key", "internal_tools"), ("bucket", "default")], "none"),
+            (
+                &[("api_key", "internal_tools"), ("bucket", "default")],
+                "none",
+            ),
             // the exact node has no such child, and matching does not fall back to key-only
             (&[("api_key", "acme"), ("bucket", "bulk")], "none"),
             // longer than any rule path
             (&[("api_key", "k1"), ("bucket", "bulk"), ("x", "y")], "none"),
             // a path node without limits
-            (&[("remote_address", "10.0.0.1"), ("path", "/leads")], "none"),
+            (
+                &[("remote_address", "10.0.0.1"), ("path", "/leads")],
+                "none",
+            ),
             (&[("remote_address", "10.0.0.1")], "none"),
             // unknown key, and keys out of order
             (&[("user", "u")], "none"),

@@ -36,7 +36,10 @@ impl RlsService {
     }
 
     /// Decides one request; shared by gRPC and (later) the HTTP `/json` endpoint.
-    pub fn should_rate_limit(&self, request: RateLimitRequest) -> Result<RateLimitResponse, Status> {
+    pub fn should_rate_limit(
+        &self,
+        request: RateLimitRequest,
+    ) -> Result<RateLimitResponse, Status> {
         let request = request::validate(request)?;
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)

@@ -152,11 +152,20 @@ mod tests {
     #[test]
     fn refuses_what_envoy_would_never_send() {
         let table = [
-            (request("", vec![descriptor(&[("k", "v")])]), RequestError::EmptyDomain),
-            (request("d", vec![]), RequestError::NoDescriptors),
-            (request("d", vec![descriptor(&[])]), RequestError::NoEntries(0)),
             (
-                request("d", vec![descriptor(&[("k", "v")]), descriptor(&[("", "v")])]),
+                request("", vec![descriptor(&[("k", "v")])]),
+                RequestError::EmptyDomain,
+            ),
+            (request("d", vec![]), RequestError::NoDescriptors),
+            (
+                request("d", vec![descriptor(&[])]),
+                RequestError::NoEntries(0),
+            ),
+            (
+                request(
+                    "d",
+                    vec![descriptor(&[("k", "v")]), descriptor(&[("", "v")])],
+                ),
                 RequestError::EmptyKey(1, 0),
             ),
             (
@@ -181,7 +190,10 @@ mod tests {
         req.hits_addend = 5;
         let validated = validate(req).expect("valid");
         assert_eq!(validated.descriptors[0].hits, 5);
-        assert_eq!(validated.descriptors[1].hits, 0, "0 on a descriptor checks only");
+        assert_eq!(
+            validated.descriptors[1].hits, 0,
+            "0 on a descriptor checks only"
+        );
         let unset = validate(request("d", vec![descriptor(&[("k", "v")])])).expect("valid");
         assert_eq!(unset.descriptors[0].hits, 1, "0 on the request means 1");
     }

@@ -62,7 +62,11 @@ pub fn build(decision: &Decision, settings: &ResponseSettings) -> RateLimitRespo
                 ..Default::default()
             },
             Some(report) => DescriptorStatus {
-                code: if d.over_limit { Code::OverLimit } else { Code::Ok } as i32,
+                code: if d.over_limit {
+                    Code::OverLimit
+                } else {
+                    Code::Ok
+                } as i32,
                 current_limit: Some(RateLimit {
                     name: report.name.clone().unwrap_or_default(),
                     requests_per_unit: report.requests_per_unit,
@@ -87,11 +91,19 @@ pub fn build(decision: &Decision, settings: &ResponseSettings) -> RateLimitRespo
         ..Default::default()
     };
     if let Some(headline) = &decision.headline {
-        rate_limit_headers(&mut response.response_headers_to_add, headline, settings.header_style);
+        rate_limit_headers(
+            &mut response.response_headers_to_add,
+            headline,
+            settings.header_style,
+        );
     }
     if decision.over_limit {
         let retry_after = decision.retry_after.map_or(1, |d| whole_seconds(d).max(1));
-        push(&mut response.response_headers_to_add, "retry-after", retry_after.to_string());
+        push(
+            &mut response.response_headers_to_add,
+            "retry-after",
+            retry_after.to_string(),
+        );
         if let Some(body) = &settings.over_limit_body {
             push(
                 &mut response.response_headers_to_add,
@@ -122,8 +134,16 @@ fn rate_limit_headers(headers: &mut Vec<HeaderValue>, report: &WindowReport, sty
         HeaderStyle::IetfDraft10 => {
             let name = report.name.as_deref().unwrap_or("default");
             let window = report.window.seconds();
-            push(headers, "ratelimit-policy", format!("\"{name}\";q={limit};w={window}"));
-            push(headers, "ratelimit", format!("\"{name}\";r={remaining};t={reset}"));
+            push(
+                headers,
+                "ratelimit-policy",
+                format!("\"{name}\";q={limit};w={window}"),
+            );
+            push(
+                headers,
+                "ratelimit",
+                format!("\"{name}\";r={remaining};t={reset}"),
+            );
         }
         HeaderStyle::None => {}
     }

@@ -31,10 +31,13 @@ impl TestServer {
     }
 
     pub async fn start_with(rules_yaml: &str, settings: Settings) -> TestServer {
-        let domain = ratelimitd::config::parse_domain(std::path::Path::new("test.yaml"), rules_yaml)
-            .unwrap_or_else(|errors| panic!("test rules do not load: {errors:?}"));
+        let domain =
+            ratelimitd::config::parse_domain(std::path::Path::new("test.yaml"), rules_yaml)
+                .unwrap_or_else(|errors| panic!("test rules do not load: {errors:?}"));
         let rules = ratelimitd::rules::RuleSet::new(vec![domain]);
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a free port");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a free port");
         let addr = listener.local_addr().expect("bound address");
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -54,7 +57,9 @@ impl TestServer {
 
     pub async fn client(&self) -> Client {
         let endpoint = format!("http://{}", self.addr);
-        RateLimitServiceClient::connect(endpoint).await.expect("connect to ratelimitd")
+        RateLimitServiceClient::connect(endpoint)
+            .await
+            .expect("connect to ratelimitd")
     }
 
     pub async fn stop(mut self) {
@@ -163,6 +168,18 @@ where
     for attempt in 0..3 {
         let before = window_index(seconds);
         let observed = scenario(attempt).await;
+        if window_index(seconds) == before {
+            return observed;
+        }
+    }
+    panic!("a {seconds}-second window turned over during each of 3 attempts");
+}
+
+/// [`within_one_window`] for blocking code; each run should use fresh keys of its own.
+pub fn within_one_window_blocking<T>(seconds: u64, mut scenario: impl FnMut() -> T) -> T {
+    for _ in 0..3 {
+        let before = window_index(seconds);
+        let observed = scenario();
         if window_index(seconds) == before {
             return observed;
         }
