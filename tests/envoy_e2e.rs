@@ -1,0 +1,349 @@
+//! End to end, as a client of the seed API sees it: plain HTTP through a real Envoy
+//! (`examples/envoy/envoy.yaml`, addresses rewritten) to the example upstream, with the real
+//! `ratelimitd` binary on the shipped rules (`config/`) deciding. Plus grpcurl against the same
+//! ratelimitd, with nothing but server reflection.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::process::{Envoy, Ratelimitd, Upstream, grpcurl, http_agent, project, wait_until};
+use common::{fresh_key, window_index};
+
+const SEED_BODY: &str = r#"{ "error": { "type": "rate_limit_error", "code": 429, "message": "Rate limit exceeded. Please retry later." } }"#;
+
+/// Upstream, ratelimitd and Envoy, each on its own free loopback port.
+struct Trio {
+    envoy: Envoy,
+    ratelimitd: Option<Ratelimitd>,
+    _upstream: Upstream,
+    agent: ureq::Agent,
+}
+
+/// What a client sees of one response.
+#[derive(Debug)]
+struct Seen {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Seen {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn number(&self, name: &str) -> u64 {
+        self.header(name)
+            .unwrap_or_else(|| panic!("no {name} header: {self:?}"))
+            .parse()
+            .unwrap_or_else(|_| panic!("{name} is not a number: {self:?}"))
+    }
+}
+
+impl Trio {
+    fn start() -> Trio {
+        let upstream = Upstream::start();
+        let ratelimitd = Ratelimitd::start(&project("config"), 0);
+        let envoy = Envoy::start(&ratelimitd.addr, &upstream.addr);
+        Trio {
+            envoy,
+            ratelimitd: Some(ratelimitd),
+            _upstream: upstream,
+            agent: http_agent(),
+        }
+    }
+
+    /// `method path` through Envoy, with `x-api-key: key` unless `key` is `None`.
+    fn send(&self, method: &str, path: &str, key: Option<&str>) -> Seen {
+        self.send_with(method, path, key, &[])
+    }
+
+    fn send_with(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        extra: &[(&str, &str)],
+    ) -> Seen {
+        let url = format!("http://{}{path}", self.envoy.addr);
+        let mut request = ureq::http::Request::builder().method(method).uri(url);
+        if let Some(key) = key {
+            request = request.header("x-api-key", key);
+        }
+        for (name, value) in extra {
+            request = request.header(*name, *value);
+        }
+        let request = request.body(()).expect("a request");
+        let mut response = self.agent.run(request).expect("Envoy answers");
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
+            .collect();
+        Seen {
+            status: response.status().as_u16(),
+            headers,
+            body: response.body_mut().read_to_string().unwrap_or_default(),
+        }
+    }
+
+    fn times(&self, n: usize, method: &str, path: &str, key: Option<&str>) -> Vec<Seen> {
+        (0..n).map(|_| self.send(method, path, key)).collect()
+    }
+
+    /// Restarts ratelimitd on the same port (fresh counters) and waits until Envoy uses it.
+    fn restart_ratelimitd(&mut self) {
+        let old = self.ratelimitd.take().expect("ratelimitd is running");
+        let port = old.port();
+        old.stop();
+        self.ratelimitd = Some(Ratelimitd::start(&project("config"), port));
+        self.wait_until_limited();
+    }
+
+    /// Waits until responses carry rate-limit headers again (Envoy reconnected).
+    fn wait_until_limited(&self) {
+        let probe = fresh_key("probe");
+        wait_until(Duration::from_secs(20), "Envoy using ratelimitd", || {
+            self.send("GET", "/leads", Some(&probe))
+                .header("ratelimit-limit")
+                .map(|_| ())
+        });
+    }
+
+    /// Runs `scenario` until one run stays within one minute window (at most 3 runs), giving
+    /// ratelimitd fresh counters before each retry. Returns what the kept run saw.
+    fn within_one_minute<T>(&mut self, mut scenario: impl FnMut(&Trio) -> T) -> T {
+        for attempt in 0..3 {
+            if attempt > 0 {
+                self.restart_ratelimitd();
+            }
+            let before = window_index(60);
+            let seen = scenario(self);
+            if window_index(60) == before {
+                return seen;
+            }
+        }
+        panic!("the minute turned over during each of 3 attempts");
+    }
+}
+
+#[test]
+fn the_default_bucket_admits_60_then_429_with_headers_retry_after_and_the_json_body() {
+    let mut trio = Trio::start();
+    let seen = trio.within_one_minute(|trio| {
+        let key = fresh_key("e2e");
+        // GET /leads, POST /leads and the lead-webhooks routes share the default bucket.
+        let mut seen = Vec::new();
+        for i in 0..60 {
+            seen.push(match i % 4 {
+                0 => trio.send("GET", "/leads", Some(&key)),
+                1 => trio.send("POST", "/leads", Some(&key)),
+                2 => trio.send("GET", "/lead-webhooks", Some(&key)),
+                _ => trio.send_with(
+                    "DELETE",
+                    "/lead-webhooks/wh_1",
+                    Some(&key),
+                    &[("x-upstream-status", "500")],
+                ),
+            });
+        }
+        seen.push(trio.send("GET", "/leads", Some(&key)));
+        seen
+    });
+    for (i, s) in seen[..60].iter().enumerate() {
+        let expected_status = if i % 4 == 3 { 500 } else { 200 };
+        assert_eq!(s.status, expected_status, "request {}: {s:?}", i + 1);
+        assert_eq!(s.header("ratelimit-limit"), Some("60"), "request {}", i + 1);
+        assert_eq!(
+            s.number("ratelimit-remaining"),
+            59 - i as u64,
+            "counts down"
+        );
+        assert!((1..=60).contains(&s.number("ratelimit-reset")));
+        assert_eq!(s.header("retry-after"), None);
+    }
+    let over = &seen[60];
+    assert_eq!(over.status, 429, "{over:?}");
+    assert_eq!(over.header("ratelimit-limit"), Some("60"));
+    assert_eq!(over.header("ratelimit-remaining"), Some("0"));
+    let reset = over.number("ratelimit-reset");
+    let retry_after = over.number("retry-after");
+    assert!(
+        (1..=reset).contains(&retry_after),
+        "Retry-After {retry_after}, Reset {reset}"
+    );
+    assert_eq!(over.header("content-type"), Some("application/json"));
+    assert_eq!(over.body, SEED_BODY);
+    let parsed: serde_json::Value = serde_json::from_str(&over.body).expect("the body is JSON");
+    assert_eq!(parsed["error"]["code"], 429);
+}
+
+#[test]
+fn buckets_keys_overrides_internal_and_keyless_traffic_behave_as_documented() {
+    let mut trio = Trio::start();
+    let seen = trio.within_one_minute(|trio| {
+        let key = fresh_key("bulk");
+        let bulk = trio.times(11, "POST", "/leads/bulk", Some(&key));
+        let default_after_bulk = trio.send("GET", "/leads", Some(&key));
+        let other_key_bulk = trio.send("POST", "/leads/bulk", Some(&fresh_key("other")));
+        let key2 = fresh_key("default");
+        let default = trio.times(61, "GET", "/leads", Some(&key2));
+        let bulk_after_default = trio.send("POST", "/leads/bulk", Some(&key2));
+        let acme = trio.times(100, "GET", "/leads", Some("acme-live"));
+        let internal = trio.times(100, "POST", "/leads/bulk", Some("internal_reports"));
+        let keyless = trio.times(61, "GET", "/leads", None);
+        (
+            bulk,
+            default_after_bulk,
+            other_key_bulk,
+            default,
+            bulk_after_default,
+            acme,
+            internal,
+            keyless,
+        )
+    });
+    let (
+        bulk,
+        default_after_bulk,
+        other_key_bulk,
+        default,
+        bulk_after_default,
+        acme,
+        internal,
+        keyless,
+    ) = seen;
+
+    assert!(bulk[..10].iter().all(|s| s.status == 200), "bulk admits 10");
+    assert_eq!(bulk[0].header("ratelimit-limit"), Some("10"));
+    assert_eq!(bulk[10].status, 429);
+    assert_eq!(default_after_bulk.status, 200, "bulk has its own counter");
+    assert_eq!(default_after_bulk.header("ratelimit-remaining"), Some("59"));
+    assert_eq!(other_key_bulk.status, 200, "keys are isolated");
+    assert_eq!(other_key_bulk.header("ratelimit-remaining"), Some("9"));
+
+    assert_eq!(default[60].status, 429);
+    assert_eq!(
+        bulk_after_default.status, 200,
+        "default has its own counter"
+    );
+    assert_eq!(bulk_after_default.header("ratelimit-remaining"), Some("9"));
+
+    assert!(
+        acme.iter().all(|s| s.status == 200),
+        "the override key passes more than 60"
+    );
+    assert_eq!(acme[0].header("ratelimit-limit"), Some("600"));
+
+    for s in &internal {
+        assert_eq!(s.status, 200, "internal traffic is never limited");
+        assert_eq!(s.header("ratelimit-limit"), None);
+    }
+
+    // Without x-api-key: all such requests share the `anonymous` key's default limits.
+    assert!(keyless[..60].iter().all(|s| s.status == 200));
+    assert_eq!(keyless[0].header("ratelimit-limit"), Some("60"));
+    assert_eq!(keyless[60].status, 429);
+}
+
+#[test]
+fn envoy_fails_open_while_ratelimitd_is_down_and_limits_again_when_it_is_back() {
+    let mut trio = Trio::start();
+    let key = fresh_key("down");
+    assert!(
+        trio.send("GET", "/leads", Some(&key))
+            .header("ratelimit-limit")
+            .is_some()
+    );
+
+    let running = trio.ratelimitd.take().expect("ratelimitd");
+    let port = running.port();
+    running.stop();
+    let while_down = trio.times(20, "POST", "/leads/bulk", Some(&key));
+    for s in &while_down {
+        assert_eq!(
+            s.status, 200,
+            "failure_mode_deny: false lets requests through: {s:?}"
+        );
+        assert_eq!(
+            s.header("ratelimit-limit"),
+            None,
+            "nobody decided, so no headers"
+        );
+    }
+
+    trio.ratelimitd = Some(Ratelimitd::start(&project("config"), port));
+    trio.wait_until_limited();
+    let seen = trio
+        .within_one_minute(|trio| trio.times(11, "POST", "/leads/bulk", Some(&fresh_key("back"))));
+    assert!(seen[..10].iter().all(|s| s.status == 200));
+    assert_eq!(
+        seen[10].status, 429,
+        "limits apply again without restarting Envoy"
+    );
+}
+
+#[test]
+fn grpcurl_lists_describes_calls_and_checks_health_through_reflection() {
+    let trio = Trio::start();
+    let addr = trio.ratelimitd.as_ref().expect("ratelimitd").addr.clone();
+
+    let list = grpcurl(&[&addr, "list"]);
+    assert!(
+        list.contains("envoy.service.ratelimit.v3.RateLimitService"),
+        "{list}"
+    );
+    assert!(list.contains("grpc.health.v1.Health"), "{list}");
+
+    let describe = grpcurl(&[
+        &addr,
+        "describe",
+        "envoy.service.ratelimit.v3.RateLimitService",
+    ]);
+    assert!(describe.contains("rpc ShouldRateLimit"), "{describe}");
+    let describe = grpcurl(&[
+        &addr,
+        "describe",
+        "envoy.service.ratelimit.v3.RateLimitRequest",
+    ]);
+    assert!(describe.contains("string domain = 1;"), "{describe}");
+
+    for service in ["", "envoy.service.ratelimit.v3.RateLimitService"] {
+        let body = format!(r#"{{"service":"{service}"}}"#);
+        let health = grpcurl(&["-d", &body, &addr, "grpc.health.v1.Health/Check"]);
+        assert!(
+            health.contains("\"status\": \"SERVING\""),
+            "{service:?}: {health}"
+        );
+    }
+
+    let method = "envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit";
+    let (first, second) = common::within_one_window_blocking(60, || {
+        let call = format!(
+            r#"{{"domain":"mega-api","descriptors":[{{"entries":[{{"key":"api_key","value":"{}"}},{{"key":"bucket","value":"bulk"}}]}}],"hits_addend":10}}"#,
+            fresh_key("grpcurl")
+        );
+        (
+            grpcurl(&["-d", &call, &addr, method]),
+            grpcurl(&["-d", &call, &addr, method]),
+        )
+    });
+    assert!(first.contains("\"overallCode\": \"OK\""), "{first}");
+    assert!(
+        first.contains("\"key\": \"ratelimit-remaining\""),
+        "{first}"
+    );
+    // Ten hits fill the bulk bucket (10 a minute), so ten more are over it.
+    assert!(
+        second.contains("\"overallCode\": \"OVER_LIMIT\""),
+        "{second}"
+    );
+    assert!(second.contains("\"key\": \"retry-after\""), "{second}");
+    assert!(second.contains("\"rawBody\""), "{second}");
+}
