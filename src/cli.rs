@@ -21,6 +21,21 @@ pub enum Command {
     Serve(Serve),
     /// Validate rule files; print every error as file:line:column and exit 1 if there is one.
     Check(Check),
+    /// Ask a running ratelimitd's gRPC health service; exit 0 if it is SERVING, else 1.
+    Health(Health),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Health {
+    /// Address of the ratelimitd to ask.
+    #[arg(long, env = "RATELIMITD_HEALTH_ADDR", default_value = "127.0.0.1:8081")]
+    pub grpc_addr: String,
+    /// The service to ask about; empty: the whole server.
+    #[arg(long, default_value = "")]
+    pub service: String,
+    /// Give up after this many milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    pub timeout_ms: u64,
 }
 
 #[derive(Debug, clap::Args)]

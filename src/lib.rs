@@ -9,6 +9,7 @@
 //! - [`service`]: Envoy's `RateLimitService` over gRPC: request validation, the call into the
 //!   limiter, and the response with its headers and body.
 //! - [`server`]: the gRPC server: the service, health and reflection on a bound listener.
+//! - [`probe`]: the client side of `ratelimitd health`.
 //! - [`app`]: wires settings, rules, store and server, and shuts them down in order.
 //!
 //! `config` → `rules` ← `limiter`; `service` uses `rules`, `limiter` and `proto`; `server` uses
@@ -17,6 +18,7 @@
 pub mod app;
 pub mod config;
 pub mod limiter;
+pub mod probe;
 pub mod proto;
 pub mod rules;
 pub mod server;

@@ -13,13 +13,14 @@ use tokio::net::TcpListener;
 
 use cli::{Cli, Command, LogFormat};
 use ratelimitd::app::{self, Settings};
-use ratelimitd::config;
 use ratelimitd::service::ResponseSettings;
+use ratelimitd::{config, probe};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check(check) => run_check(&check),
+        Command::Health(health) => run_health(&health),
         Command::Serve(serve) => {
             init_logging(&serve.log);
             match run_serve(serve) {
@@ -52,6 +53,33 @@ fn run_check(check: &cli::Check) -> ExitCode {
         }
         Err(errors) => {
             eprintln!("{errors}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_health(health: &cli::Health) -> ExitCode {
+    let timeout = Duration::from_millis(health.timeout_ms);
+    let answer = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|runtime| {
+            runtime
+                .block_on(probe::check(&health.grpc_addr, &health.service, timeout))
+                .map_err(|e| e.to_string())
+        });
+    match answer {
+        Ok(status) => {
+            println!("{status}");
+            if status == "SERVING" {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(error) => {
+            eprintln!("ratelimitd health: {error}");
             ExitCode::FAILURE
         }
     }

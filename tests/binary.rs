@@ -57,3 +57,22 @@ fn sigterm_stops_serving_and_exits_zero() {
         .wait_for("shutting down", Duration::from_secs(10));
     assert_eq!(served.process.wait_exit(Duration::from_secs(15)), 0);
 }
+
+#[test]
+fn the_health_command_reports_serving_and_fails_when_nothing_answers() {
+    let served = Ratelimitd::start(&project("config"), 0);
+    let health = |addr: &str| {
+        Command::new(env!("CARGO_BIN_EXE_ratelimitd"))
+            .args(["health", "--timeout-ms", "2000", "--grpc-addr", addr])
+            .output()
+            .expect("ratelimitd health runs")
+    };
+    let up = health(&served.addr);
+    assert_eq!(up.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&up.stdout).trim(), "SERVING");
+    let port = served.port();
+    served.stop();
+    let down = health(&format!("127.0.0.1:{port}"));
+    assert_eq!(down.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&down.stderr).contains("cannot connect"));
+}

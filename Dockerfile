@@ -1,0 +1,30 @@
+# ratelimitd: a small runtime image with the binary, the seed rules and a non-root user.
+#
+#   docker build -t ratelimitd .
+#   docker run -p 8081:8081 ratelimitd              # serves config/ (the seed policy)
+#   docker run -v $PWD/rules:/etc/ratelimitd:ro -p 8081:8081 ratelimitd
+#
+# No protoc is needed: build.rs compiles the vendored protos with protox.
+
+FROM rust:1.95-slim-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock build.rs ./
+COPY proto proto
+COPY src src
+RUN cargo build --release --locked --bin ratelimitd
+
+FROM debian:bookworm-slim
+RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin ratelimitd
+COPY --from=build /src/target/release/ratelimitd /usr/local/bin/ratelimitd
+COPY config /etc/ratelimitd
+USER 10001
+ENV RATELIMITD_CONFIG=/etc/ratelimitd \
+    RATELIMITD_GRPC_ADDR=0.0.0.0:8081 \
+    RATELIMITD_LOG_FORMAT=json
+EXPOSE 8081
+# Asks the server's own grpc.health.v1.Health; NOT_SERVING while it drains after SIGTERM.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
+    CMD ["ratelimitd", "health", "--grpc-addr", "127.0.0.1:8081"]
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["ratelimitd"]
+CMD ["serve"]
