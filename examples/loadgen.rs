@@ -1,0 +1,565 @@
+//! Load benchmark for ratelimitd, measured against a no-op baseline on the same tonic stack.
+//!
+//! `compare` is the benchmark: it starts `ratelimitd` (on `config/`, the seed policy) and the
+//! no-op baseline (`examples/noop_server.rs`), each pinned to core 0 with `taskset`, and drives
+//! them alternately (A/B, B/A, …) from a load process pinned to core 1. Each figure is the median
+//! over the rounds, and is reported as a ratio to the baseline measured in the same run:
+//!
+//!     cargo build --release --bin ratelimitd --example noop_server --example loadgen
+//!     target/release/examples/loadgen compare --rounds 5 --duration 5
+//!
+//! `memory` measures peak memory (VmHWM) of ratelimitd holding a million keys' counters under
+//! the seed policy, and that the memory goes back once their windows end. `run` is one load run
+//! against an address (what `compare` runs on core 1).
+//!
+//! Requests are seed-shaped: domain `mega-api`, one descriptor
+//! `(api_key, key-<i>), (bucket, default)`, with `i` drawn uniformly from `--keys` keys, or one
+//! hot key (`--hot`) that is over its limit after its first 60 requests.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use hdrhistogram::Histogram;
+use ratelimitd::proto::rate_limit_descriptor::Entry;
+use ratelimitd::proto::rate_limit_response::Code;
+use ratelimitd::proto::rate_limit_service_client::RateLimitServiceClient;
+use ratelimitd::proto::{RateLimitDescriptor, RateLimitRequest};
+use serde_json::{Value, json};
+use tonic::transport::{Channel, Endpoint};
+
+#[derive(Parser)]
+#[command(about = "Load benchmark for ratelimitd against a no-op baseline")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// One load run against ADDR; prints one JSON line.
+    Run(RunArgs),
+    /// The benchmark: ratelimitd vs the no-op baseline, scenario by scenario, A/B alternated.
+    Compare(CompareArgs),
+    /// Peak memory with a million keys' counters live, and memory given back after the windows end.
+    Memory(MemoryArgs),
+}
+
+#[derive(clap::Args, Clone)]
+struct RunArgs {
+    #[arg(long)]
+    addr: String,
+    /// HTTP/2 connections.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Requests in flight.
+    #[arg(long, default_value_t = 64)]
+    in_flight: usize,
+    /// Seconds of measured load.
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// Distinct API keys.
+    #[arg(long, default_value_t = 10_000)]
+    keys: usize,
+    /// One hot key instead of `--keys` keys.
+    #[arg(long)]
+    hot: bool,
+    /// First send one request for each key (to make every key's counters live), unmeasured.
+    #[arg(long)]
+    prefill: bool,
+    /// Seconds of unmeasured load before measuring.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+}
+
+#[derive(clap::Args)]
+struct CompareArgs {
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// Scenarios to run: uniform-10k, hot-key, keys-1m, latency-8 (default: all).
+    #[arg(long, value_delimiter = ',')]
+    scenarios: Vec<String>,
+    #[command(flatten)]
+    binaries: Binaries,
+}
+
+#[derive(clap::Args)]
+struct MemoryArgs {
+    #[arg(long, default_value_t = 1_000_000)]
+    keys: usize,
+    #[command(flatten)]
+    binaries: Binaries,
+}
+
+#[derive(clap::Args, Clone)]
+struct Binaries {
+    #[arg(long, default_value = "target/release/ratelimitd")]
+    ratelimitd: PathBuf,
+    #[arg(long, default_value = "target/release/examples/noop_server")]
+    noop: PathBuf,
+    #[arg(long, default_value = "config")]
+    config: PathBuf,
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    match Cli::parse().command {
+        Cmd::Run(args) => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let result = runtime.block_on(run(args))?;
+            println!("{result}");
+        }
+        Cmd::Compare(args) => compare(args)?,
+        Cmd::Memory(args) => memory(args)?,
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// One load run.
+
+fn seed_request(key: &str) -> RateLimitRequest {
+    let entry = |key: &str, value: &str| Entry {
+        key: key.to_string(),
+        value: value.to_string(),
+    };
+    RateLimitRequest {
+        domain: "mega-api".to_string(),
+        descriptors: vec![RateLimitDescriptor {
+            entries: vec![entry("api_key", key), entry("bucket", "default")],
+            ..Default::default()
+        }],
+        hits_addend: 0,
+    }
+}
+
+async fn connect(addr: &str, n: usize) -> Result<Vec<Channel>, Box<dyn std::error::Error>> {
+    let mut channels = Vec::with_capacity(n);
+    for _ in 0..n {
+        // One `connect` per channel: each is its own HTTP/2 connection.
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))?.tcp_nodelay(true);
+        channels.push(endpoint.connect().await?);
+    }
+    Ok(channels)
+}
+
+/// Counts shared by the workers of one run.
+#[derive(Default)]
+struct Counts {
+    ok: AtomicU64,
+    over: AtomicU64,
+    errors: AtomicU64,
+}
+
+async fn run(args: RunArgs) -> Result<Value, Box<dyn std::error::Error>> {
+    let channels = connect(&args.addr, args.connections.max(1)).await?;
+    let keys: Arc<Vec<String>> = Arc::new(if args.hot {
+        vec!["hot-key".to_string()]
+    } else {
+        (0..args.keys.max(1)).map(|i| format!("key-{i}")).collect()
+    });
+    if args.prefill {
+        prefill(&channels, &keys, args.in_flight).await;
+    }
+    let warmup = Duration::from_secs_f64(args.warmup);
+    let measure = Duration::from_secs_f64(args.duration);
+    let start = Instant::now();
+    let measure_from = start + warmup;
+    let until = measure_from + measure;
+    let counts = Arc::new(Counts::default());
+    let mut workers = Vec::with_capacity(args.in_flight);
+    for w in 0..args.in_flight {
+        let mut client = RateLimitServiceClient::new(channels[w % channels.len()].clone());
+        let keys = Arc::clone(&keys);
+        let counts = Arc::clone(&counts);
+        workers.push(tokio::spawn(async move {
+            let mut latencies = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+                .map_err(|e| e.to_string())?;
+            // A small xorshift per worker: uniform keys without a shared RNG.
+            let mut state = 0x9E37_79B9_7F4A_7C15_u64 ^ (w as u64 + 1).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            loop {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                let key = &keys[(state % keys.len() as u64) as usize];
+                let sent = Instant::now();
+                if sent >= until {
+                    break;
+                }
+                let answer = client.should_rate_limit(seed_request(key)).await;
+                let done = Instant::now();
+                if sent < measure_from || done > until {
+                    continue;
+                }
+                let micros = done.duration_since(sent).as_micros() as u64;
+                let _ = latencies.record(micros.max(1));
+                let counter = match answer {
+                    Ok(response) if response.get_ref().overall_code == Code::OverLimit as i32 => &counts.over,
+                    Ok(_) => &counts.ok,
+                    Err(_) => &counts.errors,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok::<_, String>(latencies)
+        }));
+    }
+    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    for worker in workers {
+        let latencies = worker.await??;
+        all.add(&latencies)?;
+    }
+    let (ok, over, errors) = (
+        counts.ok.load(Ordering::Relaxed),
+        counts.over.load(Ordering::Relaxed),
+        counts.errors.load(Ordering::Relaxed),
+    );
+    Ok(json!({
+        "decisions_per_s": (ok + over) as f64 / measure.as_secs_f64(),
+        "ok": ok,
+        "over_limit": over,
+        "errors": errors,
+        "p50_us": all.value_at_quantile(0.50),
+        "p90_us": all.value_at_quantile(0.90),
+        "p99_us": all.value_at_quantile(0.99),
+        "max_us": all.max(),
+    }))
+}
+
+/// One request per key, `in_flight` at a time.
+async fn prefill(channels: &[Channel], keys: &Arc<Vec<String>>, in_flight: usize) {
+    let next = Arc::new(AtomicU64::new(0));
+    let mut workers = Vec::new();
+    for w in 0..in_flight.max(1) {
+        let mut client = RateLimitServiceClient::new(channels[w % channels.len()].clone());
+        let keys = Arc::clone(keys);
+        let next = Arc::clone(&next);
+        workers.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                let Some(key) = keys.get(i) else { break };
+                let _ = client.should_rate_limit(seed_request(key)).await;
+            }
+        }));
+    }
+    for worker in workers {
+        let _ = worker.await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Servers and processes.
+
+/// A server process, pinned to core 0, stopped by PID on drop.
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Server {
+    fn start(binaries: &Binaries, noop: bool, config: Option<&PathBuf>) -> Result<Server, Box<dyn std::error::Error>> {
+        let mut command = Command::new("taskset");
+        command.args(["-c", "0"]);
+        if noop {
+            command.arg(&binaries.noop).arg("127.0.0.1:0");
+        } else {
+            command
+                .arg(&binaries.ratelimitd)
+                .args(["serve", "--grpc-addr", "127.0.0.1:0", "--log-format", "json", "--config"])
+                .arg(config.unwrap_or(&binaries.config));
+        }
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let addr = if noop {
+            read_line_with(child.stdout.take(), "listening on ")
+                .map(|l| l.trim_start_matches("listening on ").trim().to_string())
+        } else {
+            read_line_with(child.stderr.take(), "ratelimitd serving").and_then(|l| {
+                let at = l.find("\"grpc\":\"")? + 8;
+                l[at..].split('"').next().map(str::to_string)
+            })
+        };
+        let Some(addr) = addr else {
+            let _ = child.kill();
+            return Err("the server did not report its address".into());
+        };
+        Ok(Server { child, addr })
+    }
+
+    /// (user + system) CPU seconds used so far.
+    fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the command name (which is in parentheses): utime is 14th, stime 15th overall.
+        let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+        (ticks(11) + ticks(12)) / clock_ticks()
+    }
+
+    /// `VmHWM` and `VmRSS` in KiB.
+    fn memory_kib(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        (field("VmHWM:"), field("VmRSS:"))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// Reads lines from `pipe` on a thread until one contains `needle` (within 30 s); keeps
+/// draining the pipe afterwards so the child never blocks on a full pipe.
+fn read_line_with(pipe: Option<impl std::io::Read + Send + 'static>, needle: &str) -> Option<String> {
+    use std::io::BufRead;
+    let pipe = pipe?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let needle = needle.to_string();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+            if !sent && line.contains(&needle) {
+                let _ = tx.send(line);
+                sent = true;
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(30)).ok()
+}
+
+/// Runs `loadgen run` pinned to core 1 and returns its JSON result.
+fn load(addr: &str, args: &[String]) -> Result<Value, Box<dyn std::error::Error>> {
+    let me = std::env::current_exe()?;
+    let output = Command::new("taskset")
+        .args(["-c", "1"])
+        .arg(me)
+        .args(["run", "--addr", addr])
+        .args(args)
+        .output()?;
+    if !output.status.success() {
+        return Err(format!("load run failed: {}", String::from_utf8_lossy(&output.stderr)).into());
+    }
+    Ok(serde_json::from_slice(&output.stdout)?)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The benchmark.
+
+struct Scenario {
+    name: &'static str,
+    what: &'static str,
+    args: Vec<String>,
+    prefill: Option<Vec<String>>,
+}
+
+fn scenarios(duration: f64) -> Vec<Scenario> {
+    let d = duration.to_string();
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = vec!["--duration".into(), d.clone()];
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    vec![
+        Scenario {
+            name: "uniform-10k",
+            what: "10,000 uniform keys, 64 in flight",
+            args: args(&["--keys", "10000", "--in-flight", "64"]),
+            prefill: None,
+        },
+        Scenario {
+            name: "hot-key",
+            what: "one hot key over its limit, 64 in flight",
+            args: args(&["--hot", "--in-flight", "64"]),
+            prefill: None,
+        },
+        Scenario {
+            name: "keys-1m",
+            what: "1,000,000 live keys (2 windows each), 64 in flight",
+            args: args(&["--keys", "1000000", "--in-flight", "64"]),
+            prefill: Some(vec![
+                "--keys".into(),
+                "1000000".into(),
+                "--prefill".into(),
+                "--duration".into(),
+                "0.1".into(),
+                "--warmup".into(),
+                "0".into(),
+            ]),
+        },
+        Scenario {
+            name: "latency-8",
+            what: "10,000 uniform keys, 8 in flight (latency)",
+            args: args(&["--keys", "10000", "--in-flight", "8"]),
+            prefill: None,
+        },
+    ]
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+fn compare(args: CompareArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let chosen = |name: &str| args.scenarios.is_empty() || args.scenarios.iter().any(|s| s == name);
+    println!(
+        "| scenario | server | decisions/s | ratio | p50 µs | p99 µs | p99 ratio | server CPU µs/decision | CPU ratio | OK / OVER_LIMIT / errors (last round) |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for scenario in scenarios(args.duration).into_iter().filter(|s| chosen(s.name)) {
+        eprintln!("{}: {} ({} rounds)", scenario.name, scenario.what, args.rounds);
+        let servers = [
+            Server::start(&args.binaries, true, None)?,
+            Server::start(&args.binaries, false, None)?,
+        ];
+        if let Some(prefill) = &scenario.prefill {
+            for server in &servers {
+                load(&server.addr, prefill)?;
+            }
+        }
+        // results[s] = per round (decisions/s, p50, p99, cpu µs/decision, raw)
+        let mut results: [Vec<(f64, f64, f64, f64, Value)>; 2] = [Vec::new(), Vec::new()];
+        for round in 0..args.rounds {
+            let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+            for s in order {
+                let cpu_before = servers[s].cpu_seconds();
+                let result = load(&servers[s].addr, &scenario.args)?;
+                let cpu = servers[s].cpu_seconds() - cpu_before;
+                let rate = result["decisions_per_s"].as_f64().unwrap_or(0.0);
+                let decisions = result["ok"].as_u64().unwrap_or(0) + result["over_limit"].as_u64().unwrap_or(0);
+                // CPU over the whole run (warm-up included) per decision of the whole run.
+                let total = rate * (args.duration + 1.0);
+                let cpu_per = if decisions > 0 { cpu * 1e6 / total } else { f64::NAN };
+                let p50 = result["p50_us"].as_f64().unwrap_or(0.0);
+                let p99 = result["p99_us"].as_f64().unwrap_or(0.0);
+                eprintln!(
+                    "  round {} {}: {:.0}/s p50 {p50}µs p99 {p99}µs cpu {cpu_per:.1}µs/decision",
+                    round + 1,
+                    if s == 0 { "noop" } else { "ratelimitd" },
+                    rate
+                );
+                results[s].push((rate, p50, p99, cpu_per, result));
+            }
+        }
+        let summary = |s: usize| {
+            let r = &results[s];
+            (
+                median(r.iter().map(|x| x.0).collect()),
+                median(r.iter().map(|x| x.1).collect()),
+                median(r.iter().map(|x| x.2).collect()),
+                median(r.iter().map(|x| x.3).collect()),
+                r.last().map(|x| x.4.clone()).unwrap_or(Value::Null),
+            )
+        };
+        let base = summary(0);
+        for (s, label) in [(0, "no-op baseline"), (1, "ratelimitd")] {
+            let m = summary(s);
+            println!(
+                "| {} | {label} | {:.0} | {:.2}x | {:.0} | {:.0} | {:.2}x | {:.1} | {:.2}x | {} / {} / {} |",
+                scenario.name,
+                m.0,
+                m.0 / base.0,
+                m.1,
+                m.2,
+                m.2 / base.2,
+                m.3,
+                m.3 / base.3,
+                m.4["ok"],
+                m.4["over_limit"],
+                m.4["errors"],
+            );
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Memory.
+
+fn memory(args: MemoryArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let keys = args.keys.to_string();
+    let prefill = |addr: &str| {
+        load(
+            addr,
+            &[
+                "--keys".into(),
+                keys.clone(),
+                "--prefill".into(),
+                "--duration".into(),
+                "0.1".into(),
+                "--warmup".into(),
+                "0".into(),
+            ],
+        )
+    };
+    let counters = 2.0 * args.keys as f64;
+
+    let server = Server::start(&args.binaries, false, None)?;
+    std::thread::sleep(Duration::from_millis(500));
+    let (idle_hwm, idle_rss) = server.memory_kib();
+    prefill(&server.addr)?;
+    let (hwm, rss) = server.memory_kib();
+    println!("seed policy (60/minute + 1,000/hour), {} keys = {} counters:", args.keys, counters);
+    println!("  idle:  VmHWM {idle_hwm} KiB, VmRSS {idle_rss} KiB");
+    println!("  full:  VmHWM {hwm} KiB, VmRSS {rss} KiB");
+    println!(
+        "  peak above idle: {:.1} MiB = {:.1} bytes per live counter",
+        (hwm - idle_hwm) as f64 / 1024.0,
+        (hwm - idle_hwm) as f64 * 1024.0 / counters
+    );
+    drop(server);
+
+    // The same shape with windows of 1 and 2 seconds: once they end, the sweeper (every 5 s)
+    // drops the counters.
+    let dir = std::env::temp_dir().join(format!("ratelimitd-memory-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let rules = dir.join("short.yaml");
+    std::fs::write(
+        &rules,
+        "domain: mega-api\ndescriptors:\n  - key: api_key\n    descriptors:\n      - key: bucket\n        value: default\n        rate_limits:\n          - {unit: second, requests_per_unit: 60}\n          - {unit: second, unit_multiplier: 2, requests_per_unit: 1000}\n",
+    )?;
+    let server = Server::start(&args.binaries, false, Some(&rules))?;
+    std::thread::sleep(Duration::from_millis(500));
+    let (_, idle_rss) = server.memory_kib();
+    prefill(&server.addr)?;
+    let (_, full_rss) = server.memory_kib();
+    std::thread::sleep(Duration::from_secs(12));
+    let (_, after_rss) = server.memory_kib();
+    println!("windows of 1 s and 2 s, {} keys:", args.keys);
+    println!(
+        "  VmRSS idle {idle_rss} KiB, full {full_rss} KiB, 12 s after the windows ended {after_rss} KiB ({:.0} % of the growth given back)",
+        100.0 * (full_rss.saturating_sub(after_rss)) as f64 / (full_rss.saturating_sub(idle_rss)).max(1) as f64
+    );
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
