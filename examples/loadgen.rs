@@ -67,6 +67,9 @@ struct RunArgs {
     /// One hot key instead of `--keys` keys.
     #[arg(long)]
     hot: bool,
+    /// Keys are this prefix and a number (`internal_` keys are unlimited in config/).
+    #[arg(long, default_value = "key-")]
+    key_prefix: String,
     /// First send one request for each key (to make every key's counters live), unmeasured.
     #[arg(long)]
     prefill: bool,
@@ -160,7 +163,7 @@ async fn run(args: RunArgs) -> Result<Value, Box<dyn std::error::Error>> {
     let keys: Arc<Vec<String>> = Arc::new(if args.hot {
         vec!["hot-key".to_string()]
     } else {
-        (0..args.keys.max(1)).map(|i| format!("key-{i}")).collect()
+        (0..args.keys.max(1)).map(|i| format!("{}{i}", args.key_prefix)).collect()
     });
     if args.prefill {
         prefill(&channels, &keys, args.in_flight).await;
@@ -447,7 +450,8 @@ fn compare(args: CompareArgs) -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         // results[s] = per round (decisions/s, p50, p99, cpu µs/decision, raw)
-        let mut results: [Vec<(f64, f64, f64, f64, Value)>; 2] = [Vec::new(), Vec::new()];
+        type Round = (f64, f64, f64, f64, Value);
+        let mut results: [Vec<Round>; 2] = [Vec::new(), Vec::new()];
         for round in 0..args.rounds {
             let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
             for s in order {
@@ -524,12 +528,27 @@ fn memory(args: MemoryArgs) -> Result<(), Box<dyn std::error::Error>> {
     let counters = 2.0 * args.keys as f64;
 
     let server = Server::start(&args.binaries, false, None)?;
-    std::thread::sleep(Duration::from_millis(500));
+    // "Idle" is a server that has carried the same traffic but holds no counters: 200,000
+    // requests with internal (unlimited) keys bring its buffers and caches to their working size.
+    load(
+        &server.addr,
+        &[
+            "--keys".into(),
+            "200000".into(),
+            "--key-prefix".into(),
+            "internal_".into(),
+            "--prefill".into(),
+            "--duration".into(),
+            "0.1".into(),
+            "--warmup".into(),
+            "0".into(),
+        ],
+    )?;
     let (idle_hwm, idle_rss) = server.memory_kib();
     prefill(&server.addr)?;
     let (hwm, rss) = server.memory_kib();
     println!("seed policy (60/minute + 1,000/hour), {} keys = {} counters:", args.keys, counters);
-    println!("  idle:  VmHWM {idle_hwm} KiB, VmRSS {idle_rss} KiB");
+    println!("  idle (after 200,000 requests that count nothing):  VmHWM {idle_hwm} KiB, VmRSS {idle_rss} KiB");
     println!("  full:  VmHWM {hwm} KiB, VmRSS {rss} KiB");
     println!(
         "  peak above idle: {:.1} MiB = {:.1} bytes per live counter",
@@ -538,25 +557,25 @@ fn memory(args: MemoryArgs) -> Result<(), Box<dyn std::error::Error>> {
     );
     drop(server);
 
-    // The same shape with windows of 1 and 2 seconds: once they end, the sweeper (every 5 s)
-    // drops the counters.
+    // The same shape with windows of 40 and 45 seconds (longer than the prefill takes): once
+    // they end, the sweeper (every 5 s) drops the counters and gives their memory back.
     let dir = std::env::temp_dir().join(format!("ratelimitd-memory-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let rules = dir.join("short.yaml");
     std::fs::write(
         &rules,
-        "domain: mega-api\ndescriptors:\n  - key: api_key\n    descriptors:\n      - key: bucket\n        value: default\n        rate_limits:\n          - {unit: second, requests_per_unit: 60}\n          - {unit: second, unit_multiplier: 2, requests_per_unit: 1000}\n",
+        "domain: mega-api\ndescriptors:\n  - key: api_key\n    descriptors:\n      - key: bucket\n        value: default\n        rate_limits:\n          - {unit: second, unit_multiplier: 40, requests_per_unit: 60}\n          - {unit: second, unit_multiplier: 45, requests_per_unit: 1000}\n",
     )?;
     let server = Server::start(&args.binaries, false, Some(&rules))?;
-    std::thread::sleep(Duration::from_millis(500));
     let (_, idle_rss) = server.memory_kib();
     prefill(&server.addr)?;
     let (_, full_rss) = server.memory_kib();
-    std::thread::sleep(Duration::from_secs(12));
+    // Every counter's window ends within 45 s of the last request; then one sweep.
+    std::thread::sleep(Duration::from_secs(52));
     let (_, after_rss) = server.memory_kib();
-    println!("windows of 1 s and 2 s, {} keys:", args.keys);
+    println!("windows of 40 s and 45 s, {} keys:", args.keys);
     println!(
-        "  VmRSS idle {idle_rss} KiB, full {full_rss} KiB, 12 s after the windows ended {after_rss} KiB ({:.0} % of the growth given back)",
+        "  VmRSS at start {idle_rss} KiB, full {full_rss} KiB, after the windows ended and a sweep {after_rss} KiB ({:.0} % of the growth given back)",
         100.0 * (full_rss.saturating_sub(after_rss)) as f64 / (full_rss.saturating_sub(idle_rss)).max(1) as f64
     );
     drop(server);

@@ -1,10 +1,11 @@
-//! Counter keys: one per (domain, descriptor entries, window length).
+//! Counter keys: one per (domain, descriptor entries). Each key holds a counter per window
+//! length (see `memory.rs`), so a counter is identified by (domain, entries, window length).
 //!
 //! Every string is written with its length in front, so no two different descriptors can
 //! produce the same bytes. envoyproxy/ratelimit joins `key_value` pairs with `_` unescaped, so
 //! `(a, b_c)` and `(a_b, c)` share a counter there; here they cannot. The window *number* is not
-//! part of the key: a counter slot holds its own window number and starts again from 0 when a
-//! new window begins, so a busy key reuses one slot instead of leaving one behind per window.
+//! part of the key either: a counter holds its own window number and starts again from 0 when a
+//! new window begins, so a busy key reuses its counters instead of leaving some behind per window.
 
 use std::borrow::Borrow;
 
@@ -13,14 +14,19 @@ use std::borrow::Borrow;
 pub struct CounterKey(Box<[u8]>);
 
 impl CounterKey {
-    /// Encodes a counter's identity: `entries` are the descriptor's `(key, value)` pairs.
+    /// Encodes a descriptor's identity: `entries` are its `(key, value)` pairs.
     pub fn new<'e>(
         domain: &str,
-        entries: impl ExactSizeIterator<Item = (&'e str, &'e str)>,
-        window_seconds: u32,
+        entries: impl ExactSizeIterator<Item = (&'e str, &'e str)> + Clone,
     ) -> CounterKey {
-        let mut bytes = Vec::with_capacity(16 + domain.len());
-        push_len(&mut bytes, window_seconds as usize);
+        // Sized exactly first, so the key is one allocation and `into_boxed_slice` copies nothing.
+        let size = str_size(domain)
+            + len_size(entries.len())
+            + entries
+                .clone()
+                .map(|(key, value)| str_size(key) + str_size(value))
+                .sum::<usize>();
+        let mut bytes = Vec::with_capacity(size);
         push_str(&mut bytes, domain);
         push_len(&mut bytes, entries.len());
         for (key, value) in entries {
@@ -29,6 +35,7 @@ impl CounterKey {
         }
         CounterKey(bytes.into_boxed_slice())
     }
+
 
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
@@ -39,6 +46,14 @@ impl Borrow<[u8]> for CounterKey {
     fn borrow(&self) -> &[u8] {
         &self.0
     }
+}
+
+fn len_size(n: usize) -> usize {
+    (usize::BITS - (n | 1).leading_zeros()).div_ceil(7) as usize
+}
+
+fn str_size(s: &str) -> usize {
+    len_size(s.len()) + s.len()
 }
 
 fn push_str(bytes: &mut Vec<u8>, s: &str) {
@@ -63,8 +78,8 @@ fn push_len(bytes: &mut Vec<u8>, mut n: usize) {
 mod tests {
     use super::CounterKey;
 
-    fn key(domain: &str, entries: &[(&str, &str)], window: u32) -> CounterKey {
-        CounterKey::new(domain, entries.iter().copied(), window)
+    fn key(domain: &str, entries: &[(&str, &str)]) -> CounterKey {
+        CounterKey::new(domain, entries.iter().copied())
     }
 
     #[test]
@@ -81,17 +96,25 @@ mod tests {
         ];
         for (left, right) in table {
             assert_ne!(
-                key("d", left, 60),
-                key("d", right, 60),
+                key("d", left),
+                key("d", right),
                 "{left:?} vs {right:?}"
             );
         }
-        assert_ne!(key("d_a", &[("b", "c")], 60), key("d", &[("a_b", "c")], 60));
+        assert_ne!(key("d_a", &[("b", "c")]), key("d", &[("a_b", "c")]));
     }
 
     #[test]
-    fn each_window_length_has_its_own_counter() {
-        assert_ne!(key("d", &[("k", "v")], 60), key("d", &[("k", "v")], 3600));
-        assert_eq!(key("d", &[("k", "v")], 60), key("d", &[("k", "v")], 60));
+    fn keys_are_sized_exactly() {
+        for value in ["", "k", &"v".repeat(127), &"v".repeat(128), &"v".repeat(20_000)] {
+            let k = key("mega-api", &[("api_key", value), ("bucket", "default")]);
+            let expected = 9 + 8 + 7 + 8 + 1 + super::len_size(value.len()) + value.len();
+            assert_eq!(k.as_bytes().len(), expected, "value of {} bytes", value.len());
+        }
+        assert_eq!(super::len_size(0), 1);
+        assert_eq!(super::len_size(127), 1);
+        assert_eq!(super::len_size(128), 2);
+        assert_eq!(super::len_size(16_383), 2);
+        assert_eq!(super::len_size(16_384), 3);
     }
 }

@@ -1,31 +1,43 @@
 //! Counters in process memory: the embedded default store.
 //!
-//! One slot per counter key in a sharded map (`DashMap`). A slot packs its window number and
-//! its count into one `AtomicU64`, so moving to a new window and counting are a single
-//! compare-and-swap: no lock is held across a decision and a hot key costs one atomic update,
-//! or only a read once it is over its limit.
+//! One entry per descriptor key in a sharded map (`DashMap`), holding that descriptor's
+//! counters, one per window length (the seed's default bucket has two). Keeping a descriptor's
+//! windows together costs one key and one map lookup per descriptor instead of one per window.
+//!
+//! A counter packs its window number and its count into one `AtomicU64`, so moving to a new
+//! window and counting are a single compare-and-swap: no lock is held across a decision, and a
+//! hot key costs one atomic update, or only a read once it is over its limit.
 //!
 //! Counting is all-or-nothing per request: each enforced counter is *reserved* (raised only if
-//! the hits still fit), and if one does not fit the reservations already made are given back,
+//! the hits still fit), and if one does not fit, the reservations already made are given back,
 //! so a rejected request moves no counter. Because a counter is never raised past its limit,
 //! concurrent requests on one key admit exactly `requests_per_unit` per window.
 //!
-//! Slots of windows that have ended are removed by [`MemoryStore::sweep`], which the server
+//! Entries whose windows have all ended are removed by [`MemoryStore::sweep`], which the server
 //! runs on a timer, so memory follows the keys active now rather than all keys ever seen.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use dashmap::DashMap;
+use smallvec::SmallVec;
 
 use super::key::CounterKey;
 use super::window;
 
+/// One request's counters: the descriptor keys, and one increment per window.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub keys: Vec<CounterKey>,
+    pub increments: Vec<Increment>,
+}
+
 /// One counter's change in a request.
 #[derive(Debug)]
-pub struct Increment<'a> {
-    pub key: &'a CounterKey,
-    /// The window's length in seconds.
+pub struct Increment {
+    /// Index of the descriptor's key in [`Batch::keys`].
+    pub key: usize,
+    /// The window's length in seconds: with the key, it names the counter.
     pub window_seconds: u32,
     /// The window number that `now` falls in.
     pub window_index: u32,
@@ -48,24 +60,37 @@ pub struct Count {
 /// Why a request could not be counted.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum StoreError {
-    #[error("the counter table is full ({0} counters); raise --max-counters")]
+    #[error("the counter table is full ({0} keys); raise --max-counters")]
     Full(usize),
 }
 
 /// The in-memory counter store.
 pub struct MemoryStore {
-    slots: DashMap<CounterKey, Slot>,
+    /// Keys come from requests, so the hasher is seeded per process (foldhash's quality
+    /// variant): a client cannot pick keys that all land in one bucket.
+    entries: DashMap<CounterKey, Counters, foldhash::quality::RandomState>,
     /// Counted by hand because `DashMap::len` locks every shard.
     live: AtomicUsize,
     /// A bound on memory: past it, new keys are refused until windows end and are swept.
-    max_counters: usize,
+    max_keys: usize,
+}
+
+/// A descriptor's counters, one per window length. The first two (the seed's default bucket
+/// has two windows) live inline, so an entry is 48 bytes with its key; more go to `more`.
+#[derive(Default)]
+struct Counters {
+    /// Window lengths of `states`; 0 marks an unused place.
+    seconds: [u32; 2],
+    states: [Counter; 2],
+    /// Boxed so that the rare overflow costs one pointer (8 bytes) in every entry, not a
+    /// `Vec`'s 24.
+    #[allow(clippy::box_collection)]
+    more: Option<Box<Vec<(u32, Counter)>>>,
 }
 
 /// One counter: its window number in the high 32 bits and its count in the low 32.
-struct Slot {
-    state: AtomicU64,
-    window_seconds: u32,
-}
+#[derive(Default)]
+struct Counter(AtomicU64);
 
 fn pack(index: u32, count: u64) -> u64 {
     (u64::from(index) << 32) | count.min(u64::from(u32::MAX))
@@ -75,9 +100,13 @@ fn unpack(state: u64) -> (u32, u64) {
     ((state >> 32) as u32, state & u64::from(u32::MAX))
 }
 
-impl Slot {
-    /// The count in window `index`; a slot left from an earlier window counts 0. A slot
-    /// already in a later window (another request read the clock a moment later) is used as is.
+impl Counter {
+    fn starting(index: u32) -> Counter {
+        Counter(AtomicU64::new(pack(index, 0)))
+    }
+
+    /// The count in window `index`; a counter left from an earlier window counts 0. One already
+    /// in a later window (another request read the clock a moment later) is used as it is.
     fn count_in(state: u64, index: u32) -> (u32, u64) {
         let (stored, count) = unpack(state);
         if stored >= index {
@@ -88,14 +117,14 @@ impl Slot {
     }
 
     fn peek(&self, index: u32) -> u64 {
-        Slot::count_in(self.state.load(Ordering::Acquire), index).1
+        Counter::count_in(self.0.load(Ordering::Acquire), index).1
     }
 
     /// Adds `hits` if the result stays within `limit`; else returns the count untouched.
     fn reserve(&self, index: u32, hits: u64, limit: u32) -> Result<(u32, u64), u64> {
-        let mut state = self.state.load(Ordering::Acquire);
+        let mut state = self.0.load(Ordering::Acquire);
         loop {
-            let (at, count) = Slot::count_in(state, index);
+            let (at, count) = Counter::count_in(state, index);
             let after = count.saturating_add(hits);
             let over = if hits == 0 {
                 count >= u64::from(limit)
@@ -108,7 +137,7 @@ impl Slot {
             if hits == 0 {
                 return Ok((at, count));
             }
-            match self.state.compare_exchange_weak(
+            match self.0.compare_exchange_weak(
                 state,
                 pack(at, after),
                 Ordering::AcqRel,
@@ -122,12 +151,12 @@ impl Slot {
 
     /// Adds `hits` whatever the limit (shadow mode), saturating.
     fn add(&self, index: u32, hits: u64) -> u64 {
-        let mut state = self.state.load(Ordering::Acquire);
+        let mut state = self.0.load(Ordering::Acquire);
         loop {
-            let (at, count) = Slot::count_in(state, index);
+            let (at, count) = Counter::count_in(state, index);
             let next = pack(at, count.saturating_add(hits));
             match self
-                .state
+                .0
                 .compare_exchange_weak(state, next, Ordering::AcqRel, Ordering::Acquire)
             {
                 Ok(_) => return unpack(next).1,
@@ -138,7 +167,7 @@ impl Slot {
 
     /// Gives back a reservation made in window `index`; nothing if that window has ended.
     fn release(&self, index: u32, hits: u64) {
-        let mut state = self.state.load(Ordering::Acquire);
+        let mut state = self.0.load(Ordering::Acquire);
         loop {
             let (at, count) = unpack(state);
             if at != index {
@@ -146,7 +175,7 @@ impl Slot {
             }
             let next = pack(at, count.saturating_sub(hits));
             match self
-                .state
+                .0
                 .compare_exchange_weak(state, next, Ordering::AcqRel, Ordering::Acquire)
             {
                 Ok(_) => return,
@@ -154,18 +183,68 @@ impl Slot {
             }
         }
     }
+
+    /// Whether the window this counter last counted in, of `seconds`, has ended by `now`.
+    fn ended(&self, seconds: u32, now: Duration) -> bool {
+        let (index, _) = unpack(self.0.load(Ordering::Acquire));
+        index < window::position(now, seconds).index
+    }
 }
 
-impl MemoryStore {
-    pub fn new(max_counters: usize) -> MemoryStore {
-        MemoryStore {
-            slots: DashMap::new(),
-            live: AtomicUsize::new(0),
-            max_counters,
+impl Counters {
+    fn get(&self, window_seconds: u32) -> Option<&Counter> {
+        if let Some(i) = self.seconds.iter().position(|&s| s == window_seconds) {
+            return self.states.get(i);
+        }
+        let more = self.more.as_deref()?;
+        more.iter().find(|(s, _)| *s == window_seconds).map(|(_, c)| c)
+    }
+
+    /// Adds a counter for `window_seconds` (which it does not have yet), starting in `index`.
+    fn add(&mut self, window_seconds: u32, index: u32) {
+        if let Some(i) = self.seconds.iter().position(|&s| s == 0) {
+            self.seconds[i] = window_seconds;
+            self.states[i] = Counter::starting(index);
+        } else {
+            self.more
+                .get_or_insert_with(Default::default)
+                .push((window_seconds, Counter::starting(index)));
         }
     }
 
-    /// Live counters (slots not yet swept).
+    /// Whether every counter's window has ended by `now`.
+    fn all_ended(&self, now: Duration) -> bool {
+        let inline = self
+            .seconds
+            .iter()
+            .zip(&self.states)
+            .filter(|(s, _)| **s != 0)
+            .all(|(s, c)| c.ended(*s, now));
+        let more = self
+            .more
+            .as_deref()
+            .is_none_or(|more| more.iter().all(|(s, c)| c.ended(*s, now)));
+        inline && more
+    }
+}
+
+/// What to do with one counter, once found.
+enum Op {
+    Reserve,
+    Add,
+    Peek,
+}
+
+impl MemoryStore {
+    pub fn new(max_keys: usize) -> MemoryStore {
+        MemoryStore {
+            entries: DashMap::default(),
+            live: AtomicUsize::new(0),
+            max_keys,
+        }
+    }
+
+    /// Live descriptor keys (entries not yet swept); each holds a counter per window length.
     pub fn len(&self) -> usize {
         self.live.load(Ordering::Relaxed)
     }
@@ -177,12 +256,12 @@ impl MemoryStore {
     /// Counts one request: all of its enforced counters move, or none do.
     ///
     /// Returns one [`Count`] per increment, in order, and whether the request was admitted.
-    pub fn apply(&self, batch: &[Increment<'_>]) -> Result<(bool, Vec<Count>), StoreError> {
-        let mut counts = Vec::with_capacity(batch.len());
+    pub fn apply(&self, batch: &Batch) -> Result<(bool, Vec<Count>), StoreError> {
+        let mut counts = Vec::with_capacity(batch.increments.len());
         // (position in batch, window it was reserved in) of each reservation made so far.
-        let mut reserved: Vec<(usize, u32)> = Vec::new();
+        let mut reserved: SmallVec<[(usize, u32); 4]> = SmallVec::new();
         let mut admitted = true;
-        for (i, inc) in batch.iter().enumerate() {
+        for (i, inc) in batch.increments.iter().enumerate() {
             if !inc.enforced {
                 counts.push(Count {
                     value: 0,
@@ -191,16 +270,14 @@ impl MemoryStore {
                 continue;
             }
             if !admitted {
+                let value = self.on_counter(batch, inc, Op::Peek)?.unwrap_or_default().1;
                 counts.push(Count {
-                    value: self.peek(inc),
+                    value,
                     over_limit: false,
                 });
                 continue;
             }
-            let outcome = self.with_slot(inc, |slot| {
-                slot.reserve(inc.window_index, inc.hits, inc.requests_per_unit)
-            })?;
-            match outcome {
+            match self.on_counter(batch, inc, Op::Reserve)? {
                 Ok((at, after)) => {
                     reserved.push((i, at));
                     counts.push(Count {
@@ -219,22 +296,28 @@ impl MemoryStore {
         }
         if !admitted {
             for (i, at) in reserved {
-                let inc = &batch[i];
+                let inc = &batch.increments[i];
                 if inc.hits > 0 {
-                    if let Some(slot) = self.slots.get(inc.key.as_bytes()) {
-                        slot.release(at, inc.hits);
+                    if let Some(entry) = self.entries.get(&batch.keys[inc.key])
+                        && let Some(counter) = entry.get(inc.window_seconds)
+                    {
+                        counter.release(at, inc.hits);
                     }
                     counts[i].value = counts[i].value.saturating_sub(inc.hits);
                 }
             }
         }
         // Shadow-mode counters count what was admitted; they never refuse.
-        for (i, inc) in batch.iter().enumerate().filter(|(_, inc)| !inc.enforced) {
-            let value = if admitted && inc.hits > 0 {
-                self.with_slot(inc, |slot| slot.add(inc.window_index, inc.hits))?
+        for (i, inc) in batch.increments.iter().enumerate() {
+            if inc.enforced {
+                continue;
+            }
+            let op = if admitted && inc.hits > 0 {
+                Op::Add
             } else {
-                self.peek(inc)
+                Op::Peek
             };
+            let value = self.on_counter(batch, inc, op)?.unwrap_or_default().1;
             let over_limit = if inc.hits == 0 {
                 value >= u64::from(inc.requests_per_unit)
             } else {
@@ -245,47 +328,63 @@ impl MemoryStore {
         Ok((admitted, counts))
     }
 
-    fn peek(&self, inc: &Increment<'_>) -> u64 {
-        self.slots
-            .get(inc.key.as_bytes())
-            .map_or(0, |slot| slot.peek(inc.window_index))
-    }
-
-    /// Runs `f` on the key's slot, creating the slot if the table has room.
-    fn with_slot<R>(
+    /// Runs `op` on the increment's counter, creating the counter (and its entry, if the table
+    /// has room) unless only peeking. A peek at a counter that does not exist reads 0.
+    fn on_counter(
         &self,
-        inc: &Increment<'_>,
-        f: impl FnOnce(&Slot) -> R,
-    ) -> Result<R, StoreError> {
-        if let Some(slot) = self.slots.get(inc.key.as_bytes()) {
-            return Ok(f(&slot));
+        batch: &Batch,
+        inc: &Increment,
+        op: Op,
+    ) -> Result<Result<(u32, u64), u64>, StoreError> {
+        let key = &batch.keys[inc.key];
+        let run = |counter: &Counter| match op {
+            Op::Reserve => counter.reserve(inc.window_index, inc.hits, inc.requests_per_unit),
+            Op::Add => Ok((inc.window_index, counter.add(inc.window_index, inc.hits))),
+            Op::Peek => Ok((inc.window_index, counter.peek(inc.window_index))),
+        };
+        if let Some(entry) = self.entries.get(key)
+            && let Some(counter) = entry.get(inc.window_seconds)
+        {
+            return Ok(run(counter));
         }
-        if self.len() >= self.max_counters {
-            return Err(StoreError::Full(self.max_counters));
+        if matches!(op, Op::Peek) {
+            return Ok(Ok((inc.window_index, 0)));
         }
-        let slot = self.slots.entry(inc.key.clone()).or_insert_with(|| {
-            self.live.fetch_add(1, Ordering::Relaxed);
-            Slot {
-                state: AtomicU64::new(pack(inc.window_index, 0)),
-                window_seconds: inc.window_seconds,
+        // The key or this window is new: take the shard's write lock once to add it.
+        let mut entry = match self.entries.get_mut(key) {
+            Some(entry) => entry,
+            None => {
+                if self.len() >= self.max_keys {
+                    return Err(StoreError::Full(self.max_keys));
+                }
+                self.entries.entry(key.clone()).or_insert_with(|| {
+                    self.live.fetch_add(1, Ordering::Relaxed);
+                    Counters::default()
+                })
             }
-        });
-        Ok(f(&slot))
+        };
+        if entry.get(inc.window_seconds).is_none() {
+            entry.add(inc.window_seconds, inc.window_index);
+        }
+        let counter = entry.get(inc.window_seconds);
+        Ok(counter.map_or(Ok((inc.window_index, 0)), run))
     }
 
-    /// Removes the counters whose window ended before `now`; returns how many.
+    /// Removes the keys whose windows have all ended before `now`, and gives the table's spare
+    /// room back; returns how many keys were removed.
     pub fn sweep(&self, now: Duration) -> usize {
         let mut removed = 0;
-        self.slots.retain(|_, slot| {
-            let current = window::position(now, slot.window_seconds).index;
-            let (index, _) = unpack(slot.state.load(Ordering::Acquire));
-            let keep = index >= current;
+        self.entries.retain(|_, counters| {
+            let keep = !counters.all_ended(now);
             if !keep {
                 removed += 1;
             }
             keep
         });
         self.live.fetch_sub(removed, Ordering::Relaxed);
+        if removed > 0 {
+            self.entries.shrink_to_fit();
+        }
         removed
     }
 }
@@ -294,31 +393,33 @@ impl MemoryStore {
 mod tests {
     use super::*;
 
-    fn key(name: &str, window: u32) -> CounterKey {
-        CounterKey::new("d", [("k", name)].into_iter(), window)
-    }
-
-    fn inc<'a>(key: &'a CounterKey, limit: u32, hits: u64, index: u32) -> Increment<'a> {
-        Increment {
-            key,
-            window_seconds: 60,
-            window_index: index,
-            requests_per_unit: limit,
-            hits,
-            enforced: true,
+    /// A batch of one descriptor key with `windows` as (window seconds, limit, hits, index).
+    fn batch(name: &str, windows: &[(u32, u32, u64, u32)]) -> Batch {
+        Batch {
+            keys: vec![CounterKey::new("d", [("k", name)].into_iter())],
+            increments: windows
+                .iter()
+                .map(|&(window_seconds, requests_per_unit, hits, window_index)| Increment {
+                    key: 0,
+                    window_seconds,
+                    window_index,
+                    requests_per_unit,
+                    hits,
+                    enforced: true,
+                })
+                .collect(),
         }
     }
 
     #[test]
     fn counts_up_to_the_limit_then_refuses_without_counting() {
         let store = MemoryStore::new(100);
-        let k = key("a", 60);
         for expected in 1..=3 {
-            let (admitted, counts) = store.apply(&[inc(&k, 3, 1, 7)]).expect("room");
+            let (admitted, counts) = store.apply(&batch("a", &[(60, 3, 1, 7)])).expect("room");
             assert!(admitted);
             assert_eq!(counts[0].value, expected);
         }
-        let (admitted, counts) = store.apply(&[inc(&k, 3, 1, 7)]).expect("room");
+        let (admitted, counts) = store.apply(&batch("a", &[(60, 3, 1, 7)])).expect("room");
         assert!(!admitted);
         assert_eq!(
             counts[0],
@@ -330,12 +431,30 @@ mod tests {
     }
 
     #[test]
+    fn each_window_length_of_a_key_has_its_own_counter() {
+        let store = MemoryStore::new(100);
+        store.apply(&batch("a", &[(60, 10, 4, 1)])).expect("room");
+        let (_, counts) = store
+            .apply(&batch("a", &[(60, 10, 1, 1), (3600, 10, 1, 1)]))
+            .expect("room");
+        assert_eq!(counts[0].value, 5);
+        assert_eq!(counts[1].value, 1);
+        assert_eq!(store.len(), 1, "one entry for the key");
+        let (_, counts) = store
+            .apply(&batch("a", &[(1, 10, 1, 60), (60, 10, 1, 1), (86_400, 10, 1, 0)]))
+            .expect("room");
+        let values: Vec<u64> = counts.iter().map(|c| c.value).collect();
+        assert_eq!(values, [1, 6, 1], "a third window goes past the inline two");
+        assert_eq!(store.sweep(Duration::from_secs(3_600)), 0, "the day has not ended");
+        assert_eq!(store.sweep(Duration::from_secs(86_400)), 1);
+    }
+
+    #[test]
     fn a_refused_request_gives_back_its_other_reservations() {
         let store = MemoryStore::new(100);
-        let (minute, hour) = (key("m", 60), key("h", 3600));
-        store.apply(&[inc(&hour, 2, 2, 1)]).expect("room");
+        store.apply(&batch("a", &[(3600, 2, 2, 1)])).expect("room");
         let (admitted, counts) = store
-            .apply(&[inc(&minute, 10, 1, 1), inc(&hour, 2, 1, 1)])
+            .apply(&batch("a", &[(60, 10, 1, 1), (3600, 2, 1, 1)]))
             .expect("room");
         assert!(!admitted);
         assert_eq!(
@@ -352,40 +471,43 @@ mod tests {
                 over_limit: true
             }
         );
-        let (_, counts) = store.apply(&[inc(&minute, 10, 0, 1)]).expect("room");
+        let (_, counts) = store.apply(&batch("a", &[(60, 10, 0, 1)])).expect("room");
         assert_eq!(counts[0].value, 0, "the minute counter did not move");
     }
 
     #[test]
-    fn a_new_window_starts_from_zero_and_old_windows_are_swept() {
+    fn a_new_window_starts_from_zero_and_ended_keys_are_swept() {
         let store = MemoryStore::new(100);
-        let k = key("a", 60);
-        store.apply(&[inc(&k, 1, 1, 5)]).expect("room");
-        let (admitted, _) = store.apply(&[inc(&k, 1, 1, 5)]).expect("room");
+        store.apply(&batch("a", &[(60, 1, 1, 5)])).expect("room");
+        let (admitted, _) = store.apply(&batch("a", &[(60, 1, 1, 5)])).expect("room");
         assert!(!admitted);
-        let (admitted, counts) = store.apply(&[inc(&k, 1, 1, 6)]).expect("room");
+        let (admitted, counts) = store.apply(&batch("a", &[(60, 1, 1, 6)])).expect("room");
         assert!(admitted);
         assert_eq!(counts[0].value, 1);
+        store.apply(&batch("b", &[(60, 1, 1, 6), (3600, 1, 1, 0)])).expect("room");
         assert_eq!(store.sweep(Duration::from_secs(6 * 60 + 1)), 0);
-        assert_eq!(store.sweep(Duration::from_secs(7 * 60)), 1);
+        assert_eq!(store.sweep(Duration::from_secs(7 * 60)), 1, "a: its only window ended");
+        assert_eq!(store.len(), 1, "b: its hour has not ended");
+        assert_eq!(store.sweep(Duration::from_secs(3600)), 1);
         assert!(store.is_empty());
     }
 
     #[test]
     fn a_full_table_refuses_new_keys_but_serves_known_ones() {
         let store = MemoryStore::new(1);
-        let (a, b) = (key("a", 60), key("b", 60));
-        store.apply(&[inc(&a, 5, 1, 1)]).expect("room");
-        assert_eq!(store.apply(&[inc(&b, 5, 1, 1)]), Err(StoreError::Full(1)));
-        assert!(store.apply(&[inc(&a, 5, 1, 1)]).is_ok());
+        store.apply(&batch("a", &[(60, 5, 1, 1)])).expect("room");
+        assert_eq!(
+            store.apply(&batch("b", &[(60, 5, 1, 1)])),
+            Err(StoreError::Full(1))
+        );
+        assert!(store.apply(&batch("a", &[(60, 5, 1, 1)])).is_ok());
     }
 
     #[test]
     fn check_only_is_over_once_the_limit_is_reached() {
         let store = MemoryStore::new(10);
-        let k = key("a", 60);
-        assert!(store.apply(&[inc(&k, 1, 0, 1)]).expect("room").0);
-        store.apply(&[inc(&k, 1, 1, 1)]).expect("room");
-        assert!(!store.apply(&[inc(&k, 1, 0, 1)]).expect("room").0);
+        assert!(store.apply(&batch("a", &[(60, 1, 0, 1)])).expect("room").0);
+        store.apply(&batch("a", &[(60, 1, 1, 1)])).expect("room");
+        assert!(!store.apply(&batch("a", &[(60, 1, 0, 1)])).expect("room").0);
     }
 }

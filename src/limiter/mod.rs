@@ -14,7 +14,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 pub use key::CounterKey;
-pub use memory::{Count, Increment, MemoryStore, StoreError};
+pub use memory::{Batch, Count, Increment, MemoryStore, StoreError};
 
 use crate::rules::{Entry, Limit, Policy, RuleSet, Unit, Window};
 
@@ -154,22 +154,36 @@ impl Limiter {
             .flat_map(|a| a.limits())
             .flat_map(|limit| limit.replaces.iter().map(String::as_str))
             .collect();
-        let mut planned = Vec::new();
-        let mut keys = Vec::new();
-        let mut increments = Vec::new();
+        let windows = applied.iter().map(|a| a.limits().len()).sum();
+        let mut planned = Vec::with_capacity(windows);
+        let mut batch = Batch {
+            keys: Vec::with_capacity(request.descriptors.len()),
+            increments: Vec::with_capacity(windows),
+        };
         for (i, (descriptor, applied)) in request.descriptors.iter().zip(&applied).enumerate() {
+            let mut key = None;
             for limit in applied.limits() {
                 if limit.name.as_deref().is_some_and(|n| replaced.contains(n)) {
                     continue;
                 }
+                let key = *key.get_or_insert_with(|| {
+                    let entries = descriptor
+                        .entries
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_str()));
+                    batch.keys.push(CounterKey::new(&request.domain, entries));
+                    batch.keys.len() - 1
+                });
                 let seconds = limit.window.seconds();
                 let position = window::position(now, seconds);
-                let entries = descriptor
-                    .entries
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_str()));
-                keys.push(CounterKey::new(&request.domain, entries, seconds));
-                increments.push((seconds, position.index, limit, descriptor.hits));
+                batch.increments.push(Increment {
+                    key,
+                    window_seconds: seconds,
+                    window_index: position.index,
+                    requests_per_unit: limit.requests_per_unit,
+                    hits: descriptor.hits,
+                    enforced: !limit.shadow_mode,
+                });
                 planned.push(Planned {
                     descriptor: i,
                     limit,
@@ -177,18 +191,6 @@ impl Limiter {
                 });
             }
         }
-        let batch: Vec<Increment<'_>> = increments
-            .iter()
-            .zip(&keys)
-            .map(|(&(seconds, index, limit, hits), key)| Increment {
-                key,
-                window_seconds: seconds,
-                window_index: index,
-                requests_per_unit: limit.requests_per_unit,
-                hits,
-                enforced: !limit.shadow_mode,
-            })
-            .collect();
         let (_, counts) = self.store.apply(&batch)?;
         Ok(Decision::from_counts(
             request.descriptors.len(),
@@ -216,57 +218,55 @@ impl Decision {
     }
 
     fn from_counts(descriptors: usize, planned: &[Planned<'_>], counts: &[Count]) -> Decision {
-        let reports: Vec<(usize, WindowReport)> = planned
-            .iter()
-            .zip(counts)
-            .map(|(plan, count)| {
-                let limit = u64::from(plan.limit.requests_per_unit);
-                let remaining = limit.saturating_sub(count.value) as u32;
-                (
-                    plan.descriptor,
-                    WindowReport {
-                        requests_per_unit: plan.limit.requests_per_unit,
-                        window: plan.limit.window,
-                        name: plan.limit.name.clone(),
-                        remaining: if count.over_limit { 0 } else { remaining },
-                        reset_in: plan.reset_in,
-                        over_limit: count.over_limit,
-                        shadow_mode: plan.limit.shadow_mode,
-                    },
-                )
-            })
-            .collect();
         let mut decision = Decision::unlimited(descriptors);
-        for (i, out) in decision.descriptors.iter_mut().enumerate() {
-            let mine = reports.iter().filter(|(d, _)| *d == i).map(|(_, r)| r);
+        for (plan, count) in planned.iter().zip(counts) {
+            let limit = u64::from(plan.limit.requests_per_unit);
+            let report = WindowReport {
+                requests_per_unit: plan.limit.requests_per_unit,
+                window: plan.limit.window,
+                name: plan.limit.name.clone(),
+                remaining: if count.over_limit {
+                    0
+                } else {
+                    limit.saturating_sub(count.value) as u32
+                },
+                reset_in: plan.reset_in,
+                over_limit: count.over_limit,
+                shadow_mode: plan.limit.shadow_mode,
+            };
+            if !report.shadow_mode {
+                decision.over_limit |= report.over_limit;
+                if report.over_limit {
+                    decision.retry_after = decision.retry_after.max(Some(report.reset_in));
+                }
+                if binds_more(&report, decision.headline.as_ref()) {
+                    decision.headline = Some(report.clone());
+                }
+            }
+            let Some(out) = decision.descriptors.get_mut(plan.descriptor) else {
+                continue;
+            };
             // Enforced windows speak for the descriptor; shadow ones only when there is no other.
-            let enforced = most_restrictive(mine.clone().filter(|r| !r.shadow_mode));
-            out.report = enforced.or_else(|| most_restrictive(mine)).cloned();
-            out.over_limit = out
-                .report
-                .as_ref()
-                .is_some_and(|r| r.over_limit && !r.shadow_mode);
+            let replace = match &out.report {
+                None => true,
+                Some(current) if current.shadow_mode != report.shadow_mode => current.shadow_mode,
+                Some(current) => binds_more(&report, Some(current)),
+            };
+            if replace {
+                out.over_limit = report.over_limit && !report.shadow_mode;
+                out.report = Some(report);
+            }
         }
-        let enforced = || reports.iter().map(|(_, r)| r).filter(|r| !r.shadow_mode);
-        decision.over_limit = enforced().any(|r| r.over_limit);
-        decision.headline = most_restrictive(enforced()).cloned();
-        decision.retry_after = enforced()
-            .filter(|r| r.over_limit)
-            .map(|r| r.reset_in)
-            .max();
         decision
     }
 }
 
-/// The exceeded window that resets last, else the one with the least remaining (the later
-/// reset on a tie): the window a client has to wait for.
-fn most_restrictive<'a>(
-    reports: impl Iterator<Item = &'a WindowReport>,
-) -> Option<&'a WindowReport> {
-    reports.max_by(|a, b| {
-        a.over_limit
-            .cmp(&b.over_limit)
-            .then(b.remaining.cmp(&a.remaining))
-            .then(a.reset_in.cmp(&b.reset_in))
-    })
+/// Whether `report` binds more than `current`: exceeded beats not exceeded; then the least
+/// remaining; then the later reset. That is the window a client has to wait for.
+fn binds_more(report: &WindowReport, current: Option<&WindowReport>) -> bool {
+    let Some(current) = current else {
+        return true;
+    };
+    let key = |r: &WindowReport| (r.over_limit, std::cmp::Reverse(r.remaining), r.reset_in);
+    key(report) > key(current)
 }

@@ -14,10 +14,14 @@ use std::time::Duration;
 pub use matcher::Entry;
 pub use wildcard::Wildcard;
 
+/// Hash maps of the rule tree. Their keys come from rule files, not from requests, so a fast
+/// hasher is safe here (lookups with a request's strings cannot grow them).
+type RuleMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// Every domain that the rule files define, by name.
 #[derive(Debug, Default)]
 pub struct RuleSet {
-    domains: HashMap<String, Domain>,
+    domains: RuleMap<String, Domain>,
 }
 
 impl RuleSet {
@@ -78,13 +82,13 @@ pub enum NodeValue {
 /// file order, then the key-only node. Keeping the three kinds apart makes each step one lookup.
 #[derive(Debug, Default)]
 pub struct Children {
-    by_key: HashMap<String, KeyNodes>,
+    by_key: RuleMap<String, KeyNodes>,
 }
 
 /// All nodes of one level that share a key.
 #[derive(Debug, Default)]
 struct KeyNodes {
-    exact: HashMap<String, Node>,
+    exact: RuleMap<String, Node>,
     /// In file order: the first that matches wins.
     wildcards: Vec<Node>,
     any: Option<Box<Node>>,
