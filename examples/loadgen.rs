@@ -263,11 +263,13 @@ struct Server {
 }
 
 impl Server {
-    fn start(binaries: &Binaries, noop: bool, config: Option<&PathBuf>) -> Result<Server, Box<dyn std::error::Error>> {
+    /// `noop`: the no-op baseline with that canned answer (`empty`, `ok`, `over-limit`);
+    /// `None`: ratelimitd.
+    fn start(binaries: &Binaries, noop: Option<&str>, config: Option<&PathBuf>) -> Result<Server, Box<dyn std::error::Error>> {
         let mut command = Command::new("taskset");
         command.args(["-c", "0"]);
-        if noop {
-            command.arg(&binaries.noop).arg("127.0.0.1:0");
+        if let Some(answer) = noop {
+            command.arg(&binaries.noop).args(["127.0.0.1:0", answer]);
         } else {
             command
                 .arg(&binaries.ratelimitd)
@@ -279,7 +281,7 @@ impl Server {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()?;
-        let addr = if noop {
+        let addr = if noop.is_some() {
             read_line_with(child.stdout.take(), "listening on ")
                 .map(|l| l.trim_start_matches("listening on ").trim().to_string())
         } else {
@@ -376,6 +378,8 @@ fn load(addr: &str, args: &[String]) -> Result<Value, Box<dyn std::error::Error>
 struct Scenario {
     name: &'static str,
     what: &'static str,
+    /// The canned answer of the payload-matched baseline: what ratelimitd mostly answers here.
+    answer: &'static str,
     args: Vec<String>,
     prefill: Option<Vec<String>>,
 }
@@ -391,18 +395,21 @@ fn scenarios(duration: f64) -> Vec<Scenario> {
         Scenario {
             name: "uniform-10k",
             what: "10,000 uniform keys, 64 in flight",
+            answer: "over-limit",
             args: args(&["--keys", "10000", "--in-flight", "64"]),
             prefill: None,
         },
         Scenario {
             name: "hot-key",
             what: "one hot key over its limit, 64 in flight",
+            answer: "over-limit",
             args: args(&["--hot", "--in-flight", "64"]),
             prefill: None,
         },
         Scenario {
             name: "keys-1m",
             what: "1,000,000 live keys (2 windows each), 64 in flight",
+            answer: "ok",
             args: args(&["--keys", "1000000", "--in-flight", "64"]),
             prefill: Some(vec![
                 "--keys".into(),
@@ -417,6 +424,7 @@ fn scenarios(duration: f64) -> Vec<Scenario> {
         Scenario {
             name: "latency-8",
             what: "10,000 uniform keys, 8 in flight (latency)",
+            answer: "over-limit",
             args: args(&["--keys", "10000", "--in-flight", "8"]),
             prefill: None,
         },
@@ -440,36 +448,40 @@ fn compare(args: CompareArgs) -> Result<(), Box<dyn std::error::Error>> {
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for scenario in scenarios(args.duration).into_iter().filter(|s| chosen(s.name)) {
         eprintln!("{}: {} ({} rounds)", scenario.name, scenario.what, args.rounds);
+        let labels = [
+            "no-op baseline".to_string(),
+            format!("no-op answering like ratelimitd ({})", scenario.answer),
+            "ratelimitd".to_string(),
+        ];
         let servers = [
-            Server::start(&args.binaries, true, None)?,
-            Server::start(&args.binaries, false, None)?,
+            Server::start(&args.binaries, Some("empty"), None)?,
+            Server::start(&args.binaries, Some(scenario.answer), None)?,
+            Server::start(&args.binaries, None, None)?,
         ];
         if let Some(prefill) = &scenario.prefill {
             for server in &servers {
                 load(&server.addr, prefill)?;
             }
         }
-        // results[s] = per round (decisions/s, p50, p99, cpu µs/decision, raw)
         type Round = (f64, f64, f64, f64, Value);
-        let mut results: [Vec<Round>; 2] = [Vec::new(), Vec::new()];
+        let mut results: [Vec<Round>; 3] = [Vec::new(), Vec::new(), Vec::new()];
         for round in 0..args.rounds {
-            let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
-            for s in order {
+            // Rotate which server goes first, so that drift in the machine spreads evenly.
+            for step in 0..servers.len() {
+                let s = (round + step) % servers.len();
                 let cpu_before = servers[s].cpu_seconds();
                 let result = load(&servers[s].addr, &scenario.args)?;
                 let cpu = servers[s].cpu_seconds() - cpu_before;
                 let rate = result["decisions_per_s"].as_f64().unwrap_or(0.0);
-                let decisions = result["ok"].as_u64().unwrap_or(0) + result["over_limit"].as_u64().unwrap_or(0);
                 // CPU over the whole run (warm-up included) per decision of the whole run.
                 let total = rate * (args.duration + 1.0);
-                let cpu_per = if decisions > 0 { cpu * 1e6 / total } else { f64::NAN };
+                let cpu_per = if total > 0.0 { cpu * 1e6 / total } else { f64::NAN };
                 let p50 = result["p50_us"].as_f64().unwrap_or(0.0);
                 let p99 = result["p99_us"].as_f64().unwrap_or(0.0);
                 eprintln!(
-                    "  round {} {}: {:.0}/s p50 {p50}µs p99 {p99}µs cpu {cpu_per:.1}µs/decision",
+                    "  round {} {}: {rate:.0}/s p50 {p50}µs p99 {p99}µs cpu {cpu_per:.1}µs/decision",
                     round + 1,
-                    if s == 0 { "noop" } else { "ratelimitd" },
-                    rate
+                    labels[s],
                 );
                 results[s].push((rate, p50, p99, cpu_per, result));
             }
@@ -485,7 +497,7 @@ fn compare(args: CompareArgs) -> Result<(), Box<dyn std::error::Error>> {
             )
         };
         let base = summary(0);
-        for (s, label) in [(0, "no-op baseline"), (1, "ratelimitd")] {
+        for (s, label) in labels.iter().enumerate() {
             let m = summary(s);
             println!(
                 "| {} | {label} | {:.0} | {:.2}x | {:.0} | {:.0} | {:.2}x | {:.1} | {:.2}x | {} / {} / {} |",
@@ -527,7 +539,7 @@ fn memory(args: MemoryArgs) -> Result<(), Box<dyn std::error::Error>> {
     };
     let counters = 2.0 * args.keys as f64;
 
-    let server = Server::start(&args.binaries, false, None)?;
+    let server = Server::start(&args.binaries, None, None)?;
     // "Idle" is a server that has carried the same traffic but holds no counters: 200,000
     // requests with internal (unlimited) keys bring its buffers and caches to their working size.
     load(
@@ -566,7 +578,7 @@ fn memory(args: MemoryArgs) -> Result<(), Box<dyn std::error::Error>> {
         &rules,
         "domain: mega-api\ndescriptors:\n  - key: api_key\n    descriptors:\n      - key: bucket\n        value: default\n        rate_limits:\n          - {unit: second, unit_multiplier: 40, requests_per_unit: 60}\n          - {unit: second, unit_multiplier: 45, requests_per_unit: 1000}\n",
     )?;
-    let server = Server::start(&args.binaries, false, Some(&rules))?;
+    let server = Server::start(&args.binaries, None, Some(&rules))?;
     let (_, idle_rss) = server.memory_kib();
     prefill(&server.addr)?;
     let (_, full_rss) = server.memory_kib();

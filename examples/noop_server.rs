@@ -2,11 +2,20 @@
 //! request, served by ratelimitd's own `server::serve` (same tonic stack, health, reflection and
 //! limits). What ratelimitd costs is measured as a ratio to this.
 //!
-//!     cargo run --release --example noop_server -- 127.0.0.1:0
+//!     cargo run --release --example noop_server -- 127.0.0.1:0 [empty|ok|over-limit]
 //!
+//! The second argument picks the canned answer: `empty` (the default: overall OK and nothing
+//! else), or ratelimitd's own answer for the seed policy, `ok` (a status and three
+//! `RateLimit-*` headers) or `over-limit` (also `Retry-After`, `content-type` and the JSON body).
+//! The last two separate what ratelimitd's answers cost to carry from what deciding costs.
 //! Prints `listening on ADDR` once ready; stops on SIGTERM or Ctrl-C.
 
+use std::time::Duration;
+
+use ratelimitd::limiter::{Decision, DescriptorDecision, WindowReport};
 use ratelimitd::proto::rate_limit_response::Code;
+use ratelimitd::rules::{Unit, Window};
+use ratelimitd::service::{ResponseSettings, response};
 use ratelimitd::proto::rate_limit_service_server::RateLimitService;
 use ratelimitd::proto::{RateLimitRequest, RateLimitResponse};
 use tonic::{Request, Response, Status};
@@ -17,7 +26,7 @@ use tonic::{Request, Response, Status};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-struct Noop;
+struct Noop(RateLimitResponse);
 
 #[tonic::async_trait]
 impl RateLimitService for Noop {
@@ -25,16 +34,45 @@ impl RateLimitService for Noop {
         &self,
         _request: Request<RateLimitRequest>,
     ) -> Result<Response<RateLimitResponse>, Status> {
-        Ok(Response::new(RateLimitResponse {
-            overall_code: Code::Ok as i32,
-            ..Default::default()
-        }))
+        Ok(Response::new(self.0.clone()))
     }
+}
+
+/// ratelimitd's answer for one seed-shaped descriptor, 42 requests into a 60/minute window.
+fn seed_answer(over_limit: bool) -> RateLimitResponse {
+    let report = WindowReport {
+        requests_per_unit: 60,
+        window: Window::of(Unit::Minute),
+        name: None,
+        remaining: if over_limit { 0 } else { 18 },
+        reset_in: Duration::from_secs(31),
+        over_limit,
+        shadow_mode: false,
+    };
+    let decision = Decision {
+        over_limit,
+        descriptors: vec![DescriptorDecision {
+            over_limit,
+            report: Some(report.clone()),
+        }],
+        headline: Some(report),
+        retry_after: over_limit.then_some(Duration::from_secs(31)),
+    };
+    response::build(&decision, &ResponseSettings::default())
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:0".to_string());
+    let answer = match std::env::args().nth(2).as_deref() {
+        None | Some("empty") => RateLimitResponse {
+            overall_code: Code::Ok as i32,
+            ..Default::default()
+        },
+        Some("ok") => seed_answer(false),
+        Some("over-limit") => seed_answer(true),
+        Some(other) => return Err(format!("unknown answer {other:?}: empty, ok or over-limit").into()),
+    };
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     println!("listening on {}", listener.local_addr()?);
     let shutdown = async {
@@ -54,6 +92,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             () = term => {}
         }
     };
-    ratelimitd::server::serve(listener, Noop, |_| {}, stop).await?;
+    ratelimitd::server::serve(listener, Noop(answer), |_| {}, stop).await?;
     Ok(())
 }

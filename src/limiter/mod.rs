@@ -148,12 +148,21 @@ impl Limiter {
             })
             .collect();
 
-        // `replaces`: a limit named by another applied limit is dropped, uncounted.
-        let replaced: HashSet<&str> = applied
+        // `replaces`: a limit named by another applied limit is dropped, uncounted. Most
+        // requests have none, and then no set is built.
+        let replaces = applied
             .iter()
             .flat_map(|a| a.limits())
-            .flat_map(|limit| limit.replaces.iter().map(String::as_str))
-            .collect();
+            .any(|limit| !limit.replaces.is_empty());
+        let replaced: HashSet<&str> = if replaces {
+            applied
+                .iter()
+                .flat_map(|a| a.limits())
+                .flat_map(|limit| limit.replaces.iter().map(String::as_str))
+                .collect()
+        } else {
+            HashSet::new()
+        };
         let windows = applied.iter().map(|a| a.limits().len()).sum();
         let mut planned = Vec::with_capacity(windows);
         let mut batch = Batch {
@@ -163,7 +172,7 @@ impl Limiter {
         for (i, (descriptor, applied)) in request.descriptors.iter().zip(&applied).enumerate() {
             let mut key = None;
             for limit in applied.limits() {
-                if limit.name.as_deref().is_some_and(|n| replaced.contains(n)) {
+                if replaces && limit.name.as_deref().is_some_and(|n| replaced.contains(n)) {
                     continue;
                 }
                 let key = *key.get_or_insert_with(|| {

@@ -15,6 +15,7 @@ use tonic::{Request, Response, Status};
 
 use crate::limiter::{Limiter, StoreError};
 use crate::proto::rate_limit_service_server::RateLimitService;
+use crate::proto::rate_limit_response::Code;
 use crate::proto::{RateLimitRequest, RateLimitResponse};
 use crate::rules::RuleSet;
 pub use response::{DEFAULT_OVER_LIMIT_BODY, HeaderStyle, ResponseSettings};
@@ -44,12 +45,10 @@ impl RlsService {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_err(|_| Status::internal("the system clock is before 1970"))?;
-        let rules = Arc::clone(&self.rules);
         let decision = self
             .limiter
-            .decide(&rules, &request, now)
+            .decide(&self.rules, &request, now)
             .map_err(status_of_store_error)?;
-        tracing::Span::current().record("over_limit", decision.over_limit);
         Ok(response::build(&decision, &self.settings))
     }
 }
@@ -72,7 +71,10 @@ impl RateLimitService for RlsService {
             descriptors = request.descriptors.len(),
             over_limit = tracing::field::Empty,
         );
-        span.in_scope(|| self.should_rate_limit(request))
-            .map(Response::new)
+        let response = span.in_scope(|| self.should_rate_limit(request));
+        if let Ok(answer) = &response {
+            span.record("over_limit", answer.overall_code == Code::OverLimit as i32);
+        }
+        response.map(Response::new)
     }
 }

@@ -88,6 +88,8 @@ pub fn build(decision: &Decision, settings: &ResponseSettings) -> RateLimitRespo
             Code::Ok
         } as i32,
         statuses,
+        // Three RateLimit-* headers, and on OVER_LIMIT Retry-After and content-type.
+        response_headers_to_add: Vec::with_capacity(5),
         ..Default::default()
     };
     if let Some(headline) = &decision.headline {
@@ -168,3 +170,4 @@ fn unit_code(unit: Unit) -> rate_limit::Unit {
         Unit::Year => rate_limit::Unit::Year,
     }
 }
+

@@ -1,9 +1,12 @@
 //! The gRPC server: Envoy's rate-limit service, `grpc.health.v1.Health`, and server reflection
 //! (v1, and v1alpha for grpcurl 1.8, which asks only v1alpha), on a listener already bound.
 
+mod batched_io;
+
 use std::future::Future;
 
 use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
@@ -78,7 +81,9 @@ pub async fn serve<S: RateLimitService>(
         // TCP_NODELAY: an answer is one small write; Nagle's algorithm would hold it back until
         // the peer's delayed ACK (~40 ms), twice Envoy's default timeout.
         .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .map(|stream| stream.map(batched_io::BatchedIo)),
             shutdown,
         )
         .await?;
