@@ -15,9 +15,7 @@ use ratelimitd::proto::rate_limit_descriptor::Entry;
 use ratelimitd::proto::{RateLimitDescriptor, RateLimitRequest};
 use ratelimitd::service::{ResponseSettings, RlsService};
 
-/// mimalloc: faster than glibc's malloc for the many small, short-lived allocations of a gRPC
-/// call, and it returns freed memory to the system. The no-op baseline and the benchmarks use
-/// the same allocator, so that ratios compare like with like.
+/// The same allocator as ratelimitd (see `ratelimitd::allocator`).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -44,6 +42,7 @@ fn service() -> RlsService {
 }
 
 fn decision(c: &mut Criterion) {
+    ratelimitd::allocator::return_freed_memory_at_once();
     let mut group = c.benchmark_group("decision");
 
     let hot = service();

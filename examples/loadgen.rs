@@ -112,7 +112,9 @@ struct Binaries {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     match Cli::parse().command {
         Cmd::Run(args) => {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             let result = runtime.block_on(run(args))?;
             println!("{result}");
         }
@@ -163,7 +165,9 @@ async fn run(args: RunArgs) -> Result<Value, Box<dyn std::error::Error>> {
     let keys: Arc<Vec<String>> = Arc::new(if args.hot {
         vec!["hot-key".to_string()]
     } else {
-        (0..args.keys.max(1)).map(|i| format!("{}{i}", args.key_prefix)).collect()
+        (0..args.keys.max(1))
+            .map(|i| format!("{}{i}", args.key_prefix))
+            .collect()
     });
     if args.prefill {
         prefill(&channels, &keys, args.in_flight).await;
@@ -180,10 +184,11 @@ async fn run(args: RunArgs) -> Result<Value, Box<dyn std::error::Error>> {
         let keys = Arc::clone(&keys);
         let counts = Arc::clone(&counts);
         workers.push(tokio::spawn(async move {
-            let mut latencies = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
-                .map_err(|e| e.to_string())?;
+            let mut latencies =
+                Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
             // A small xorshift per worker: uniform keys without a shared RNG.
-            let mut state = 0x9E37_79B9_7F4A_7C15_u64 ^ (w as u64 + 1).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            let mut state =
+                0x9E37_79B9_7F4A_7C15_u64 ^ (w as u64 + 1).wrapping_mul(0xBF58_476D_1CE4_E5B9);
             loop {
                 state ^= state << 13;
                 state ^= state >> 7;
@@ -201,7 +206,9 @@ async fn run(args: RunArgs) -> Result<Value, Box<dyn std::error::Error>> {
                 let micros = done.duration_since(sent).as_micros() as u64;
                 let _ = latencies.record(micros.max(1));
                 let counter = match answer {
-                    Ok(response) if response.get_ref().overall_code == Code::OverLimit as i32 => &counts.over,
+                    Ok(response) if response.get_ref().overall_code == Code::OverLimit as i32 => {
+                        &counts.over
+                    }
                     Ok(_) => &counts.ok,
                     Err(_) => &counts.errors,
                 };
@@ -265,7 +272,11 @@ struct Server {
 impl Server {
     /// `noop`: the no-op baseline with that canned answer (`empty`, `ok`, `over-limit`);
     /// `None`: ratelimitd.
-    fn start(binaries: &Binaries, noop: Option<&str>, config: Option<&PathBuf>) -> Result<Server, Box<dyn std::error::Error>> {
+    fn start(
+        binaries: &Binaries,
+        noop: Option<&str>,
+        config: Option<&PathBuf>,
+    ) -> Result<Server, Box<dyn std::error::Error>> {
         let mut command = Command::new("taskset");
         command.args(["-c", "0"]);
         if let Some(answer) = noop {
@@ -273,7 +284,14 @@ impl Server {
         } else {
             command
                 .arg(&binaries.ratelimitd)
-                .args(["serve", "--grpc-addr", "127.0.0.1:0", "--log-format", "json", "--config"])
+                .args([
+                    "serve",
+                    "--grpc-addr",
+                    "127.0.0.1:0",
+                    "--log-format",
+                    "json",
+                    "--config",
+                ])
                 .arg(config.unwrap_or(&binaries.config));
         }
         let mut child = command
@@ -299,17 +317,24 @@ impl Server {
 
     /// (user + system) CPU seconds used so far.
     fn cpu_seconds(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
         // Fields after the command name (which is in parentheses): utime is 14th, stime 15th overall.
         let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
         let fields: Vec<&str> = after.split_whitespace().collect();
-        let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
         (ticks(11) + ticks(12)) / clock_ticks()
     }
 
     /// `VmHWM` and `VmRSS` in KiB.
     fn memory_kib(&self) -> (u64, u64) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
         let field = |name: &str| {
             status
                 .lines()
@@ -340,7 +365,10 @@ fn clock_ticks() -> f64 {
 
 /// Reads lines from `pipe` on a thread until one contains `needle` (within 30 s); keeps
 /// draining the pipe afterwards so the child never blocks on a full pipe.
-fn read_line_with(pipe: Option<impl std::io::Read + Send + 'static>, needle: &str) -> Option<String> {
+fn read_line_with(
+    pipe: Option<impl std::io::Read + Send + 'static>,
+    needle: &str,
+) -> Option<String> {
     use std::io::BufRead;
     let pipe = pipe?;
     let (tx, rx) = std::sync::mpsc::channel();
@@ -367,7 +395,11 @@ fn load(addr: &str, args: &[String]) -> Result<Value, Box<dyn std::error::Error>
         .args(args)
         .output()?;
     if !output.status.success() {
-        return Err(format!("load run failed: {}", String::from_utf8_lossy(&output.stderr)).into());
+        return Err(format!(
+            "load run failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+        .into());
     }
     Ok(serde_json::from_slice(&output.stdout)?)
 }
@@ -446,8 +478,14 @@ fn compare(args: CompareArgs) -> Result<(), Box<dyn std::error::Error>> {
         "| scenario | server | decisions/s | ratio | p50 µs | p99 µs | p99 ratio | server CPU µs/decision | CPU ratio | OK / OVER_LIMIT / errors (last round) |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
-    for scenario in scenarios(args.duration).into_iter().filter(|s| chosen(s.name)) {
-        eprintln!("{}: {} ({} rounds)", scenario.name, scenario.what, args.rounds);
+    for scenario in scenarios(args.duration)
+        .into_iter()
+        .filter(|s| chosen(s.name))
+    {
+        eprintln!(
+            "{}: {} ({} rounds)",
+            scenario.name, scenario.what, args.rounds
+        );
         let labels = [
             "no-op baseline".to_string(),
             format!("no-op answering like ratelimitd ({})", scenario.answer),
@@ -475,7 +513,11 @@ fn compare(args: CompareArgs) -> Result<(), Box<dyn std::error::Error>> {
                 let rate = result["decisions_per_s"].as_f64().unwrap_or(0.0);
                 // CPU over the whole run (warm-up included) per decision of the whole run.
                 let total = rate * (args.duration + 1.0);
-                let cpu_per = if total > 0.0 { cpu * 1e6 / total } else { f64::NAN };
+                let cpu_per = if total > 0.0 {
+                    cpu * 1e6 / total
+                } else {
+                    f64::NAN
+                };
                 let p50 = result["p50_us"].as_f64().unwrap_or(0.0);
                 let p99 = result["p99_us"].as_f64().unwrap_or(0.0);
                 eprintln!(
@@ -559,8 +601,13 @@ fn memory(args: MemoryArgs) -> Result<(), Box<dyn std::error::Error>> {
     let (idle_hwm, idle_rss) = server.memory_kib();
     prefill(&server.addr)?;
     let (hwm, rss) = server.memory_kib();
-    println!("seed policy (60/minute + 1,000/hour), {} keys = {} counters:", args.keys, counters);
-    println!("  idle (after 200,000 requests that count nothing):  VmHWM {idle_hwm} KiB, VmRSS {idle_rss} KiB");
+    println!(
+        "seed policy (60/minute + 1,000/hour), {} keys = {} counters:",
+        args.keys, counters
+    );
+    println!(
+        "  idle (after 200,000 requests that count nothing):  VmHWM {idle_hwm} KiB, VmRSS {idle_rss} KiB"
+    );
     println!("  full:  VmHWM {hwm} KiB, VmRSS {rss} KiB");
     println!(
         "  peak above idle: {:.1} MiB = {:.1} bytes per live counter",
@@ -588,7 +635,8 @@ fn memory(args: MemoryArgs) -> Result<(), Box<dyn std::error::Error>> {
     println!("windows of 40 s and 45 s, {} keys:", args.keys);
     println!(
         "  VmRSS at start {idle_rss} KiB, full {full_rss} KiB, after the windows ended and a sweep {after_rss} KiB ({:.0} % of the growth given back)",
-        100.0 * (full_rss.saturating_sub(after_rss)) as f64 / (full_rss.saturating_sub(idle_rss)).max(1) as f64
+        100.0 * (full_rss.saturating_sub(after_rss)) as f64
+            / (full_rss.saturating_sub(idle_rss)).max(1) as f64
     );
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);

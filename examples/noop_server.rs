@@ -14,15 +14,13 @@ use std::time::Duration;
 
 use ratelimitd::limiter::{Decision, DescriptorDecision, WindowReport};
 use ratelimitd::proto::rate_limit_response::Code;
-use ratelimitd::rules::{Unit, Window};
-use ratelimitd::service::{ResponseSettings, response};
 use ratelimitd::proto::rate_limit_service_server::RateLimitService;
 use ratelimitd::proto::{RateLimitRequest, RateLimitResponse};
+use ratelimitd::rules::{Unit, Window};
+use ratelimitd::service::{ResponseSettings, response};
 use tonic::{Request, Response, Status};
 
-/// mimalloc: faster than glibc's malloc for the many small, short-lived allocations of a gRPC
-/// call, and it returns freed memory to the system. The no-op baseline and the benchmarks use
-/// the same allocator, so that ratios compare like with like.
+/// The same allocator, with the same settings, as ratelimitd (see `ratelimitd::allocator`).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -63,7 +61,10 @@ fn seed_answer(over_limit: bool) -> RateLimitResponse {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:0".to_string());
+    ratelimitd::allocator::return_freed_memory_at_once();
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:0".to_string());
     let answer = match std::env::args().nth(2).as_deref() {
         None | Some("empty") => RateLimitResponse {
             overall_code: Code::Ok as i32,
@@ -71,7 +72,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         },
         Some("ok") => seed_answer(false),
         Some("over-limit") => seed_answer(true),
-        Some(other) => return Err(format!("unknown answer {other:?}: empty, ok or over-limit").into()),
+        Some(other) => {
+            return Err(format!("unknown answer {other:?}: empty, ok or over-limit").into());
+        }
     };
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     println!("listening on {}", listener.local_addr()?);

@@ -10,11 +10,13 @@
 //!   limiter, and the response with its headers and body.
 //! - [`server`]: the gRPC server: the service, health and reflection on a bound listener.
 //! - [`probe`]: the client side of `ratelimitd health`.
+//! - [`allocator`]: the allocator settings of the binaries.
 //! - [`app`]: wires settings, rules, store and server, and shuts them down in order.
 //!
 //! `config` → `rules` ← `limiter`; `service` uses `rules`, `limiter` and `proto`; `server` uses
 //! `service`; `app` uses them all. `config`, `rules` and `limiter` never name tonic or prost.
 
+pub mod allocator;
 pub mod app;
 pub mod config;
 pub mod limiter;

@@ -36,7 +36,6 @@ impl CounterKey {
         CounterKey(bytes.into_boxed_slice())
     }
 
-
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
     }
@@ -95,21 +94,28 @@ mod tests {
             ),
         ];
         for (left, right) in table {
-            assert_ne!(
-                key("d", left),
-                key("d", right),
-                "{left:?} vs {right:?}"
-            );
+            assert_ne!(key("d", left), key("d", right), "{left:?} vs {right:?}");
         }
         assert_ne!(key("d_a", &[("b", "c")]), key("d", &[("a_b", "c")]));
     }
 
     #[test]
     fn keys_are_sized_exactly() {
-        for value in ["", "k", &"v".repeat(127), &"v".repeat(128), &"v".repeat(20_000)] {
+        for value in [
+            "",
+            "k",
+            &"v".repeat(127),
+            &"v".repeat(128),
+            &"v".repeat(20_000),
+        ] {
             let k = key("mega-api", &[("api_key", value), ("bucket", "default")]);
             let expected = 9 + 8 + 7 + 8 + 1 + super::len_size(value.len()) + value.len();
-            assert_eq!(k.as_bytes().len(), expected, "value of {} bytes", value.len());
+            assert_eq!(
+                k.as_bytes().len(),
+                expected,
+                "value of {} bytes",
+                value.len()
+            );
         }
         assert_eq!(super::len_size(0), 1);
         assert_eq!(super::len_size(127), 1);

@@ -197,7 +197,9 @@ impl Counters {
             return self.states.get(i);
         }
         let more = self.more.as_deref()?;
-        more.iter().find(|(s, _)| *s == window_seconds).map(|(_, c)| c)
+        more.iter()
+            .find(|(s, _)| *s == window_seconds)
+            .map(|(_, c)| c)
     }
 
     /// Adds a counter for `window_seconds` (which it does not have yet), starting in `index`.
@@ -399,14 +401,16 @@ mod tests {
             keys: vec![CounterKey::new("d", [("k", name)].into_iter())],
             increments: windows
                 .iter()
-                .map(|&(window_seconds, requests_per_unit, hits, window_index)| Increment {
-                    key: 0,
-                    window_seconds,
-                    window_index,
-                    requests_per_unit,
-                    hits,
-                    enforced: true,
-                })
+                .map(
+                    |&(window_seconds, requests_per_unit, hits, window_index)| Increment {
+                        key: 0,
+                        window_seconds,
+                        window_index,
+                        requests_per_unit,
+                        hits,
+                        enforced: true,
+                    },
+                )
                 .collect(),
         }
     }
@@ -441,11 +445,18 @@ mod tests {
         assert_eq!(counts[1].value, 1);
         assert_eq!(store.len(), 1, "one entry for the key");
         let (_, counts) = store
-            .apply(&batch("a", &[(1, 10, 1, 60), (60, 10, 1, 1), (86_400, 10, 1, 0)]))
+            .apply(&batch(
+                "a",
+                &[(1, 10, 1, 60), (60, 10, 1, 1), (86_400, 10, 1, 0)],
+            ))
             .expect("room");
         let values: Vec<u64> = counts.iter().map(|c| c.value).collect();
         assert_eq!(values, [1, 6, 1], "a third window goes past the inline two");
-        assert_eq!(store.sweep(Duration::from_secs(3_600)), 0, "the day has not ended");
+        assert_eq!(
+            store.sweep(Duration::from_secs(3_600)),
+            0,
+            "the day has not ended"
+        );
         assert_eq!(store.sweep(Duration::from_secs(86_400)), 1);
     }
 
@@ -484,9 +495,15 @@ mod tests {
         let (admitted, counts) = store.apply(&batch("a", &[(60, 1, 1, 6)])).expect("room");
         assert!(admitted);
         assert_eq!(counts[0].value, 1);
-        store.apply(&batch("b", &[(60, 1, 1, 6), (3600, 1, 1, 0)])).expect("room");
+        store
+            .apply(&batch("b", &[(60, 1, 1, 6), (3600, 1, 1, 0)]))
+            .expect("room");
         assert_eq!(store.sweep(Duration::from_secs(6 * 60 + 1)), 0);
-        assert_eq!(store.sweep(Duration::from_secs(7 * 60)), 1, "a: its only window ended");
+        assert_eq!(
+            store.sweep(Duration::from_secs(7 * 60)),
+            1,
+            "a: its only window ended"
+        );
         assert_eq!(store.len(), 1, "b: its hour has not ended");
         assert_eq!(store.sweep(Duration::from_secs(3600)), 1);
         assert!(store.is_empty());

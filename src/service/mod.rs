@@ -14,8 +14,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tonic::{Request, Response, Status};
 
 use crate::limiter::{Limiter, StoreError};
-use crate::proto::rate_limit_service_server::RateLimitService;
 use crate::proto::rate_limit_response::Code;
+use crate::proto::rate_limit_service_server::RateLimitService;
 use crate::proto::{RateLimitRequest, RateLimitResponse};
 use crate::rules::RuleSet;
 pub use response::{DEFAULT_OVER_LIMIT_BODY, HeaderStyle, ResponseSettings};

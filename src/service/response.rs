@@ -170,4 +170,3 @@ fn unit_code(unit: Unit) -> rate_limit::Unit {
         Unit::Year => rate_limit::Unit::Year,
     }
 }
-
