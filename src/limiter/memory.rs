@@ -237,6 +237,19 @@ enum Op {
     Peek,
 }
 
+/// A read-locked entry of the map.
+type EntryRef<'a> = dashmap::mapref::one::Ref<'a, CounterKey, Counters>;
+
+/// Does `op` to `counter` for `inc`: the window it counted in and the count, or (for a
+/// reservation that does not fit) the count left alone.
+fn run(inc: &Increment, counter: &Counter, op: &Op) -> Result<(u32, u64), u64> {
+    match op {
+        Op::Reserve => counter.reserve(inc.window_index, inc.hits, inc.requests_per_unit),
+        Op::Add => Ok((inc.window_index, counter.add(inc.window_index, inc.hits))),
+        Op::Peek => Ok((inc.window_index, counter.peek(inc.window_index))),
+    }
+}
+
 impl MemoryStore {
     pub fn new(max_keys: usize) -> MemoryStore {
         MemoryStore {
@@ -263,6 +276,10 @@ impl MemoryStore {
         // (position in batch, window it was reserved in) of each reservation made so far.
         let mut reserved: SmallVec<[(usize, u32); 4]> = SmallVec::new();
         let mut admitted = true;
+        // The entry of the key being worked on: a descriptor's windows are consecutive in the
+        // batch and share one entry, so it is looked up once, not once per window. Dropped
+        // before any other lookup, so that no shard lock is held twice.
+        let mut current: Option<(usize, EntryRef<'_>)> = None;
         for (i, inc) in batch.increments.iter().enumerate() {
             if !inc.enforced {
                 counts.push(Count {
@@ -271,23 +288,35 @@ impl MemoryStore {
                 });
                 continue;
             }
-            if !admitted {
-                let value = self.on_counter(batch, inc, Op::Peek)?.unwrap_or_default().1;
-                counts.push(Count {
-                    value,
-                    over_limit: false,
-                });
-                continue;
+            let op = if admitted { Op::Reserve } else { Op::Peek };
+            if current.as_ref().map(|(key, _)| *key) != Some(inc.key) {
+                drop(current.take());
+                current = self.entries.get(&batch.keys[inc.key]).map(|e| (inc.key, e));
             }
-            match self.on_counter(batch, inc, Op::Reserve)? {
-                Ok((at, after)) => {
+            let found = current
+                .as_ref()
+                .and_then(|(_, entry)| entry.get(inc.window_seconds))
+                .map(|counter| run(inc, counter, &op));
+            let outcome = match found {
+                Some(outcome) => outcome,
+                None => {
+                    current = None;
+                    self.on_counter(batch, inc, op)?
+                }
+            };
+            match (admitted, outcome) {
+                (false, outcome) => counts.push(Count {
+                    value: outcome.map_or_else(|current| current, |(_, count)| count),
+                    over_limit: false,
+                }),
+                (true, Ok((at, after))) => {
                     reserved.push((i, at));
                     counts.push(Count {
                         value: after,
                         over_limit: false,
                     });
                 }
-                Err(current) => {
+                (true, Err(current)) => {
                     admitted = false;
                     counts.push(Count {
                         value: current,
@@ -296,6 +325,7 @@ impl MemoryStore {
                 }
             }
         }
+        drop(current);
         if !admitted {
             for (i, at) in reserved {
                 let inc = &batch.increments[i];
@@ -339,15 +369,10 @@ impl MemoryStore {
         op: Op,
     ) -> Result<Result<(u32, u64), u64>, StoreError> {
         let key = &batch.keys[inc.key];
-        let run = |counter: &Counter| match op {
-            Op::Reserve => counter.reserve(inc.window_index, inc.hits, inc.requests_per_unit),
-            Op::Add => Ok((inc.window_index, counter.add(inc.window_index, inc.hits))),
-            Op::Peek => Ok((inc.window_index, counter.peek(inc.window_index))),
-        };
         if let Some(entry) = self.entries.get(key)
             && let Some(counter) = entry.get(inc.window_seconds)
         {
-            return Ok(run(counter));
+            return Ok(run(inc, counter, &op));
         }
         if matches!(op, Op::Peek) {
             return Ok(Ok((inc.window_index, 0)));
@@ -369,7 +394,7 @@ impl MemoryStore {
             entry.add(inc.window_seconds, inc.window_index);
         }
         let counter = entry.get(inc.window_seconds);
-        Ok(counter.map_or(Ok((inc.window_index, 0)), run))
+        Ok(counter.map_or(Ok((inc.window_index, 0)), |c| run(inc, c, &op)))
     }
 
     /// Removes the keys whose windows have all ended before `now`, and gives the table's spare
