@@ -9,30 +9,17 @@
 use std::path::Path;
 use std::sync::Arc;
 
+#[path = "../examples/support/seed_request.rs"]
+mod seed_request;
+use seed_request::seed_request;
+
 use criterion::{Criterion, criterion_group, criterion_main};
 use ratelimitd::limiter::{Limiter, MemoryStore};
-use ratelimitd::proto::rate_limit_descriptor::Entry;
-use ratelimitd::proto::{RateLimitDescriptor, RateLimitRequest};
 use ratelimitd::service::{ResponseSettings, RlsService};
 
 /// The same allocator as ratelimitd (see `ratelimitd::allocator`).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-fn seed_request(key: &str) -> RateLimitRequest {
-    let entry = |key: &str, value: &str| Entry {
-        key: key.to_string(),
-        value: value.to_string(),
-    };
-    RateLimitRequest {
-        domain: "mega-api".to_string(),
-        descriptors: vec![RateLimitDescriptor {
-            entries: vec![entry("api_key", key), entry("bucket", "default")],
-            ..Default::default()
-        }],
-        hits_addend: 0,
-    }
-}
 
 fn service() -> RlsService {
     let rules = ratelimitd::config::load(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config")))

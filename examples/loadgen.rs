@@ -22,12 +22,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+#[path = "support/seed_request.rs"]
+mod seed_request;
+use seed_request::seed_request;
+
 use clap::{Parser, Subcommand};
 use hdrhistogram::Histogram;
-use ratelimitd::proto::rate_limit_descriptor::Entry;
 use ratelimitd::proto::rate_limit_response::Code;
 use ratelimitd::proto::rate_limit_service_client::RateLimitServiceClient;
-use ratelimitd::proto::{RateLimitDescriptor, RateLimitRequest};
 use serde_json::{Value, json};
 use tonic::transport::{Channel, Endpoint};
 
@@ -126,21 +128,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 // ---------------------------------------------------------------------------------------------
 // One load run.
-
-fn seed_request(key: &str) -> RateLimitRequest {
-    let entry = |key: &str, value: &str| Entry {
-        key: key.to_string(),
-        value: value.to_string(),
-    };
-    RateLimitRequest {
-        domain: "mega-api".to_string(),
-        descriptors: vec![RateLimitDescriptor {
-            entries: vec![entry("api_key", key), entry("bucket", "default")],
-            ..Default::default()
-        }],
-        hits_addend: 0,
-    }
-}
 
 async fn connect(addr: &str, n: usize) -> Result<Vec<Channel>, Box<dyn std::error::Error>> {
     let mut channels = Vec::with_capacity(n);
