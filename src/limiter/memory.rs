@@ -398,7 +398,7 @@ impl MemoryStore {
     }
 
     /// Removes the keys whose windows have all ended before `now`, and gives the table's spare
-    /// room back; returns how many keys were removed.
+    /// room back once it is mostly empty; returns how many keys were removed.
     pub fn sweep(&self, now: Duration) -> usize {
         let mut removed = 0;
         self.entries.retain(|_, counters| {
@@ -409,7 +409,9 @@ impl MemoryStore {
             keep
         });
         self.live.fetch_sub(removed, Ordering::Relaxed);
-        if removed > 0 {
+        // Give spare room back only when the table is mostly empty: shrinking a table that is
+        // about to grow again would rehash it on every sweep.
+        if removed > 0 && self.entries.capacity() > 4 * self.len().max(1024) {
             self.entries.shrink_to_fit();
         }
         removed
