@@ -186,30 +186,34 @@ fn the_default_bucket_admits_60_then_429_with_headers_retry_after_and_the_json_b
 
 #[test]
 fn buckets_keys_overrides_internal_and_keyless_traffic_behave_as_documented() {
+    /// What the scenario saw, for the assertions below.
+    struct Observed {
+        bulk: Vec<crate::Seen>,
+        default_after_bulk: crate::Seen,
+        other_key_bulk: crate::Seen,
+        default: Vec<crate::Seen>,
+        bulk_after_default: crate::Seen,
+        acme: Vec<crate::Seen>,
+        internal: Vec<crate::Seen>,
+        keyless: Vec<crate::Seen>,
+    }
     let mut trio = Trio::start();
     let seen = trio.within_one_minute(|trio| {
         let key = fresh_key("bulk");
-        let bulk = trio.times(11, "POST", "/leads/bulk", Some(&key));
-        let default_after_bulk = trio.send("GET", "/leads", Some(&key));
-        let other_key_bulk = trio.send("POST", "/leads/bulk", Some(&fresh_key("other")));
+        let other = fresh_key("other");
         let key2 = fresh_key("default");
-        let default = trio.times(61, "GET", "/leads", Some(&key2));
-        let bulk_after_default = trio.send("POST", "/leads/bulk", Some(&key2));
-        let acme = trio.times(100, "GET", "/leads", Some("acme-live"));
-        let internal = trio.times(100, "POST", "/leads/bulk", Some("internal_reports"));
-        let keyless = trio.times(61, "GET", "/leads", None);
-        (
-            bulk,
-            default_after_bulk,
-            other_key_bulk,
-            default,
-            bulk_after_default,
-            acme,
-            internal,
-            keyless,
-        )
+        Observed {
+            bulk: trio.times(11, "POST", "/leads/bulk", Some(&key)),
+            default_after_bulk: trio.send("GET", "/leads", Some(&key)),
+            other_key_bulk: trio.send("POST", "/leads/bulk", Some(&other)),
+            default: trio.times(61, "GET", "/leads", Some(&key2)),
+            bulk_after_default: trio.send("POST", "/leads/bulk", Some(&key2)),
+            acme: trio.times(100, "GET", "/leads", Some("acme-live")),
+            internal: trio.times(100, "POST", "/leads/bulk", Some("internal_reports")),
+            keyless: trio.times(61, "GET", "/leads", None),
+        }
     });
-    let (
+    let Observed {
         bulk,
         default_after_bulk,
         other_key_bulk,
@@ -218,7 +222,7 @@ fn buckets_keys_overrides_internal_and_keyless_traffic_behave_as_documented() {
         acme,
         internal,
         keyless,
-    ) = seen;
+    } = seen;
 
     assert!(bulk[..10].iter().all(|s| s.status == 200), "bulk admits 10");
     assert_eq!(bulk[0].header("ratelimit-limit"), Some("10"));
