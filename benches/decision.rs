@@ -21,18 +21,23 @@ use ratelimitd::service::{ResponseSettings, RlsService};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn service() -> RlsService {
+fn service() -> (RlsService, Arc<Limiter>) {
     let rules = ratelimitd::config::load(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config")))
         .unwrap_or_else(|e| panic!("config/ loads: {e}"));
     let limiter = Arc::new(Limiter::new(MemoryStore::new(10_000_000)));
-    RlsService::new(Arc::new(rules), limiter, ResponseSettings::default())
+    let service = RlsService::new(
+        Arc::new(rules),
+        Arc::clone(&limiter),
+        ResponseSettings::default(),
+    );
+    (service, limiter)
 }
 
 fn decision(c: &mut Criterion) {
     ratelimitd::allocator::return_freed_memory_at_once();
     let mut group = c.benchmark_group("decision");
 
-    let hot = service();
+    let (hot, _) = service();
     let hot_request = seed_request("hot-key");
     for _ in 0..100 {
         let _ = hot.should_rate_limit(hot_request.clone());
@@ -43,7 +48,7 @@ fn decision(c: &mut Criterion) {
         b.iter(|| hot.should_rate_limit(hot_request.clone()))
     });
 
-    let wide = service();
+    let (wide, wide_limiter) = service();
     const KEYS: usize = 1_000_000;
     let keys: Vec<String> = (0..KEYS).map(|i| format!("key-{i}")).collect();
     for key in &keys {
@@ -56,6 +61,18 @@ fn decision(c: &mut Criterion) {
             wide.should_rate_limit(seed_request(&keys[next]))
         })
     });
+
+    // The sweeper's pass over a million live keys, none of whose windows has ended.
+    group.sample_size(10);
+    group.bench_function("sweep 1M live keys (nothing to remove)", |b| {
+        b.iter(|| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            wide_limiter.store().sweep(now)
+        })
+    });
+    group.sample_size(100);
 
     group.bench_function("baseline: build the request", |b| {
         b.iter(|| {
