@@ -48,6 +48,18 @@ enum Cmd {
     Compare(CompareArgs),
     /// Peak memory with a million keys' counters live, and memory given back after the windows end.
     Memory(MemoryArgs),
+    /// CPU instructions per decision (valgrind's callgrind): a measure the machine's noise
+    /// does not move.
+    Instructions(InstructionsArgs),
+}
+
+#[derive(clap::Args)]
+struct InstructionsArgs {
+    /// Requests in the longer of the two runs (the shorter sends a tenth as many).
+    #[arg(long, default_value_t = 20_000)]
+    requests: usize,
+    #[command(flatten)]
+    binaries: Binaries,
 }
 
 #[derive(clap::Args, Clone)]
@@ -75,6 +87,9 @@ struct RunArgs {
     /// First send one request for each key (to make every key's counters live), unmeasured.
     #[arg(long)]
     prefill: bool,
+    /// Send exactly this many requests (keys in turn) and stop, instead of a timed run.
+    #[arg(long)]
+    requests: Option<usize>,
     /// Seconds of unmeasured load before measuring.
     #[arg(long, default_value_t = 1.0)]
     warmup: f64,
@@ -122,6 +137,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         Cmd::Compare(args) => compare(args)?,
         Cmd::Memory(args) => memory(args)?,
+        Cmd::Instructions(args) => instructions(args)?,
     }
     Ok(())
 }
@@ -158,6 +174,12 @@ async fn run(args: RunArgs) -> Result<Value, Box<dyn std::error::Error>> {
     });
     if args.prefill {
         prefill(&channels, &keys, args.in_flight).await;
+    }
+    if let Some(n) = args.requests {
+        let cycled: Arc<Vec<String>> =
+            Arc::new((0..n).map(|i| keys[i % keys.len()].clone()).collect());
+        prefill(&channels, &cycled, args.in_flight).await;
+        return Ok(json!({ "requests": n }));
     }
     let warmup = Duration::from_secs_f64(args.warmup);
     let measure = Duration::from_secs_f64(args.duration);
@@ -627,5 +649,122 @@ fn memory(args: MemoryArgs) -> Result<(), Box<dyn std::error::Error>> {
     );
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Instructions.
+
+/// Instructions a server executes for `requests` requests (of `load_args`), from start to exit,
+/// counted by callgrind.
+fn instructions_for(
+    binaries: &Binaries,
+    noop: Option<&str>,
+    requests: usize,
+    load_args: &[&str],
+) -> Result<u64, Box<dyn std::error::Error>> {
+    let out = std::env::temp_dir().join(format!(
+        "ratelimitd-callgrind-{}-{requests}",
+        std::process::id()
+    ));
+    let mut command = Command::new("valgrind");
+    command
+        .args(["--tool=callgrind", "--quiet"])
+        .arg(format!("--callgrind-out-file={}", out.display()));
+    match noop {
+        Some(answer) => {
+            command.arg(&binaries.noop).args(["127.0.0.1:0", answer]);
+        }
+        None => {
+            command
+                .arg(&binaries.ratelimitd)
+                .args([
+                    "serve",
+                    "--grpc-addr",
+                    "127.0.0.1:0",
+                    "--log-format",
+                    "json",
+                    "--config",
+                ])
+                .arg(&binaries.config);
+        }
+    }
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let addr = if noop.is_some() {
+        read_line_with(child.stdout.take(), "listening on ")
+            .map(|l| l.trim_start_matches("listening on ").trim().to_string())
+    } else {
+        read_line_with(child.stderr.take(), "ratelimitd serving").and_then(|l| {
+            let at = l.find("\"grpc\":\"")? + 8;
+            l[at..].split('"').next().map(str::to_string)
+        })
+    };
+    let server = Server {
+        child,
+        addr: addr.ok_or("the server did not report its address")?,
+    };
+    let mut args: Vec<String> = vec![
+        "--requests".into(),
+        requests.to_string(),
+        "--in-flight".into(),
+        "8".into(),
+    ];
+    args.extend(load_args.iter().map(|a| a.to_string()));
+    load(&server.addr, &args)?;
+    Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()?;
+    let mut server = server;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while server.child.try_wait()?.is_none() {
+        if Instant::now() > deadline {
+            return Err("the server did not exit after SIGTERM".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let text = std::fs::read_to_string(&out)?;
+    let _ = std::fs::remove_file(&out);
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("summary: ")
+                .or_else(|| l.strip_prefix("totals: "))
+        })
+        .and_then(|n| n.trim().parse().ok())
+        .ok_or_else(|| "no instruction total in callgrind's output".into())
+}
+
+fn instructions(args: InstructionsArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let long = args.requests.max(10);
+    let short = long / 10;
+    println!("| scenario | server | instructions per decision | ratio |");
+    println!("|---|---|---|---|");
+    for (scenario, answer, load_args) in [
+        ("10,000 uniform keys", "ok", vec!["--keys", "10000"]),
+        ("one hot key over its limit", "over-limit", vec!["--hot"]),
+    ] {
+        let kinds: [(String, Option<&str>); 3] = [
+            ("no-op baseline".into(), Some("empty")),
+            (
+                format!("no-op answering like ratelimitd ({answer})"),
+                Some(answer),
+            ),
+            ("ratelimitd".into(), None),
+        ];
+        let mut base = f64::NAN;
+        for (label, noop) in kinds {
+            // The difference of two runs cancels start-up and shutdown.
+            let per = (instructions_for(&args.binaries, noop, long, &load_args)? as f64
+                - instructions_for(&args.binaries, noop, short, &load_args)? as f64)
+                / (long - short) as f64;
+            if noop == Some("empty") {
+                base = per;
+            }
+            println!("| {scenario} | {label} | {per:.0} | {:.2}x |", per / base);
+        }
+    }
     Ok(())
 }
