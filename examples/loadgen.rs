@@ -9,8 +9,9 @@
 //!     target/release/examples/loadgen compare --rounds 5 --duration 5
 //!
 //! `memory` measures peak memory (VmHWM) of ratelimitd holding a million keys' counters under
-//! the seed policy, and that the memory goes back once their windows end. `run` is one load run
-//! against an address (what `compare` runs on core 1).
+//! the seed policy, and that the memory goes back once their windows end. `instructions` counts
+//! each server's CPU instructions per decision under valgrind's callgrind, which the machine's
+//! noise does not move. `run` is one load run against an address (what `compare` runs on core 1).
 //!
 //! Requests are seed-shaped: domain `mega-api`, one descriptor
 //! `(api_key, key-<i>), (bucket, default)`, with `i` drawn uniformly from `--keys` keys, or one
