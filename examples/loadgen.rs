@@ -287,12 +287,23 @@ impl Server {
         noop: Option<&str>,
         config: Option<&PathBuf>,
     ) -> Result<Server, Box<dyn std::error::Error>> {
-        let mut command = Command::new("taskset");
-        command.args(["-c", "0"]);
+        let mut pinned = Command::new("taskset");
+        pinned.args(["-c", "0"]);
+        Server::spawn(pinned, binaries, noop, config)
+    }
+
+    /// Runs the server under `wrapper` (a program and its arguments, such as `taskset -c 0` or
+    /// `valgrind`) and waits until it reports its address.
+    fn spawn(
+        mut wrapper: Command,
+        binaries: &Binaries,
+        noop: Option<&str>,
+        config: Option<&PathBuf>,
+    ) -> Result<Server, Box<dyn std::error::Error>> {
         if let Some(answer) = noop {
-            command.arg(&binaries.noop).args(["127.0.0.1:0", answer]);
+            wrapper.arg(&binaries.noop).args(["127.0.0.1:0", answer]);
         } else {
-            command
+            wrapper
                 .arg(&binaries.ratelimitd)
                 .args([
                     "serve",
@@ -304,7 +315,7 @@ impl Server {
                 ])
                 .arg(config.unwrap_or(&binaries.config));
         }
-        let mut child = command
+        let mut child = wrapper
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -668,46 +679,11 @@ fn instructions_for(
         "ratelimitd-callgrind-{}-{requests}",
         std::process::id()
     ));
-    let mut command = Command::new("valgrind");
-    command
+    let mut valgrind = Command::new("valgrind");
+    valgrind
         .args(["--tool=callgrind", "--quiet"])
         .arg(format!("--callgrind-out-file={}", out.display()));
-    match noop {
-        Some(answer) => {
-            command.arg(&binaries.noop).args(["127.0.0.1:0", answer]);
-        }
-        None => {
-            command
-                .arg(&binaries.ratelimitd)
-                .args([
-                    "serve",
-                    "--grpc-addr",
-                    "127.0.0.1:0",
-                    "--log-format",
-                    "json",
-                    "--config",
-                ])
-                .arg(&binaries.config);
-        }
-    }
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let addr = if noop.is_some() {
-        read_line_with(child.stdout.take(), "listening on ")
-            .map(|l| l.trim_start_matches("listening on ").trim().to_string())
-    } else {
-        read_line_with(child.stderr.take(), "ratelimitd serving").and_then(|l| {
-            let at = l.find("\"grpc\":\"")? + 8;
-            l[at..].split('"').next().map(str::to_string)
-        })
-    };
-    let server = Server {
-        child,
-        addr: addr.ok_or("the server did not report its address")?,
-    };
+    let server = Server::spawn(valgrind, binaries, noop, None)?;
     let mut args: Vec<String> = vec![
         "--requests".into(),
         requests.to_string(),
