@@ -15,7 +15,8 @@ use seed_request::seed_request;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use ratelimitd::limiter::{Limiter, MemoryStore};
-use ratelimitd::service::{ResponseSettings, RlsService};
+use ratelimitd::metrics::Metrics;
+use ratelimitd::service::{LiveRules, ResponseSettings, RlsService};
 
 /// The same allocator as ratelimitd (see `ratelimitd::allocator`).
 #[global_allocator]
@@ -25,6 +26,8 @@ fn service() -> (RlsService, Arc<Limiter>) {
     let rules = ratelimitd::config::load(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config")))
         .unwrap_or_else(|e| panic!("config/ loads: {e}"));
     let limiter = Arc::new(Limiter::new(MemoryStore::new(10_000_000)));
+    let metrics = Arc::new(Metrics::new().unwrap_or_else(|e| panic!("metrics: {e}")));
+    let rules = LiveRules::new(rules, String::new(), metrics);
     let service = RlsService::new(
         Arc::new(rules),
         Arc::clone(&limiter),

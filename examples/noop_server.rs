@@ -48,6 +48,7 @@ fn seed_answer(over_limit: bool) -> RateLimitResponse {
         shadow_mode: false,
     };
     let decision = Decision {
+        domain_known: true,
         over_limit,
         descriptors: vec![DescriptorDecision {
             over_limit,
@@ -95,6 +96,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             () = term => {}
         }
     };
-    ratelimitd::server::serve(listener, Noop(answer), |_| {}, stop).await?;
+    ratelimitd::server::serve(listener, std::sync::Arc::new(Noop(answer)), |_| {}, stop).await?;
     Ok(())
 }

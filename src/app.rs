@@ -1,21 +1,27 @@
-//! Wiring: rules, counter store, the gRPC server and its background work, and an orderly stop.
+//! Wiring: rules, metrics, counter store, the gRPC and admin servers, their background work
+//! (sweeping ended windows, reloading rules), and an orderly stop.
 //!
-//! On shutdown: health turns NOT_SERVING, the server stops accepting and lets in-flight calls
-//! finish, and gives up after `drain_timeout`. The counter sweeper stops with the server.
+//! On shutdown: `/healthcheck` and gRPC health turn failing, calls are still answered for
+//! `shutdown_delay` (0 by default), then the gRPC server stops accepting and lets in-flight
+//! calls finish, giving up after `drain_timeout`; then the admin server stops. The sweeper and the reloader stop with `serve`.
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::admin::{self, Admin, AdminError};
 use crate::limiter::{Limiter, MemoryStore};
+use crate::metrics::{Metrics, MetricsError};
+use crate::reload::{self, ReloadSettings};
 use crate::rules::RuleSet;
 use crate::server::{self, Health, ServerError};
-use crate::service::{ResponseSettings, RlsService};
+use crate::service::{LiveRules, ResponseSettings, RlsService};
 
-/// Everything `serve` needs besides the listener.
+/// Everything `serve` needs besides the rules and the listeners.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub response: ResponseSettings,
@@ -25,6 +31,13 @@ pub struct Settings {
     pub sweep_interval: Duration,
     /// How long in-flight calls may take to finish after a shutdown signal.
     pub drain_timeout: Duration,
+    /// How long to keep serving after health turns failing on shutdown, so that load
+    /// balancers stop sending before the listener closes.
+    pub shutdown_delay: Duration,
+    /// Record every decision in the metrics (rule loads are always counted).
+    pub decision_metrics: bool,
+    /// Where to look for new rules; `None`: the rules never change.
+    pub reload: Option<ReloadSettings>,
 }
 
 impl Default for Settings {
@@ -34,34 +47,97 @@ impl Default for Settings {
             max_counters: 10_000_000,
             sweep_interval: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(10),
+            shutdown_delay: Duration::ZERO,
+            decision_metrics: true,
+            reload: None,
         }
     }
 }
 
-/// Runs ratelimitd on `grpc` until `shutdown` completes and the server has drained.
+/// The rules to start with, and the hash of the files they came from.
+pub struct InitialRules {
+    pub rules: RuleSet,
+    pub hash: String,
+}
+
+/// The bound sockets: gRPC, and the admin HTTP server if there is one.
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub http: Option<TcpListener>,
+}
+
+/// Why ratelimitd could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Server(#[from] ServerError),
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+    #[error("cannot set up the metrics: {0}")]
+    Metrics(#[from] MetricsError),
+}
+
+/// How long the admin server gets to finish its answers once the gRPC server has stopped.
+const ADMIN_STOP_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Runs ratelimitd until `shutdown` completes and the gRPC server has drained.
 pub async fn serve(
     settings: Settings,
-    rules: RuleSet,
-    grpc: TcpListener,
+    initial: InitialRules,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), ServerError> {
+) -> Result<(), AppError> {
+    let metrics = Arc::new(Metrics::new()?);
+    let live = Arc::new(LiveRules::new(
+        initial.rules,
+        initial.hash.clone(),
+        Arc::clone(&metrics),
+    ));
     let limiter = Arc::new(Limiter::new(MemoryStore::new(settings.max_counters)));
     let _sweeper = Sweeper::start(Arc::clone(&limiter), settings.sweep_interval);
-    let service = RlsService::new(Arc::new(rules), limiter, settings.response.clone());
+    let _reloader = settings
+        .reload
+        .clone()
+        .map(|reload| reload::start(reload, Arc::clone(&live), initial.hash));
+    let mut service = RlsService::new(live, limiter, settings.response.clone());
+    if !settings.decision_metrics {
+        service = service.without_decision_metrics();
+    }
+    let service = Arc::new(service);
+
+    let serving = Arc::new(AtomicBool::new(true));
+    metrics.set_serving(true);
+    let (admin_stop_tx, mut admin_stop) = watch::channel(false);
+    let admin_task = match listeners.http {
+        Some(http) => {
+            let admin = Admin::new(Arc::clone(&service), Arc::clone(&serving))?;
+            let stop = async move {
+                let _ = admin_stop.wait_for(|stop| *stop).await;
+            };
+            Some(tokio::spawn(admin::serve(http, admin, stop)))
+        }
+        None => None,
+    };
 
     let (health_tx, mut health_rx) = watch::channel::<Option<Health>>(None);
     let (stopping_tx, mut stopping_rx) = watch::channel(false);
     let stop_accepting = async move {
         shutdown.await;
-        tracing::info!("shutting down: health NOT_SERVING, draining in-flight calls");
+        tracing::info!("shutting down: health failing, draining in-flight calls");
+        serving.store(false, Ordering::Relaxed);
+        metrics.set_serving(false);
         let health = health_rx.borrow_and_update().clone();
         if let Some(health) = health {
             health.set(false).await;
         }
+        if !settings.shutdown_delay.is_zero() {
+            tracing::info!(delay = ?settings.shutdown_delay, "still serving until the delay ends");
+            tokio::time::sleep(settings.shutdown_delay).await;
+        }
         let _ = stopping_tx.send(true);
     };
-    let server = server::serve(
-        grpc,
+    let grpc = server::serve(
+        listeners.grpc,
         service,
         move |health| {
             let _ = health_tx.send(Some(health));
@@ -69,20 +145,27 @@ pub async fn serve(
         stop_accepting,
     );
     let deadline = async {
-        while !*stopping_rx.borrow_and_update() {
-            if stopping_rx.changed().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        }
+        let _ = stopping_rx.wait_for(|stopping| *stopping).await;
         tokio::time::sleep(settings.drain_timeout).await;
     };
-    tokio::select! {
-        result = server => result,
+    let result = tokio::select! {
+        result = grpc => result.map_err(AppError::from),
         () = deadline => {
             tracing::warn!(timeout = ?settings.drain_timeout, "gave up waiting for in-flight calls");
             Ok(())
         }
+    };
+
+    let _ = admin_stop_tx.send(true);
+    if let Some(task) = admin_task {
+        let abort = task.abort_handle();
+        match tokio::time::timeout(ADMIN_STOP_TIMEOUT, task).await {
+            Ok(Ok(Err(error))) => tracing::warn!(%error, "the admin server failed"),
+            Ok(_) => {}
+            Err(_) => abort.abort(),
+        }
     }
+    result
 }
 
 /// Removes counters of ended windows on a timer; stops when dropped.

@@ -46,6 +46,16 @@ pub struct Serve {
     /// Address of the gRPC server (RateLimitService, health, reflection).
     #[arg(long, env = "RATELIMITD_GRPC_ADDR", default_value = "0.0.0.0:8081")]
     pub grpc_addr: SocketAddr,
+    /// Address of the admin HTTP server (/healthcheck, /metrics, /rlconfig, POST /json).
+    #[arg(long, env = "RATELIMITD_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: SocketAddr,
+    /// How often the rule files are read to catch changes that sent no file event, in
+    /// milliseconds (changes are also watched with inotify, and SIGHUP reloads at once).
+    #[arg(long, env = "RATELIMITD_RELOAD_POLL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub reload_poll_ms: u64,
+    /// Record every decision in the metrics (per-rule counters, answer counts, latency).
+    #[arg(long, env = "RATELIMITD_DECISION_METRICS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub decision_metrics: bool,
     /// Where counters live. Only `memory` exists so far.
     #[arg(long, env = "RATELIMITD_BACKEND", default_value = "memory")]
     pub backend: String,
@@ -68,6 +78,10 @@ pub struct Serve {
     /// Seconds that in-flight calls get to finish after SIGTERM or Ctrl-C.
     #[arg(long, env = "RATELIMITD_DRAIN_TIMEOUT", default_value_t = 10)]
     pub drain_timeout: u64,
+    /// Seconds to keep answering after SIGTERM has turned health failing, before the listener
+    /// closes (time for load balancers to notice).
+    #[arg(long, env = "RATELIMITD_SHUTDOWN_DELAY", default_value_t = 0)]
+    pub shutdown_delay: u64,
     #[command(flatten)]
     pub log: Log,
 }

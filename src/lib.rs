@@ -8,20 +8,26 @@
 //!   request into a decision.
 //! - [`service`]: Envoy's `RateLimitService` over gRPC: request validation, the call into the
 //!   limiter, and the response with its headers and body.
+//! - [`metrics`]: the Prometheus metrics, with per-rule counters resolved once per load.
 //! - [`server`]: the gRPC server: the service, health and reflection on a bound listener.
+//! - [`admin`]: the HTTP server for operators: `/healthcheck`, `/metrics`, `/rlconfig`, `/json`.
+//! - [`reload`]: re-reads the rule files on change or SIGHUP and installs them.
 //! - [`probe`]: the client side of `ratelimitd health`.
 //! - [`allocator`]: the allocator settings of the binaries.
 //! - [`app`]: wires settings, rules, store and server, and shuts them down in order.
 //!
 //! `config` → `rules` ← `limiter`; `service` uses `rules`, `limiter` and `proto`; `server` uses
-//! `service`; `app` uses them all. `config`, `rules` and `limiter` never name tonic or prost.
+//! `service`; `admin` uses `service` and `metrics`; `app` uses them all. `config`, `rules` and `limiter` never name tonic or prost.
 
+pub mod admin;
 pub mod allocator;
 pub mod app;
 pub mod config;
 pub mod limiter;
+pub mod metrics;
 pub mod probe;
 pub mod proto;
+pub mod reload;
 pub mod rules;
 pub mod server;
 pub mod service;

@@ -17,7 +17,8 @@ use clap::Parser;
 use tokio::net::TcpListener;
 
 use cli::{Cli, Command, LogFormat};
-use ratelimitd::app::{self, Settings};
+use ratelimitd::app::{self, InitialRules, Listeners, Settings};
+use ratelimitd::reload::ReloadSettings;
 use ratelimitd::service::ResponseSettings;
 use ratelimitd::{config, probe};
 
@@ -98,7 +99,15 @@ fn run_serve(serve: cli::Serve) -> anyhow::Result<()> {
             serve.backend
         );
     }
-    let rules = config::load(&serve.config)
+    let sources = config::read(&serve.config);
+    let initial = sources
+        .and_then(|sources| {
+            let rules = sources.parse()?;
+            Ok(InitialRules {
+                rules,
+                hash: sources.hash(),
+            })
+        })
         .map_err(|errors| anyhow::anyhow!("{errors}"))
         .with_context(|| format!("cannot load the rules in {}", serve.config.display()))?;
     let settings = Settings {
@@ -109,6 +118,13 @@ fn run_serve(serve: cli::Serve) -> anyhow::Result<()> {
         },
         max_counters: serve.max_counters,
         drain_timeout: Duration::from_secs(serve.drain_timeout),
+        shutdown_delay: Duration::from_secs(serve.shutdown_delay),
+        decision_metrics: serve.decision_metrics,
+        reload: Some(ReloadSettings {
+            path: serve.config.clone(),
+            poll_interval: Duration::from_millis(serve.reload_poll_ms),
+            on_sighup: true,
+        }),
         ..Settings::default()
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
@@ -116,13 +132,22 @@ fn run_serve(serve: cli::Serve) -> anyhow::Result<()> {
         let grpc = TcpListener::bind(serve.grpc_addr)
             .await
             .with_context(|| format!("cannot listen on {}", serve.grpc_addr))?;
+        let http = TcpListener::bind(serve.http_addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", serve.http_addr))?;
         tracing::info!(
             grpc = %grpc.local_addr().unwrap_or(serve.grpc_addr),
+            http = %http.local_addr().unwrap_or(serve.http_addr),
             config = %serve.config.display(),
-            domains = rules.domains().len(),
+            rules_hash = %initial.hash,
+            domains = initial.rules.domains().len(),
             "ratelimitd serving"
         );
-        app::serve(settings, rules, grpc, shutdown_signal()).await?;
+        let listeners = Listeners {
+            grpc,
+            http: Some(http),
+        };
+        app::serve(settings, initial, listeners, shutdown_signal()).await?;
         tracing::info!("ratelimitd stopped");
         Ok(())
     })

@@ -2,7 +2,10 @@
 //!
 //! `load` either returns a complete [`RuleSet`] or every error it found, each with
 //! file:line:column; it never returns half a rule set. `ratelimitd check` prints the errors,
-//! `serve` refuses to start on them, and (later) a reload keeps the running rules.
+//! `serve` refuses to start on them, and a reload keeps the running rules.
+//!
+//! Loading is two steps, [`read`] then [`Sources::parse`], so that a reload can tell from the
+//! files' [`Sources::hash`] whether anything changed before parsing.
 
 mod error;
 mod validate;
@@ -18,40 +21,86 @@ use crate::rules::{Domain, RuleSet};
 
 /// Loads `path`: a rule file, or a directory whose `*.yaml` / `*.yml` files each hold a domain.
 pub fn load(path: &Path) -> Result<RuleSet, ConfigErrors> {
+    read(path)?.parse()
+}
+
+/// The text of every rule file under a path, as read at one moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sources {
+    files: Vec<(PathBuf, String)>,
+}
+
+/// Reads the rule files under `path` (see [`load`]) without parsing them.
+pub fn read(path: &Path) -> Result<Sources, ConfigErrors> {
     let files = rule_files(path).map_err(|e| ConfigErrors(vec![e]))?;
     let mut errors = Vec::new();
-    let mut domains: Vec<Domain> = Vec::new();
-    let mut first_file: HashMap<String, PathBuf> = HashMap::new();
+    let mut texts = Vec::with_capacity(files.len());
     for file in files {
-        let text = match fs::read_to_string(&file) {
-            Ok(text) => text,
-            Err(e) => {
-                errors.push(ConfigError::in_file(&file, ConfigErrorKind::Io(e)));
-                continue;
-            }
-        };
-        match parse_domain(&file, &text) {
-            Ok(domain) => {
-                if let Some(first) = first_file.get(&domain.name) {
-                    errors.push(ConfigError::in_file(
-                        &file,
-                        ConfigErrorKind::DuplicateDomain {
-                            domain: domain.name.clone(),
-                            first: first.clone(),
-                        },
-                    ));
-                    continue;
-                }
-                first_file.insert(domain.name.clone(), file.clone());
-                domains.push(domain);
-            }
-            Err(mut found) => errors.append(&mut found),
+        match fs::read_to_string(&file) {
+            Ok(text) => texts.push((file, text)),
+            Err(e) => errors.push(ConfigError::in_file(&file, ConfigErrorKind::Io(e))),
         }
     }
     if errors.is_empty() {
-        Ok(RuleSet::new(domains))
+        Ok(Sources { files: texts })
     } else {
         Err(ConfigErrors(errors))
+    }
+}
+
+impl Sources {
+    /// A fingerprint of the files' names and contents, as 16 hex digits: equal sources have
+    /// equal hashes within one build of ratelimitd.
+    pub fn hash(&self) -> String {
+        use std::hash::{DefaultHasher, Hash, Hasher};
+        let mut hasher = DefaultHasher::new();
+        for (file, text) in &self.files {
+            file.file_name().hash(&mut hasher);
+            text.hash(&mut hasher);
+        }
+        format!("{:016x}", hasher.finish())
+    }
+
+    /// Parses every file into one rule set, or returns every error found.
+    pub fn parse(&self) -> Result<RuleSet, ConfigErrors> {
+        let mut errors = Vec::new();
+        let mut domains: Vec<Domain> = Vec::new();
+        let mut first_file: HashMap<String, PathBuf> = HashMap::new();
+        for (file, text) in &self.files {
+            add_domain(file, text, &mut domains, &mut first_file, &mut errors);
+        }
+        if errors.is_empty() {
+            Ok(RuleSet::new(domains))
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+}
+
+/// Parses one file and adds its domain, unless another file already defined it.
+fn add_domain(
+    file: &Path,
+    text: &str,
+    domains: &mut Vec<Domain>,
+    first_file: &mut HashMap<String, PathBuf>,
+    errors: &mut Vec<ConfigError>,
+) {
+    match parse_domain(file, text) {
+        Ok(domain) => {
+            if let Some(first) = first_file.get(&domain.name) {
+                errors.push(ConfigError::in_file(
+                    file,
+                    ConfigErrorKind::DuplicateDomain {
+                        domain: domain.name.clone(),
+                        first: first.clone(),
+                    },
+                ));
+                return;
+            }
+            first_file.insert(domain.name.clone(), file.to_path_buf());
+            domains.push(domain);
+        }
+        Err(mut found) => errors.append(&mut found),
     }
 }
 

@@ -269,6 +269,7 @@ fn limit(reader: &mut Reader<'_>, node: &MarkedYaml<'_>, shadow_mode: bool) -> O
         name,
         replaces,
         shadow_mode,
+        id: None,
     }))
 }
 

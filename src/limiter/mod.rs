@@ -45,6 +45,8 @@ pub struct LimitOverride {
 /// The answer for a whole request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
+    /// The domain has rules (an unknown domain is answered OK, uncounted).
+    pub domain_known: bool,
     /// Some descriptor is over a limit that is not in shadow mode.
     pub over_limit: bool,
     /// One per request descriptor, in request order.
@@ -76,6 +78,18 @@ pub struct WindowReport {
     pub shadow_mode: bool,
 }
 
+/// What one counted window saw, for statistics: the window's count was `before` when
+/// `hits` more arrived (whether or not the request was admitted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowOutcome {
+    pub before: u64,
+    pub hits: u64,
+    pub requests_per_unit: u32,
+    /// These hits do not fit in this window (for a check-only descriptor: it is full).
+    pub over_limit: bool,
+    pub shadow_mode: bool,
+}
+
 /// Decides requests against rules, counting in a store.
 pub struct Limiter {
     store: MemoryStore,
@@ -101,6 +115,7 @@ impl Applied<'_> {
 /// One window to count for one descriptor.
 struct Planned<'l> {
     descriptor: usize,
+    hits: u64,
     limit: &'l Limit,
     reset_in: Duration,
 }
@@ -121,8 +136,21 @@ impl Limiter {
         request: &Request,
         now: Duration,
     ) -> Result<Decision, StoreError> {
+        self.decide_observed(rules, request, now, |_, _| {})
+    }
+
+    /// [`Limiter::decide`], telling `observe` what each counted window saw.
+    pub fn decide_observed(
+        &self,
+        rules: &RuleSet,
+        request: &Request,
+        now: Duration,
+        mut observe: impl FnMut(&Limit, WindowOutcome),
+    ) -> Result<Decision, StoreError> {
         let Some(domain) = rules.domain(&request.domain) else {
-            return Ok(Decision::unlimited(request.descriptors.len()));
+            let mut decision = Decision::unlimited(request.descriptors.len());
+            decision.domain_known = false;
+            return Ok(decision);
         };
         let applied: Vec<Applied<'_>> = request
             .descriptors
@@ -134,6 +162,7 @@ impl Limiter {
                     name: None,
                     replaces: Vec::new(),
                     shadow_mode: false,
+                    id: None,
                 }),
                 None => {
                     let entries = descriptor
@@ -195,12 +224,16 @@ impl Limiter {
                 });
                 planned.push(Planned {
                     descriptor: i,
+                    hits: descriptor.hits,
                     limit,
                     reset_in: position.reset_in,
                 });
             }
         }
-        let (_, counts) = self.store.apply(&batch)?;
+        let (admitted, counts) = self.store.apply(&batch)?;
+        for (plan, count) in planned.iter().zip(&counts) {
+            observe(plan.limit, plan.outcome(admitted, count));
+        }
         Ok(Decision::from_counts(
             request.descriptors.len(),
             &planned,
@@ -209,10 +242,34 @@ impl Limiter {
     }
 }
 
+impl Planned<'_> {
+    fn outcome(&self, admitted: bool, count: &Count) -> WindowOutcome {
+        // An admitted request's count includes its hits; a refused one moved nothing.
+        let before = if admitted {
+            count.value.saturating_sub(self.hits)
+        } else {
+            count.value
+        };
+        let limit = u64::from(self.limit.requests_per_unit);
+        WindowOutcome {
+            before,
+            hits: self.hits,
+            requests_per_unit: self.limit.requests_per_unit,
+            over_limit: if self.hits == 0 {
+                before >= limit
+            } else {
+                before + self.hits > limit
+            },
+            shadow_mode: self.limit.shadow_mode,
+        }
+    }
+}
+
 impl Decision {
     /// OK for every descriptor, nothing counted: the domain has no rules.
     fn unlimited(descriptors: usize) -> Decision {
         Decision {
+            domain_known: true,
             over_limit: false,
             descriptors: vec![
                 DescriptorDecision {

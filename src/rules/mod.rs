@@ -8,7 +8,7 @@ mod matcher;
 mod wildcard;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use matcher::Entry;
@@ -22,14 +22,48 @@ type RuleMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 #[derive(Debug, Default)]
 pub struct RuleSet {
     domains: RuleMap<String, Domain>,
+    /// Every rule, flattened in listing order; a [`Limit::id`] is a place in it.
+    rules: Vec<RuleEntry>,
+}
+
+/// One rule of the tree, flattened: for `/rlconfig` and for per-rule metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleEntry {
+    pub domain: String,
+    /// The descriptor path as envoyproxy/ratelimit names it in listings and statistics:
+    /// `key_value` (or `key` for a key-only node) for each level, joined by `.`.
+    pub path: Vec<String>,
+    /// The file the domain came from.
+    pub source: PathBuf,
+    /// `None`: `unlimited`.
+    pub limit: Option<Limit>,
 }
 
 impl RuleSet {
-    /// Builds a rule set from domains whose names are unique (checked by `config`).
-    pub fn new(domains: Vec<Domain>) -> RuleSet {
+    /// Builds a rule set from domains whose names are unique (checked by `config`), and gives
+    /// every limit its [`Limit::id`].
+    pub fn new(mut domains: Vec<Domain>) -> RuleSet {
+        domains.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut rules = Vec::new();
+        for domain in &mut domains {
+            let mut path = Vec::new();
+            list_rules(
+                &domain.name,
+                &domain.source,
+                &mut domain.root,
+                &mut path,
+                &mut rules,
+            );
+        }
         RuleSet {
             domains: domains.into_iter().map(|d| (d.name.clone(), d)).collect(),
+            rules,
         }
+    }
+
+    /// Every rule, domain by domain, in the order of [`Children::nodes`].
+    pub fn rules(&self) -> &[RuleEntry] {
+        &self.rules
     }
 
     pub fn domain(&self, name: &str) -> Option<&Domain> {
@@ -41,6 +75,40 @@ impl RuleSet {
         let mut domains: Vec<&Domain> = self.domains.values().collect();
         domains.sort_by(|a, b| a.name.cmp(&b.name));
         domains
+    }
+}
+
+/// Appends the rules at and below `level` to `out`, numbering their limits.
+fn list_rules(
+    domain: &str,
+    source: &Path,
+    level: &mut Children,
+    path: &mut Vec<String>,
+    out: &mut Vec<RuleEntry>,
+) {
+    for node in level.nodes_mut() {
+        path.push(match &node.value {
+            NodeValue::Any => node.key.clone(),
+            value => format!("{}_{}", node.key, value.as_str()),
+        });
+        let entry = |limit| RuleEntry {
+            domain: domain.to_string(),
+            path: path.clone(),
+            source: source.to_path_buf(),
+            limit,
+        };
+        match &mut node.policy {
+            Some(Policy::Unlimited) => out.push(entry(None)),
+            Some(Policy::Limited(limits)) => {
+                for limit in limits {
+                    limit.id = Some(out.len());
+                    out.push(entry(Some(limit.clone())));
+                }
+            }
+            None => {}
+        }
+        list_rules(domain, source, &mut node.children, path, out);
+        path.pop();
     }
 }
 
@@ -132,6 +200,21 @@ impl Children {
         self.by_key.is_empty()
     }
 
+    /// [`Children::nodes`], to change in place.
+    fn nodes_mut(&mut self) -> Vec<&mut Node> {
+        let mut levels: Vec<(&String, &mut KeyNodes)> = self.by_key.iter_mut().collect();
+        levels.sort_by(|a, b| a.0.cmp(b.0));
+        let mut out = Vec::new();
+        for (_, nodes) in levels {
+            let mut exact: Vec<&mut Node> = nodes.exact.values_mut().collect();
+            exact.sort_by(|a, b| a.value.as_str().cmp(b.value.as_str()));
+            out.extend(exact);
+            out.extend(nodes.wildcards.iter_mut());
+            out.extend(nodes.any.as_deref_mut());
+        }
+        out
+    }
+
     /// Every node of this level, exact values first, for listings and tests.
     pub fn nodes(&self) -> Vec<&Node> {
         let mut keys: Vec<&String> = self.by_key.keys().collect();
@@ -180,6 +263,9 @@ pub struct Limit {
     pub replaces: Vec<String>,
     /// Counted and reported, never enforced.
     pub shadow_mode: bool,
+    /// Its place in [`RuleSet::rules`], given by [`RuleSet::new`]; `None` for a limit that
+    /// came with the request (Envoy's per-descriptor `limit`).
+    pub id: Option<usize>,
 }
 
 /// A fixed window: `multiplier` × `unit`, aligned to the Unix epoch.

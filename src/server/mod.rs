@@ -4,6 +4,7 @@
 mod batched_io;
 
 use std::future::Future;
+use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
@@ -51,11 +52,11 @@ impl Health {
 /// Serves `service` on `listener` until `shutdown` completes, then lets in-flight calls finish.
 ///
 /// Generic over the service so that the load benchmark's no-op baseline runs on exactly this
-/// stack. `health_ready` receives the health handle once it exists, so the caller can report
+/// stack; shared (`Arc`) so that the admin server's `/json` can call it too. `health_ready` receives the health handle once it exists, so the caller can report
 /// NOT_SERVING before the server stops accepting.
 pub async fn serve<S: RateLimitService>(
     listener: TcpListener,
-    service: S,
+    service: Arc<S>,
     health_ready: impl FnOnce(Health),
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
@@ -71,7 +72,8 @@ pub async fn serve<S: RateLimitService>(
     };
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
-    let rls = RateLimitServiceServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES);
+    let rls =
+        RateLimitServiceServer::from_arc(service).max_decoding_message_size(MAX_REQUEST_BYTES);
 
     tonic::transport::Server::builder()
         .add_service(rls)

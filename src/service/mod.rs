@@ -5,11 +5,12 @@
 //! Failures are gRPC errors, never an UNKNOWN code, so that Envoy's `failure_mode_deny`
 //! decides what a failure means at the edge.
 
+mod live;
 pub mod request;
 pub mod response;
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tonic::{Request, Response, Status};
 
@@ -17,39 +18,116 @@ use crate::limiter::{Limiter, StoreError};
 use crate::proto::rate_limit_response::Code;
 use crate::proto::rate_limit_service_server::RateLimitService;
 use crate::proto::{RateLimitRequest, RateLimitResponse};
-use crate::rules::RuleSet;
+pub use live::{LiveRules, Snapshot};
 pub use response::{DEFAULT_OVER_LIMIT_BODY, HeaderStyle, ResponseSettings};
 
 /// The gRPC service: rules, limiter and response settings.
 pub struct RlsService {
-    rules: Arc<RuleSet>,
+    rules: Arc<LiveRules>,
     limiter: Arc<Limiter>,
     settings: ResponseSettings,
+    /// Record every decision in the metrics (`--decision-metrics`).
+    record: bool,
 }
 
 impl RlsService {
-    pub fn new(rules: Arc<RuleSet>, limiter: Arc<Limiter>, settings: ResponseSettings) -> Self {
+    pub fn new(rules: Arc<LiveRules>, limiter: Arc<Limiter>, settings: ResponseSettings) -> Self {
         RlsService {
             rules,
             limiter,
             settings,
+            record: true,
         }
     }
 
-    /// Decides one request; shared by gRPC and (later) the HTTP `/json` endpoint.
+    /// Stops recording decisions in the metrics (the per-rule counters, the answer counts and
+    /// the latency histogram); rule loads are still counted.
+    pub fn without_decision_metrics(mut self) -> Self {
+        self.record = false;
+        self
+    }
+
+    pub fn rules(&self) -> &Arc<LiveRules> {
+        &self.rules
+    }
+
+    pub fn limiter(&self) -> &Arc<Limiter> {
+        &self.limiter
+    }
+
+    /// Decides one request; shared by gRPC and the HTTP `/json` endpoint.
+    ///
+    /// At debug level, each decision is a span with the domain and the outcome (never a
+    /// descriptor value: API keys are secrets).
     pub fn should_rate_limit(
         &self,
         request: RateLimitRequest,
     ) -> Result<RateLimitResponse, Status> {
+        let span = tracing::debug_span!(
+            "decision",
+            domain = %request.domain,
+            descriptors = request.descriptors.len(),
+            over_limit = tracing::field::Empty,
+        );
+        let _entered = span.enter();
+        let started = self.record.then(Instant::now);
+        let answer = self.decide(request, self.record);
+        let metrics = self.rules.metrics();
+        match &answer {
+            Ok((answer, domain_known)) => {
+                let over_limit = answer.overall_code == Code::OverLimit as i32;
+                if let Some(started) = started {
+                    metrics.answered(over_limit, *domain_known, started.elapsed());
+                }
+                span.record("over_limit", over_limit);
+                tracing::debug!(over_limit, "decided");
+            }
+            Err(status) => {
+                if let Some(started) = started {
+                    metrics.refused(code_name(status.code()), started.elapsed());
+                }
+                tracing::debug!(code = code_name(status.code()), "refused");
+            }
+        }
+        answer.map(|(answer, _)| answer)
+    }
+
+    /// The answer, and whether the domain is known.
+    fn decide(
+        &self,
+        request: RateLimitRequest,
+        record: bool,
+    ) -> Result<(RateLimitResponse, bool), Status> {
         let request = request::validate(request)?;
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_err(|_| Status::internal("the system clock is before 1970"))?;
+        let snapshot = self.rules.load();
         let decision = self
             .limiter
-            .decide(&self.rules, &request, now)
+            .decide_observed(&snapshot.rules, &request, now, |limit, outcome| {
+                if record
+                    && let Some(Some(counters)) = limit.id.and_then(|id| snapshot.counters.get(id))
+                {
+                    counters.record(outcome);
+                }
+            })
             .map_err(status_of_store_error)?;
-        Ok(response::build(&decision, &self.settings))
+        Ok((
+            response::build(&decision, &self.settings),
+            decision.domain_known,
+        ))
+    }
+}
+
+/// The gRPC code as its name in the protocol (`INVALID_ARGUMENT`), for metrics and logs.
+fn code_name(code: tonic::Code) -> &'static str {
+    match code {
+        tonic::Code::InvalidArgument => "INVALID_ARGUMENT",
+        tonic::Code::Unavailable => "UNAVAILABLE",
+        tonic::Code::Internal => "INTERNAL",
+        tonic::Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        _ => "OTHER",
     }
 }
 
@@ -64,17 +142,7 @@ impl RateLimitService for RlsService {
         &self,
         request: Request<RateLimitRequest>,
     ) -> Result<Response<RateLimitResponse>, Status> {
-        let request = request.into_inner();
-        let span = tracing::debug_span!(
-            "decision",
-            domain = %request.domain,
-            descriptors = request.descriptors.len(),
-            over_limit = tracing::field::Empty,
-        );
-        let response = span.in_scope(|| self.should_rate_limit(request));
-        if let Ok(answer) = &response {
-            span.record("over_limit", answer.overall_code == Code::OverLimit as i32);
-        }
+        let response = self.should_rate_limit(request.into_inner());
         response.map(Response::new)
     }
 }

@@ -16,13 +16,15 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
 
-use ratelimitd::app::{self, Settings};
+use ratelimitd::app::{self, InitialRules, Listeners, Settings};
 
 pub type Client = RateLimitServiceClient<Channel>;
 
 /// A ratelimitd serving `rules` in this process, on 127.0.0.1 and a port the OS chose.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The admin HTTP server.
+    pub http_addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -41,17 +43,30 @@ impl TestServer {
             .await
             .expect("bind a free port");
         let addr = listener.local_addr().expect("bound address");
+        let http = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a free port");
+        let http_addr = http.local_addr().expect("bound address");
+        let initial = InitialRules {
+            rules,
+            hash: "test".to_string(),
+        };
+        let listeners = Listeners {
+            grpc: listener,
+            http: Some(http),
+        };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let shutdown = async {
                 let _ = stopped.await;
             };
-            if let Err(e) = app::serve(settings, rules, listener, shutdown).await {
+            if let Err(e) = app::serve(settings, initial, listeners, shutdown).await {
                 panic!("server failed: {e}");
             }
         });
         TestServer {
             addr,
+            http_addr,
             stop: Some(stop),
             task: Some(task),
         }

@@ -142,30 +142,58 @@ impl Drop for Process {
 /// `ratelimitd serve` on 127.0.0.1, logging JSON on stderr.
 pub struct Ratelimitd {
     pub process: Process,
+    /// The gRPC address.
     pub addr: String,
+    /// The admin HTTP address.
+    pub http_addr: String,
     pub log: Lines,
 }
 
 impl Ratelimitd {
     /// Starts on `port` (0: a port the OS chooses) and waits until it serves.
     pub fn start(config: &Path, port: u16) -> Ratelimitd {
+        Ratelimitd::start_with(config, port, &[])
+    }
+
+    /// [`Ratelimitd::start`] with more flags. The admin server gets a port the OS chooses.
+    pub fn start_with(config: &Path, port: u16, flags: &[&str]) -> Ratelimitd {
         let mut process = Process::spawn(
             Command::new(env!("CARGO_BIN_EXE_ratelimitd"))
                 .args(["serve", "--log-format", "json", "--grpc-addr"])
                 .arg(format!("127.0.0.1:{port}"))
-                .arg("--config")
+                .args(["--http-addr", "127.0.0.1:0", "--config"])
                 .arg(config)
+                .args(flags)
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped()),
         );
         let log = Lines::of(process.stderr());
         let line = log.wait_for("ratelimitd serving", Duration::from_secs(20));
-        let at = line
-            .find("\"grpc\":\"")
-            .expect("the log names the gRPC address")
-            + 8;
-        let addr = line[at..].split('"').next().unwrap_or_default().to_string();
-        Ratelimitd { process, addr, log }
+        let field = |name: &str| {
+            let key = format!("\"{name}\":\"");
+            let at = line.find(&key).expect("the log names the address") + key.len();
+            line[at..].split('"').next().unwrap_or_default().to_string()
+        };
+        Ratelimitd {
+            addr: field("grpc"),
+            http_addr: field("http"),
+            process,
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.child.id()
+    }
+
+    /// Sends a signal (`HUP`, `TERM`, …) by PID.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{name} {}", self.pid());
     }
 
     pub fn port(&self) -> u16 {

@@ -1,0 +1,208 @@
+//! The HTTP server for operators (`--http-addr`), with envoyproxy/ratelimit's endpoints:
+//!
+//! - `GET /healthcheck`: 200 `OK` while serving, 500 while draining before exit;
+//! - `GET /metrics`: the Prometheus text exposition;
+//! - `GET /rlconfig`: the rules in use, one line per rule in envoyproxy/ratelimit's format,
+//!   grouped by domain with the file each came from;
+//! - `POST /json`: `ShouldRateLimit` with the request and answer in proto3 JSON, for clients
+//!   that cannot speak gRPC: 200 when OK, 429 when over the limit, 400 for bad input.
+//!
+//! Nothing here decides anything: `/json` calls the same [`RlsService`] as gRPC.
+
+use std::fmt::Write as _;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor};
+use tokio::net::TcpListener;
+use tonic::Code;
+
+use crate::proto::{self, RateLimitRequest, RateLimitResponse, rate_limit_response};
+use crate::server::MAX_REQUEST_BYTES;
+use crate::service::RlsService;
+
+/// Why the admin server could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("cannot read the protobuf descriptors for /json: {0}")]
+    Descriptors(String),
+    #[error("the HTTP server failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What the endpoints read.
+#[derive(Clone)]
+pub struct Admin {
+    service: Arc<RlsService>,
+    /// False once shutdown began.
+    serving: Arc<AtomicBool>,
+    json: Arc<JsonCodec>,
+}
+
+impl Admin {
+    pub fn new(service: Arc<RlsService>, serving: Arc<AtomicBool>) -> Result<Admin, AdminError> {
+        Ok(Admin {
+            service,
+            serving,
+            json: Arc::new(JsonCodec::new()?),
+        })
+    }
+
+    pub fn router(self) -> Router {
+        Router::new()
+            .route("/healthcheck", get(healthcheck))
+            .route("/metrics", get(metrics))
+            .route("/rlconfig", get(rlconfig))
+            .route("/json", post(json))
+            .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
+            .with_state(self)
+    }
+}
+
+/// Serves the admin endpoints on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    admin: Admin,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), AdminError> {
+    axum::serve(listener, admin.router())
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    Ok(())
+}
+
+async fn healthcheck(State(admin): State<Admin>) -> Response {
+    if admin.serving.load(Ordering::Relaxed) {
+        (StatusCode::OK, "OK\n").into_response()
+    } else {
+        (StatusCode::INTERNAL_SERVER_ERROR, "draining\n").into_response()
+    }
+}
+
+async fn metrics(State(admin): State<Admin>) -> Response {
+    let live_counters = admin.service.limiter().store().len();
+    let text = admin.service.rules().metrics().render(live_counters);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+async fn rlconfig(State(admin): State<Admin>) -> Response {
+    let snapshot = admin.service.rules().current();
+    let mut text = format!("# rules hash {}\n", snapshot.hash);
+    let mut domain = "";
+    for rule in snapshot.rules.rules() {
+        if rule.domain != domain {
+            domain = &rule.domain;
+            let _ = writeln!(text, "# domain {domain}: {}", rule.source.display());
+        }
+        let _ = write!(text, "{}.{}: ", rule.domain, rule.path.join("."));
+        match &rule.limit {
+            None => text.push_str("unlimited\n"),
+            Some(limit) => {
+                let _ = write!(
+                    text,
+                    "unit={} requests_per_unit={}, shadow_mode: {}",
+                    limit.window.unit().name().to_ascii_uppercase(),
+                    limit.requests_per_unit,
+                    limit.shadow_mode
+                );
+                if limit.window.multiplier() != 1 {
+                    let _ = write!(text, ", unit_multiplier: {}", limit.window.multiplier());
+                }
+                if let Some(name) = &limit.name {
+                    let _ = write!(text, ", name: {name}");
+                }
+                text.push('\n');
+            }
+        }
+    }
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response()
+}
+
+async fn json(State(admin): State<Admin>, body: Bytes) -> Response {
+    let request = match admin.json.request(&body) {
+        Ok(request) => request,
+        Err(message) => return plain(StatusCode::BAD_REQUEST, &message),
+    };
+    let answer = match admin.service.should_rate_limit(request) {
+        Ok(answer) => answer,
+        Err(status) => {
+            let code = match status.code() {
+                Code::InvalidArgument => StatusCode::BAD_REQUEST,
+                Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            return plain(code, status.message());
+        }
+    };
+    let code = if answer.overall_code == rate_limit_response::Code::OverLimit as i32 {
+        StatusCode::TOO_MANY_REQUESTS
+    } else {
+        StatusCode::OK
+    };
+    match admin.json.response(&answer) {
+        Ok(body) => (code, [(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(message) => plain(StatusCode::INTERNAL_SERVER_ERROR, &message),
+    }
+}
+
+fn plain(code: StatusCode, message: &str) -> Response {
+    (
+        code,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        format!("{message}\n"),
+    )
+        .into_response()
+}
+
+/// proto3 JSON for the RLS messages, from the same descriptors that reflection serves.
+struct JsonCodec {
+    request: MessageDescriptor,
+    response: MessageDescriptor,
+}
+
+impl JsonCodec {
+    fn new() -> Result<JsonCodec, AdminError> {
+        let pool = DescriptorPool::decode(proto::FILE_DESCRIPTOR_SET)
+            .map_err(|e| AdminError::Descriptors(e.to_string()))?;
+        let message = |name: &str| {
+            pool.get_message_by_name(name)
+                .ok_or_else(|| AdminError::Descriptors(format!("{name} is missing")))
+        };
+        Ok(JsonCodec {
+            request: message("envoy.service.ratelimit.v3.RateLimitRequest")?,
+            response: message("envoy.service.ratelimit.v3.RateLimitResponse")?,
+        })
+    }
+
+    fn request(&self, body: &[u8]) -> Result<RateLimitRequest, String> {
+        let mut input = serde_json::Deserializer::from_slice(body);
+        let message = DynamicMessage::deserialize(self.request.clone(), &mut input)
+            .and_then(|message| input.end().map(|()| message))
+            .map_err(|e| format!("not a RateLimitRequest in proto3 JSON: {e}"))?;
+        message
+            .transcode_to::<RateLimitRequest>()
+            .map_err(|e| format!("not a RateLimitRequest: {e}"))
+    }
+
+    fn response(&self, answer: &RateLimitResponse) -> Result<Vec<u8>, String> {
+        let mut message = DynamicMessage::new(self.response.clone());
+        message
+            .transcode_from(answer)
+            .map_err(|e| format!("cannot encode the answer: {e}"))?;
+        serde_json::to_vec(&message).map_err(|e| format!("cannot encode the answer: {e}"))
+    }
+}

@@ -1,0 +1,371 @@
+//! Prometheus metrics: what operators graph and alert on.
+//!
+//! Per-rule counters carry envoyproxy/ratelimit's names and labels
+//! (`ratelimit_service_rate_limit_over_limit{domain, key1, key2}`, as its statsd mapping
+//! exports them), so existing dashboards keep working; ratelimitd's own metrics start with
+//! `ratelimitd_`. A label never holds a value from a request: rules are named by their path in
+//! the rule file (`api_key_acme-live`, `bucket_default`), which the operator wrote and bounds.
+//!
+//! The hot path touches only pre-resolved counters ([`RuleCounters`], looked up once per rule
+//! when rules are installed), so recording a decision is a handful of atomic additions.
+
+use std::time::Duration;
+
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::limiter::WindowOutcome;
+use crate::rules::{RuleSet, Window};
+
+/// Above this share of a limit, hits count as `near_limit` (envoyproxy/ratelimit's default).
+pub const NEAR_LIMIT_RATIO: f32 = 0.8;
+
+/// Every metric ratelimitd exports, registered in one registry.
+pub struct Metrics {
+    registry: Registry,
+    rule: RuleFamilies,
+    domain_not_found: IntCounter,
+    answered_ok: IntCounter,
+    answered_over_limit: IntCounter,
+    errors: IntCounterVec,
+    decision_seconds: Histogram,
+    config_load_success: IntCounter,
+    config_load_error: IntCounter,
+    config_info: IntGaugeVec,
+    config_rules: IntGauge,
+    config_loaded_at: IntGauge,
+    counters_in_memory: IntGauge,
+    serving: IntGauge,
+}
+
+struct RuleFamilies {
+    total_hits: IntCounterVec,
+    over_limit: IntCounterVec,
+    near_limit: IntCounterVec,
+    within_limit: IntCounterVec,
+    shadow_mode: IntCounterVec,
+}
+
+/// The counters of one rule window, resolved once when rules are installed.
+#[derive(Clone)]
+pub struct RuleCounters {
+    total_hits: IntCounter,
+    over_limit: IntCounter,
+    near_limit: IntCounter,
+    within_limit: IntCounter,
+    shadow_mode: IntCounter,
+}
+
+/// Why a metric could not be set up: a programming error (a duplicate name), reported at start.
+pub type MetricsError = prometheus::Error;
+
+/// Decision latency buckets, in seconds: a decision takes microseconds; Envoy gives up at 20 ms.
+const DECISION_BUCKETS: &[f64] = &[
+    0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005,
+    0.01, 0.02, 0.05,
+];
+
+impl Metrics {
+    pub fn new() -> Result<Metrics, MetricsError> {
+        let registry = Registry::new();
+        let rule_family = |name: &str, help: &str| -> Result<IntCounterVec, MetricsError> {
+            let family = IntCounterVec::new(
+                Opts::new(format!("ratelimit_service_rate_limit_{name}"), help),
+                &["domain", "key1", "key2", "window"],
+            )?;
+            registry.register(Box::new(family.clone()))?;
+            Ok(family)
+        };
+        let rule = RuleFamilies {
+            total_hits: rule_family("total_hits", "Hits counted against the rule's window.")?,
+            over_limit: rule_family(
+                "over_limit",
+                "Hits past the rule's limit (in shadow mode too).",
+            )?,
+            near_limit: rule_family(
+                "near_limit",
+                "Hits between 80 % of the rule's limit and the limit.",
+            )?,
+            within_limit: rule_family("within_limit", "Hits of requests within the rule's limit.")?,
+            shadow_mode: rule_family(
+                "shadow_mode",
+                "Hits past the limit of a shadow-mode rule, which were let through.",
+            )?,
+        };
+        let counter = |name: &str, help: &str| -> Result<IntCounter, MetricsError> {
+            let counter = IntCounter::new(name, help)?;
+            registry.register(Box::new(counter.clone()))?;
+            Ok(counter)
+        };
+        let gauge = |name: &str, help: &str| -> Result<IntGauge, MetricsError> {
+            let gauge = IntGauge::new(name, help)?;
+            registry.register(Box::new(gauge.clone()))?;
+            Ok(gauge)
+        };
+        let decisions = IntCounterVec::new(
+            Opts::new(
+                "ratelimitd_decisions_total",
+                "Requests answered, by overall code.",
+            ),
+            &["code"],
+        )?;
+        registry.register(Box::new(decisions.clone()))?;
+        let errors = IntCounterVec::new(
+            Opts::new(
+                "ratelimitd_request_errors_total",
+                "Requests refused with an error, by gRPC code.",
+            ),
+            &["code"],
+        )?;
+        registry.register(Box::new(errors.clone()))?;
+        let decision_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "ratelimitd_decision_duration_seconds",
+                "Time to decide one request, from validation to the built answer.",
+            )
+            .buckets(DECISION_BUCKETS.to_vec()),
+        )?;
+        registry.register(Box::new(decision_seconds.clone()))?;
+        let config_info = IntGaugeVec::new(
+            Opts::new(
+                "ratelimitd_config_info",
+                "1 for the rules in use, labelled with the hash of their files.",
+            ),
+            &["hash"],
+        )?;
+        registry.register(Box::new(config_info.clone()))?;
+        #[cfg(target_os = "linux")]
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+        Ok(Metrics {
+            rule,
+            domain_not_found: counter(
+                "ratelimitd_domain_not_found_total",
+                "Requests for a domain that no rule file defines (answered OK).",
+            )?,
+            answered_ok: decisions.with_label_values(&["OK"]),
+            answered_over_limit: decisions.with_label_values(&["OVER_LIMIT"]),
+            errors,
+            decision_seconds,
+            config_load_success: counter(
+                "ratelimit_service_config_load_success",
+                "Rule loads that succeeded (at start and on reload).",
+            )?,
+            config_load_error: counter(
+                "ratelimit_service_config_load_error",
+                "Rule loads refused; the running rules stayed.",
+            )?,
+            config_info,
+            config_rules: gauge("ratelimitd_config_rules", "Rules in use.")?,
+            config_loaded_at: gauge(
+                "ratelimitd_config_last_load_success_timestamp_seconds",
+                "When the rules in use were loaded (Unix time).",
+            )?,
+            counters_in_memory: gauge(
+                "ratelimitd_counters_in_memory",
+                "Keys with live counters in the in-memory store.",
+            )?,
+            serving: gauge(
+                "ratelimitd_serving",
+                "1 while serving, 0 while draining before exit.",
+            )?,
+            registry,
+        })
+    }
+
+    /// The counters of every limit of `rules`, indexed by [`crate::rules::Limit::id`].
+    /// Counters of a rule that is still there after a reload are the same counters.
+    pub fn rule_counters(&self, rules: &RuleSet) -> Vec<Option<RuleCounters>> {
+        rules
+            .rules()
+            .iter()
+            .map(|entry| {
+                let limit = entry.limit.as_ref()?;
+                let key1 = entry.path.first().map_or("", String::as_str);
+                let key2 = entry.path.get(1..).unwrap_or_default().join(".");
+                let window = window_label(limit.window);
+                let labels = [entry.domain.as_str(), key1, key2.as_str(), window.as_str()];
+                Some(RuleCounters {
+                    total_hits: self.rule.total_hits.with_label_values(&labels),
+                    over_limit: self.rule.over_limit.with_label_values(&labels),
+                    near_limit: self.rule.near_limit.with_label_values(&labels),
+                    within_limit: self.rule.within_limit.with_label_values(&labels),
+                    shadow_mode: self.rule.shadow_mode.with_label_values(&labels),
+                })
+            })
+            .collect()
+    }
+
+    /// One answered request: its overall code and how long deciding took.
+    pub fn answered(&self, over_limit: bool, domain_known: bool, took: Duration) {
+        if over_limit {
+            self.answered_over_limit.inc();
+        } else {
+            self.answered_ok.inc();
+        }
+        if !domain_known {
+            self.domain_not_found.inc();
+        }
+        self.decision_seconds.observe(took.as_secs_f64());
+    }
+
+    /// One request refused with an error (`code` is the gRPC code's name).
+    pub fn refused(&self, code: &str, took: Duration) {
+        self.errors.with_label_values(&[code]).inc();
+        self.decision_seconds.observe(took.as_secs_f64());
+    }
+
+    /// A rule load that succeeded: `hash` names the files' contents.
+    pub fn config_loaded(&self, hash: &str, rules: usize, at_unix_seconds: u64) {
+        self.config_load_success.inc();
+        self.config_info.reset();
+        self.config_info.with_label_values(&[hash]).set(1);
+        self.config_rules
+            .set(i64::try_from(rules).unwrap_or(i64::MAX));
+        self.config_loaded_at
+            .set(i64::try_from(at_unix_seconds).unwrap_or(i64::MAX));
+    }
+
+    /// A rule load that was refused.
+    pub fn config_refused(&self) {
+        self.config_load_error.inc();
+    }
+
+    pub fn set_serving(&self, serving: bool) {
+        self.serving.set(i64::from(serving));
+    }
+
+    /// The Prometheus text exposition of every metric, with the live counter count.
+    pub fn render(&self, counters_in_memory: usize) -> String {
+        self.counters_in_memory
+            .set(i64::try_from(counters_in_memory).unwrap_or(i64::MAX));
+        let mut text = String::new();
+        if let Err(error) = TextEncoder::new().encode_utf8(&self.registry.gather(), &mut text) {
+            tracing::warn!(%error, "cannot render the metrics");
+        }
+        text
+    }
+}
+
+impl RuleCounters {
+    /// Adds one window's hits, split as envoyproxy/ratelimit splits them: hits past the limit
+    /// are `over_limit`, hits between 80 % and the limit `near_limit`, and a request within
+    /// the limit adds all its hits to `within_limit`.
+    pub fn record(&self, outcome: WindowOutcome) {
+        let hits = outcome.hits;
+        if hits == 0 {
+            return;
+        }
+        let limit = u64::from(outcome.requests_per_unit);
+        let near = (outcome.requests_per_unit as f32 * NEAR_LIMIT_RATIO).floor() as u64;
+        let before = outcome.before;
+        let after = before.saturating_add(hits);
+        self.total_hits.inc_by(hits);
+        if outcome.over_limit {
+            if before >= limit {
+                self.over_limit.inc_by(hits);
+            } else {
+                self.over_limit.inc_by(after - limit);
+                self.near_limit.inc_by(limit - near.max(before));
+            }
+            if outcome.shadow_mode {
+                self.shadow_mode.inc_by(hits);
+            }
+        } else {
+            if after > near {
+                self.near_limit
+                    .inc_by(if before >= near { hits } else { after - near });
+            }
+            self.within_limit.inc_by(hits);
+        }
+    }
+}
+
+/// A window as a Prometheus-style duration: `1m`, `1h`, `5m`, `30d`.
+fn window_label(window: Window) -> String {
+    let seconds = window.seconds();
+    for (unit, length) in [("d", 86_400), ("h", 3_600), ("m", 60)] {
+        if seconds.is_multiple_of(length) {
+            return format!("{}{unit}", seconds / length);
+        }
+    }
+    format!("{seconds}s")
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::rules::Unit;
+
+    fn counters() -> (Metrics, RuleCounters) {
+        let metrics = Metrics::new().unwrap();
+        let labels = ["d", "k", "", "1m"];
+        let counters = RuleCounters {
+            total_hits: metrics.rule.total_hits.with_label_values(&labels),
+            over_limit: metrics.rule.over_limit.with_label_values(&labels),
+            near_limit: metrics.rule.near_limit.with_label_values(&labels),
+            within_limit: metrics.rule.within_limit.with_label_values(&labels),
+            shadow_mode: metrics.rule.shadow_mode.with_label_values(&labels),
+        };
+        (metrics, counters)
+    }
+
+    fn outcome(before: u64, hits: u64, over_limit: bool) -> WindowOutcome {
+        WindowOutcome {
+            before,
+            hits,
+            requests_per_unit: 10,
+            over_limit,
+            shadow_mode: false,
+        }
+    }
+
+    fn read(c: &RuleCounters) -> [u64; 5] {
+        [
+            c.total_hits.get(),
+            c.over_limit.get(),
+            c.near_limit.get(),
+            c.within_limit.get(),
+            c.shadow_mode.get(),
+        ]
+    }
+
+    #[test]
+    fn hits_split_like_envoyproxy_ratelimit() {
+        // Limit 10, near threshold 8. [total, over, near, within, shadow]
+        let cases = [
+            (outcome(0, 1, false), [1, 0, 0, 1, 0]),
+            (outcome(7, 2, false), [2, 0, 1, 2, 0]),
+            (outcome(8, 1, false), [1, 0, 1, 1, 0]),
+            (outcome(9, 3, true), [3, 2, 1, 0, 0]),
+            (outcome(5, 10, true), [10, 5, 2, 0, 0]),
+            (outcome(10, 4, true), [4, 4, 0, 0, 0]),
+            (outcome(10, 0, true), [0, 0, 0, 0, 0]),
+        ];
+        for (outcome, expected) in cases {
+            let (_metrics, c) = counters();
+            c.record(outcome);
+            assert_eq!(read(&c), expected, "{outcome:?}");
+        }
+        let (_metrics, c) = counters();
+        c.record(WindowOutcome {
+            shadow_mode: true,
+            ..outcome(10, 2, true)
+        });
+        assert_eq!(read(&c), [2, 2, 0, 0, 2]);
+    }
+
+    #[test]
+    fn window_labels_read_like_durations() {
+        let label = |unit, n| window_label(Window::try_new(unit, n).unwrap());
+        assert_eq!(label(Unit::Minute, 1), "1m");
+        assert_eq!(label(Unit::Second, 90), "90s");
+        assert_eq!(label(Unit::Hour, 1), "1h");
+        assert_eq!(label(Unit::Minute, 120), "2h");
+        assert_eq!(label(Unit::Month, 1), "30d");
+    }
+}
