@@ -212,3 +212,52 @@ pub async fn next_second() {
     let wait = Duration::from_secs(1) - Duration::from_nanos(u64::from(now.subsec_nanos()));
     tokio::time::sleep(wait + Duration::from_millis(5)).await;
 }
+
+/// `GET http://addr/path`: the status and the body.
+pub fn http_get(addr: impl std::fmt::Display, path: &str) -> (u16, String) {
+    let mut response = process::http_agent()
+        .get(format!("http://{addr}{path}"))
+        .call()
+        .expect("the admin server answers");
+    let body = response.body_mut().read_to_string().expect("a text body");
+    (response.status().as_u16(), body)
+}
+
+/// `POST http://addr/json` with `body`: the status and the body.
+pub fn post_json(addr: impl std::fmt::Display, body: &str) -> (u16, String) {
+    let mut response = process::http_agent()
+        .post(format!("http://{addr}/json"))
+        .send(body)
+        .expect("the admin server answers");
+    let body = response.body_mut().read_to_string().expect("a text body");
+    (response.status().as_u16(), body)
+}
+
+/// The value of one series (`name{labels}` exactly as exported, labels in name order) in a
+/// Prometheus text scrape; 0 when it is absent, as Prometheus reads a counter never touched.
+pub fn metric(scrape: &str, series: &str) -> f64 {
+    scrape
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().expect("a number"))
+        })
+        .unwrap_or(0.0)
+}
+
+/// [`http_get`] from async code (the server may share this runtime).
+pub async fn get_async(addr: SocketAddr, path: &str) -> (u16, String) {
+    let path = path.to_string();
+    tokio::task::spawn_blocking(move || http_get(addr, &path))
+        .await
+        .expect("the request thread ends")
+}
+
+/// [`post_json`] from async code.
+pub async fn post_json_async(addr: SocketAddr, body: &str) -> (u16, String) {
+    let body = body.to_string();
+    tokio::task::spawn_blocking(move || post_json(addr, &body))
+        .await
+        .expect("the request thread ends")
+}
