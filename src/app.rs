@@ -87,6 +87,12 @@ pub async fn serve(
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AppError> {
+    let http_addr = listeners
+        .http
+        .as_ref()
+        .map(display_addr)
+        .unwrap_or_default();
+    let hash = initial.hash.clone();
     let metrics = Arc::new(Metrics::new()?);
     let live = Arc::new(LiveRules::new(
         initial.rules,
@@ -119,6 +125,13 @@ pub async fn serve(
         None => None,
     };
 
+    tracing::info!(
+        grpc = %display_addr(&listeners.grpc),
+        http = %http_addr,
+        config = %settings.reload.as_ref().map(|r| r.path.display().to_string()).unwrap_or_default(),
+        rules_hash = %hash,
+        "ratelimitd serving"
+    );
     let (health_tx, mut health_rx) = watch::channel::<Option<Health>>(None);
     let (stopping_tx, mut stopping_rx) = watch::channel(false);
     let stop_accepting = async move {
@@ -166,6 +179,13 @@ pub async fn serve(
         }
     }
     result
+}
+
+fn display_addr(listener: &TcpListener) -> String {
+    listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default()
 }
 
 /// Removes counters of ended windows on a timer; stops when dropped.

@@ -135,14 +135,6 @@ fn run_serve(serve: cli::Serve) -> anyhow::Result<()> {
         let http = TcpListener::bind(serve.http_addr)
             .await
             .with_context(|| format!("cannot listen on {}", serve.http_addr))?;
-        tracing::info!(
-            grpc = %grpc.local_addr().unwrap_or(serve.grpc_addr),
-            http = %http.local_addr().unwrap_or(serve.http_addr),
-            config = %serve.config.display(),
-            rules_hash = %initial.hash,
-            domains = initial.rules.domains().len(),
-            "ratelimitd serving"
-        );
         let listeners = Listeners {
             grpc,
             http: Some(http),
@@ -153,13 +145,14 @@ fn run_serve(serve: cli::Serve) -> anyhow::Result<()> {
     })
 }
 
-/// Completes on SIGTERM (how containers are stopped) or Ctrl-C.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
+/// Completes on SIGTERM (how containers are stopped) or Ctrl-C. The handlers are installed at
+/// once, so a SIGTERM that comes before the future is first polled is not fatal.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate());
+    async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        match term {
             Ok(mut term) => {
                 tokio::select! {
                     _ = ctrl_c => {}
@@ -171,10 +164,6 @@ async fn shutdown_signal() {
                 let _ = ctrl_c.await;
             }
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
     }
 }
 

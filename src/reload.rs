@@ -46,17 +46,25 @@ impl Drop for Reloader {
 }
 
 /// Starts watching `settings.path`; `loaded_hash` is the hash of the rules in use.
+///
+/// Call within the runtime: the SIGHUP handler is installed before this returns, so a SIGHUP
+/// from then on reloads instead of ending the process.
 pub fn start(settings: ReloadSettings, live: Arc<LiveRules>, loaded_hash: String) -> Reloader {
-    Reloader(tokio::spawn(run(settings, live, loaded_hash)))
+    let hangup = Hangup::new(settings.on_sighup);
+    Reloader(tokio::spawn(run(settings, live, loaded_hash, hangup)))
 }
 
-async fn run(settings: ReloadSettings, live: Arc<LiveRules>, loaded_hash: String) {
+async fn run(
+    settings: ReloadSettings,
+    live: Arc<LiveRules>,
+    loaded_hash: String,
+    mut hangup: Hangup,
+) {
     let (changed_tx, mut changed) = mpsc::channel::<()>(1);
     let mut _watcher = watch(&settings.path, changed_tx.clone());
     let mut poll = tokio::time::interval(settings.poll_interval);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     poll.tick().await;
-    let mut hangup = Hangup::new(settings.on_sighup);
     let mut last_seen = loaded_hash;
     loop {
         let forced = tokio::select! {

@@ -56,8 +56,12 @@ pub fn grpcurl(args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-/// Lines of a child's output, read on a thread so that waits can time out.
-pub struct Lines(mpsc::Receiver<String>);
+/// Lines of a child's output, read on a thread so that waits can time out. Every line read
+/// is kept, so that a wait does not hide lines from a later look at the whole log.
+pub struct Lines {
+    incoming: mpsc::Receiver<String>,
+    seen: std::cell::RefCell<Vec<String>>,
+}
 
 impl Lines {
     fn of(pipe: impl std::io::Read + Send + 'static) -> Lines {
@@ -69,7 +73,27 @@ impl Lines {
                 }
             }
         });
-        Lines(rx)
+        Lines {
+            incoming: rx,
+            seen: Default::default(),
+        }
+    }
+
+    fn next(&self, within: Duration) -> Option<String> {
+        let line = self.incoming.recv_timeout(within).ok()?;
+        self.seen.borrow_mut().push(line.clone());
+        Some(line)
+    }
+
+    /// Every line since the start, reading on until the stream ends (the process exited) or
+    /// `within` passes.
+    pub fn all(&self, within: Duration) -> Vec<String> {
+        let deadline = Instant::now() + within;
+        while self
+            .next(deadline.saturating_duration_since(Instant::now()))
+            .is_some()
+        {}
+        self.seen.borrow().clone()
     }
 
     /// The first line from now on that contains `needle`.
@@ -77,10 +101,10 @@ impl Lines {
         let deadline = Instant::now() + within;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.0.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return line,
-                Ok(_) => continue,
-                Err(_) => panic!("no output line with {needle:?} within {within:?}"),
+            match self.next(left) {
+                Some(line) if line.contains(needle) => return line,
+                Some(_) => continue,
+                None => panic!("no output line with {needle:?} within {within:?}"),
             }
         }
     }
