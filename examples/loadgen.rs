@@ -47,6 +47,9 @@ enum Cmd {
     Run(RunArgs),
     /// The benchmark: ratelimitd vs the no-op baseline, scenario by scenario, A/B alternated.
     Compare(CompareArgs),
+    /// What metrics and spans cost: ratelimitd as shipped against ratelimitd without decision
+    /// metrics and spans, A/B alternated like `compare`.
+    Overhead(CompareArgs),
     /// Peak memory with a million keys' counters live, and memory given back after the windows end.
     Memory(MemoryArgs),
     /// CPU instructions per decision (valgrind's callgrind): a measure the machine's noise
@@ -56,6 +59,10 @@ enum Cmd {
 
 #[derive(clap::Args)]
 struct InstructionsArgs {
+    /// Compare ratelimitd without and with decision metrics and spans, instead of against
+    /// the no-op baseline.
+    #[arg(long)]
+    overhead: bool,
     /// Requests in the longer of the two runs (the shorter sends a tenth as many).
     #[arg(long, default_value_t = 20_000)]
     requests: usize,
@@ -136,7 +143,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let result = runtime.block_on(run(args))?;
             println!("{result}");
         }
-        Cmd::Compare(args) => compare(args)?,
+        Cmd::Compare(args) => compare(args, baseline_lineup)?,
+        Cmd::Overhead(args) => compare(args, |_| overhead_lineup())?,
         Cmd::Memory(args) => memory(args)?,
         Cmd::Instructions(args) => instructions(args)?,
     }
@@ -279,17 +287,34 @@ struct Server {
     addr: String,
 }
 
+/// Which server to start.
+#[derive(Clone, Copy)]
+enum Kind<'a> {
+    /// The no-op baseline with that canned answer (`empty`, `ok`, `over-limit`).
+    Noop(&'a str),
+    /// ratelimitd, with these flags besides the addresses and the rules.
+    Ratelimitd(&'a [&'a str]),
+}
+
+/// ratelimitd with nothing around the decision: no decision metrics, and the decision spans
+/// switched off at their call sites (the start-up line still says where it listens).
+const BARE: &[&str] = &[
+    "--decision-metrics",
+    "false",
+    "--log-level",
+    "info,ratelimitd::service=off",
+];
+
 impl Server {
-    /// `noop`: the no-op baseline with that canned answer (`empty`, `ok`, `over-limit`);
-    /// `None`: ratelimitd.
+    /// Starts `kind` pinned to core 0.
     fn start(
         binaries: &Binaries,
-        noop: Option<&str>,
+        kind: Kind<'_>,
         config: Option<&PathBuf>,
     ) -> Result<Server, Box<dyn std::error::Error>> {
         let mut pinned = Command::new("taskset");
         pinned.args(["-c", "0"]);
-        Server::spawn(pinned, binaries, noop, config)
+        Server::spawn(pinned, binaries, kind, config)
     }
 
     /// Runs the server under `wrapper` (a program and its arguments, such as `taskset -c 0` or
@@ -297,30 +322,36 @@ impl Server {
     fn spawn(
         mut wrapper: Command,
         binaries: &Binaries,
-        noop: Option<&str>,
+        kind: Kind<'_>,
         config: Option<&PathBuf>,
     ) -> Result<Server, Box<dyn std::error::Error>> {
-        if let Some(answer) = noop {
-            wrapper.arg(&binaries.noop).args(["127.0.0.1:0", answer]);
-        } else {
-            wrapper
-                .arg(&binaries.ratelimitd)
-                .args([
-                    "serve",
-                    "--grpc-addr",
-                    "127.0.0.1:0",
-                    "--log-format",
-                    "json",
-                    "--config",
-                ])
-                .arg(config.unwrap_or(&binaries.config));
+        match kind {
+            Kind::Noop(answer) => {
+                wrapper.arg(&binaries.noop).args(["127.0.0.1:0", answer]);
+            }
+            Kind::Ratelimitd(flags) => {
+                wrapper
+                    .arg(&binaries.ratelimitd)
+                    .args([
+                        "serve",
+                        "--grpc-addr",
+                        "127.0.0.1:0",
+                        "--http-addr",
+                        "127.0.0.1:0",
+                        "--log-format",
+                        "json",
+                    ])
+                    .args(flags)
+                    .arg("--config")
+                    .arg(config.unwrap_or(&binaries.config));
+            }
         }
         let mut child = wrapper
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()?;
-        let addr = if noop.is_some() {
+        let addr = if matches!(kind, Kind::Noop(_)) {
             read_line_with(child.stdout.take(), "listening on ")
                 .map(|l| l.trim_start_matches("listening on ").trim().to_string())
         } else {
@@ -493,7 +524,36 @@ fn median(mut values: Vec<f64>) -> f64 {
     }
 }
 
-fn compare(args: CompareArgs) -> Result<(), Box<dyn std::error::Error>> {
+/// The servers `compare` measures in a scenario; the first is the baseline of the ratios.
+fn baseline_lineup(scenario: &Scenario) -> Vec<(String, Kind<'static>)> {
+    vec![
+        ("no-op baseline".into(), Kind::Noop("empty")),
+        (
+            format!("no-op answering like ratelimitd ({})", scenario.answer),
+            Kind::Noop(scenario.answer),
+        ),
+        ("ratelimitd".into(), Kind::Ratelimitd(&[])),
+    ]
+}
+
+/// The servers `overhead` measures: ratelimitd without and with what surrounds a decision.
+fn overhead_lineup() -> Vec<(String, Kind<'static>)> {
+    vec![
+        (
+            "ratelimitd, no decision metrics, no decision spans".into(),
+            Kind::Ratelimitd(BARE),
+        ),
+        (
+            "ratelimitd (metrics and spans on, as shipped)".into(),
+            Kind::Ratelimitd(&[]),
+        ),
+    ]
+}
+
+fn compare(
+    args: CompareArgs,
+    lineup: fn(&Scenario) -> Vec<(String, Kind<'static>)>,
+) -> Result<(), Box<dyn std::error::Error>> {
     let chosen = |name: &str| args.scenarios.is_empty() || args.scenarios.iter().any(|s| s == name);
     println!(
         "| scenario | server | decisions/s | ratio | p50 µs | p99 µs | p99 ratio | server CPU µs/decision | CPU ratio | OK / OVER_LIMIT / errors (last round) |"
@@ -507,23 +567,18 @@ fn compare(args: CompareArgs) -> Result<(), Box<dyn std::error::Error>> {
             "{}: {} ({} rounds)",
             scenario.name, scenario.what, args.rounds
         );
-        let labels = [
-            "no-op baseline".to_string(),
-            format!("no-op answering like ratelimitd ({})", scenario.answer),
-            "ratelimitd".to_string(),
-        ];
-        let servers = [
-            Server::start(&args.binaries, Some("empty"), None)?,
-            Server::start(&args.binaries, Some(scenario.answer), None)?,
-            Server::start(&args.binaries, None, None)?,
-        ];
+        let (labels, kinds): (Vec<String>, Vec<Kind<'_>>) = lineup(&scenario).into_iter().unzip();
+        let servers = kinds
+            .iter()
+            .map(|kind| Server::start(&args.binaries, *kind, None))
+            .collect::<Result<Vec<_>, _>>()?;
         if let Some(prefill) = &scenario.prefill {
             for server in &servers {
                 load(&server.addr, prefill)?;
             }
         }
         type Round = (f64, f64, f64, f64, Value);
-        let mut results: [Vec<Round>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+        let mut results: Vec<Vec<Round>> = vec![Vec::new(); servers.len()];
         for round in 0..args.rounds {
             // Rotate which server goes first, so that drift in the machine spreads evenly.
             for step in 0..servers.len() {
@@ -602,7 +657,7 @@ fn memory(args: MemoryArgs) -> Result<(), Box<dyn std::error::Error>> {
     };
     let counters = 2.0 * args.keys as f64;
 
-    let server = Server::start(&args.binaries, None, None)?;
+    let server = Server::start(&args.binaries, Kind::Ratelimitd(&[]), None)?;
     // "Idle" is a server that has carried the same traffic but holds no counters: 200,000
     // requests with internal (unlimited) keys bring its buffers and caches to their working size.
     load(
@@ -646,7 +701,7 @@ fn memory(args: MemoryArgs) -> Result<(), Box<dyn std::error::Error>> {
         &rules,
         "domain: mega-api\ndescriptors:\n  - key: api_key\n    descriptors:\n      - key: bucket\n        value: default\n        rate_limits:\n          - {unit: second, unit_multiplier: 40, requests_per_unit: 60}\n          - {unit: second, unit_multiplier: 45, requests_per_unit: 1000}\n",
     )?;
-    let server = Server::start(&args.binaries, None, Some(&rules))?;
+    let server = Server::start(&args.binaries, Kind::Ratelimitd(&[]), Some(&rules))?;
     let (_, idle_rss) = server.memory_kib();
     prefill(&server.addr)?;
     let (_, full_rss) = server.memory_kib();
@@ -671,7 +726,7 @@ fn memory(args: MemoryArgs) -> Result<(), Box<dyn std::error::Error>> {
 /// counted by callgrind.
 fn instructions_for(
     binaries: &Binaries,
-    noop: Option<&str>,
+    kind: Kind<'_>,
     requests: usize,
     load_args: &[&str],
 ) -> Result<u64, Box<dyn std::error::Error>> {
@@ -683,7 +738,7 @@ fn instructions_for(
     valgrind
         .args(["--tool=callgrind", "--quiet"])
         .arg(format!("--callgrind-out-file={}", out.display()));
-    let server = Server::spawn(valgrind, binaries, noop, None)?;
+    let server = Server::spawn(valgrind, binaries, kind, None)?;
     let mut args: Vec<String> = vec![
         "--requests".into(),
         requests.to_string(),
@@ -723,21 +778,25 @@ fn instructions(args: InstructionsArgs) -> Result<(), Box<dyn std::error::Error>
         ("10,000 uniform keys", "ok", vec!["--keys", "10000"]),
         ("one hot key over its limit", "over-limit", vec!["--hot"]),
     ] {
-        let kinds: [(String, Option<&str>); 3] = [
-            ("no-op baseline".into(), Some("empty")),
-            (
-                format!("no-op answering like ratelimitd ({answer})"),
-                Some(answer),
-            ),
-            ("ratelimitd".into(), None),
-        ];
+        let kinds: Vec<(String, Kind<'_>)> = if args.overhead {
+            overhead_lineup()
+        } else {
+            vec![
+                ("no-op baseline".into(), Kind::Noop("empty")),
+                (
+                    format!("no-op answering like ratelimitd ({answer})"),
+                    Kind::Noop(answer),
+                ),
+                ("ratelimitd".into(), Kind::Ratelimitd(&[])),
+            ]
+        };
         let mut base = f64::NAN;
-        for (label, noop) in kinds {
+        for (i, (label, kind)) in kinds.into_iter().enumerate() {
             // The difference of two runs cancels start-up and shutdown.
-            let per = (instructions_for(&args.binaries, noop, long, &load_args)? as f64
-                - instructions_for(&args.binaries, noop, short, &load_args)? as f64)
+            let per = (instructions_for(&args.binaries, kind, long, &load_args)? as f64
+                - instructions_for(&args.binaries, kind, short, &load_args)? as f64)
                 / (long - short) as f64;
-            if noop == Some("empty") {
+            if i == 0 {
                 base = per;
             }
             println!("| {scenario} | {label} | {per:.0} | {:.2}x |", per / base);
