@@ -13,10 +13,25 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
-    def answer(self):
+    def read_body(self):
+        """Reads the whole request body, so that nothing of it is taken for the next request
+        on a kept-alive connection (Envoy forwards a bodiless POST as chunked, `0\r\n\r\n`)."""
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    # Trailers, if any, end with an empty line.
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return
+                self.rfile.read(size)
+                self.rfile.readline()
         length = int(self.headers.get("Content-Length") or 0)
         if length:
             self.rfile.read(length)
+
+    def answer(self):
+        self.read_body()
         status = int(self.headers.get("X-Upstream-Status") or 200)
         body = json.dumps({"method": self.command, "path": self.path, "status": status}).encode()
         self.send_response(status)
