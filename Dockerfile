@@ -1,8 +1,8 @@
 # ratelimitd: a small runtime image with the binary, the seed rules and a non-root user.
 #
 #   docker build -t ratelimitd .
-#   docker run -p 8081:8081 ratelimitd              # serves config/ (the seed policy)
-#   docker run -v $PWD/rules:/etc/ratelimitd:ro -p 8081:8081 ratelimitd
+#   docker run -p 8081:8081 -p 8080:8080 ratelimitd     # serves config/ (the seed policy)
+#   docker run -v $PWD/rules:/etc/ratelimitd:ro -p 8081:8081 -p 8080:8080 ratelimitd
 #
 # No protoc is needed: build.rs compiles the vendored protos with protox.
 
@@ -20,8 +20,10 @@ COPY config /etc/ratelimitd
 USER 10001
 ENV RATELIMITD_CONFIG=/etc/ratelimitd \
     RATELIMITD_GRPC_ADDR=0.0.0.0:8081 \
+    RATELIMITD_HTTP_ADDR=0.0.0.0:8080 \
     RATELIMITD_LOG_FORMAT=json
-EXPOSE 8081
+# 8081: gRPC (RateLimitService, health, reflection); 8080: /healthcheck, /metrics, /rlconfig, /json
+EXPOSE 8081 8080
 # Asks the server's own grpc.health.v1.Health; NOT_SERVING while it drains after SIGTERM.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
     CMD ["ratelimitd", "health", "--grpc-addr", "127.0.0.1:8081"]
