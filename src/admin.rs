@@ -79,16 +79,31 @@ pub async fn serve(
 }
 
 async fn healthcheck(State(admin): State<Admin>) -> Response {
-    if admin.serving.load(Ordering::Relaxed) {
-        (StatusCode::OK, "OK\n").into_response()
-    } else {
-        (StatusCode::INTERNAL_SERVER_ERROR, "draining\n").into_response()
+    if !admin.serving.load(Ordering::Relaxed) {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "draining\n").into_response();
+    }
+    // Still serving while Redis is down, by the failure policy: say so.
+    match admin.service.limiter().backend() {
+        Some((shared, state)) if !state.is_up() => (
+            StatusCode::OK,
+            format!(
+                "OK\nbackend: Redis down, answering by --on-backend-error {}\n",
+                shared.on_error.name()
+            ),
+        )
+            .into_response(),
+        _ => (StatusCode::OK, "OK\n").into_response(),
     }
 }
 
 async fn metrics(State(admin): State<Admin>) -> Response {
-    let live_counters = admin.service.limiter().store().len();
-    let text = admin.service.rules().metrics().render(live_counters);
+    let limiter = admin.service.limiter();
+    let backend = limiter.backend().map(|(_, state)| state);
+    let text = admin
+        .service
+        .rules()
+        .metrics()
+        .render(limiter.store().len(), backend);
     (
         [(
             header::CONTENT_TYPE,
@@ -137,7 +152,7 @@ async fn json(State(admin): State<Admin>, body: Bytes) -> Response {
         Ok(request) => request,
         Err(message) => return plain(StatusCode::BAD_REQUEST, &message),
     };
-    let answer = match admin.service.should_rate_limit(request) {
+    let answer = match admin.service.should_rate_limit(request).await {
         Ok(answer) => answer,
         Err(status) => {
             let code = match status.code() {

@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::admin::{self, Admin, AdminError};
-use crate::limiter::{Limiter, MemoryStore};
+use crate::limiter::{Limiter, MemoryStore, OnBackendError, RedisStore, Target};
 use crate::metrics::{Metrics, MetricsError};
 use crate::reload::{self, ReloadSettings};
 use crate::rules::RuleSet;
@@ -38,6 +38,20 @@ pub struct Settings {
     pub decision_metrics: bool,
     /// Where to look for new rules; `None`: the rules never change.
     pub reload: Option<ReloadSettings>,
+    /// Where counters live.
+    pub backend: Backend,
+}
+
+/// Where counters live.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    Memory,
+    Redis {
+        target: Target,
+        /// The longest a decision waits for Redis.
+        timeout: Duration,
+        on_error: OnBackendError,
+    },
 }
 
 impl Default for Settings {
@@ -50,6 +64,24 @@ impl Default for Settings {
             shutdown_delay: Duration::ZERO,
             decision_metrics: true,
             reload: None,
+            backend: Backend::Memory,
+        }
+    }
+}
+
+impl Backend {
+    /// What kind of store, for logs (never the address, which may hold a password).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Backend::Memory => "memory",
+            Backend::Redis {
+                target: Target::Single(_),
+                ..
+            } => "redis",
+            Backend::Redis {
+                target: Target::Cluster(_),
+                ..
+            } => "redis-cluster",
         }
     }
 }
@@ -99,7 +131,19 @@ pub async fn serve(
         initial.hash.clone(),
         Arc::clone(&metrics),
     ));
-    let limiter = Arc::new(Limiter::new(MemoryStore::new(settings.max_counters)));
+    let memory = MemoryStore::new(settings.max_counters);
+    let limiter = Arc::new(match &settings.backend {
+        Backend::Memory => Limiter::new(memory),
+        Backend::Redis {
+            target,
+            timeout,
+            on_error,
+        } => Limiter::shared(
+            RedisStore::start(target.clone(), *timeout),
+            *on_error,
+            memory,
+        ),
+    });
     let _sweeper = Sweeper::start(Arc::clone(&limiter), settings.sweep_interval);
     let _reloader = settings
         .reload
@@ -130,6 +174,7 @@ pub async fn serve(
         http = %http_addr,
         config = %settings.reload.as_ref().map(|r| r.path.display().to_string()).unwrap_or_default(),
         rules_hash = %hash,
+        backend = settings.backend.kind(),
         "ratelimitd serving"
     );
     let (health_tx, mut health_rx) = watch::channel::<Option<Health>>(None);

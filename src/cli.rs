@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use ratelimitd::limiter::OnBackendError;
 use ratelimitd::service::HeaderStyle;
 
 #[derive(Debug, Parser)]
@@ -56,9 +57,18 @@ pub struct Serve {
     /// Record every decision in the metrics (per-rule counters, answer counts, latency).
     #[arg(long, env = "RATELIMITD_DECISION_METRICS", default_value_t = true, action = clap::ArgAction::Set)]
     pub decision_metrics: bool,
-    /// Where counters live. Only `memory` exists so far.
+    /// Where counters live: `memory`, `redis://HOST:PORT[/DB]`, `rediss://…` (TLS), or
+    /// `redis+cluster://HOST:PORT,HOST:PORT,…` (`rediss+cluster://` for TLS).
     #[arg(long, env = "RATELIMITD_BACKEND", default_value = "memory")]
     pub backend: String,
+    /// The longest a decision waits for Redis, in milliseconds, before the failure policy
+    /// answers (Envoy's own timeout is 20 ms by default).
+    #[arg(long, env = "RATELIMITD_BACKEND_TIMEOUT_MS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub backend_timeout_ms: u64,
+    /// What to answer when Redis cannot count in time: `allow` (OK), `deny` (OVER_LIMIT), or
+    /// `local` (count in this process until Redis is back).
+    #[arg(long, env = "RATELIMITD_ON_BACKEND_ERROR", value_enum, default_value_t = OnBackendErrorArg::Local)]
+    pub on_backend_error: OnBackendErrorArg,
     /// Which rate-limit headers go on responses.
     #[arg(long, env = "RATELIMITD_HEADER_STYLE", value_enum, default_value_t = HeaderStyleArg::Ratelimit)]
     pub header_style: HeaderStyleArg,
@@ -101,6 +111,23 @@ pub struct Log {
     /// Log filter, in `tracing` syntax (`info`, `ratelimitd=debug`, …).
     #[arg(long, env = "RATELIMITD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnBackendErrorArg {
+    Allow,
+    Deny,
+    Local,
+}
+
+impl From<OnBackendErrorArg> for OnBackendError {
+    fn from(arg: OnBackendErrorArg) -> OnBackendError {
+        match arg {
+            OnBackendErrorArg::Allow => OnBackendError::Allow,
+            OnBackendErrorArg::Deny => OnBackendError::Deny,
+            OnBackendErrorArg::Local => OnBackendError::Local,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

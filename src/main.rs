@@ -12,12 +12,13 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Parser;
 use tokio::net::TcpListener;
 
 use cli::{Cli, Command, LogFormat};
-use ratelimitd::app::{self, InitialRules, Listeners, Settings};
+use ratelimitd::app::{self, Backend, InitialRules, Listeners, Settings};
+use ratelimitd::limiter::Target;
 use ratelimitd::reload::ReloadSettings;
 use ratelimitd::service::ResponseSettings;
 use ratelimitd::{config, probe};
@@ -93,12 +94,15 @@ fn run_health(health: &cli::Health) -> ExitCode {
 }
 
 fn run_serve(serve: cli::Serve) -> anyhow::Result<()> {
-    if serve.backend != "memory" {
-        bail!(
-            "--backend {}: only `memory` is supported yet (Redis comes later)",
-            serve.backend
-        );
-    }
+    let backend = if serve.backend == "memory" {
+        Backend::Memory
+    } else {
+        Backend::Redis {
+            target: Target::parse(&serve.backend)?,
+            timeout: Duration::from_millis(serve.backend_timeout_ms),
+            on_error: serve.on_backend_error.into(),
+        }
+    };
     let sources = config::read(&serve.config);
     let initial = sources
         .and_then(|sources| {
@@ -120,6 +124,7 @@ fn run_serve(serve: cli::Serve) -> anyhow::Result<()> {
         drain_timeout: Duration::from_secs(serve.drain_timeout),
         shutdown_delay: Duration::from_secs(serve.shutdown_delay),
         decision_metrics: serve.decision_metrics,
+        backend,
         reload: Some(ReloadSettings {
             path: serve.config.clone(),
             poll_interval: Duration::from_millis(serve.reload_poll_ms),

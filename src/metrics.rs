@@ -16,7 +16,9 @@ use prometheus::{
     TextEncoder,
 };
 
-use crate::limiter::WindowOutcome;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::limiter::{BackendState, WindowOutcome};
 use crate::rules::{RuleSet, Window};
 
 /// Above this share of a limit, hits count as `near_limit` (envoyproxy/ratelimit's default).
@@ -38,6 +40,10 @@ pub struct Metrics {
     config_loaded_at: IntGauge,
     counters_in_memory: IntGauge,
     serving: IntGauge,
+    backend_up: IntGauge,
+    backend_errors: IntCounter,
+    backend_fallbacks: IntCounter,
+    backend_outages: IntCounter,
 }
 
 struct RuleFamilies {
@@ -172,6 +178,22 @@ impl Metrics {
                 "ratelimitd_serving",
                 "1 while serving, 0 while draining before exit.",
             )?,
+            backend_up: gauge(
+                "ratelimitd_backend_up",
+                "1 while the counter store answers (always, in memory), 0 while Redis is down.",
+            )?,
+            backend_errors: counter(
+                "ratelimitd_backend_errors_total",
+                "Requests Redis failed to count (error or timeout).",
+            )?,
+            backend_fallbacks: counter(
+                "ratelimitd_backend_fallback_decisions_total",
+                "Requests answered by --on-backend-error because Redis failed or was down.",
+            )?,
+            backend_outages: counter(
+                "ratelimitd_backend_outages_total",
+                "Periods during which Redis was down.",
+            )?,
             registry,
         })
     }
@@ -238,10 +260,23 @@ impl Metrics {
         self.serving.set(i64::from(serving));
     }
 
-    /// The Prometheus text exposition of every metric, with the live counter count.
-    pub fn render(&self, counters_in_memory: usize) -> String {
+    /// The Prometheus text exposition of every metric, with the live counter count and, in
+    /// Redis mode, the backend's state.
+    pub fn render(&self, counters_in_memory: usize, backend: Option<&BackendState>) -> String {
         self.counters_in_memory
             .set(i64::try_from(counters_in_memory).unwrap_or(i64::MAX));
+        if let Some(backend) = backend {
+            self.backend_up.set(i64::from(backend.is_up()));
+            let catch_up = |counter: &IntCounter, total: &AtomicU64| {
+                let total = total.load(Ordering::Relaxed);
+                counter.inc_by(total.saturating_sub(counter.get()));
+            };
+            catch_up(&self.backend_errors, &backend.errors);
+            catch_up(&self.backend_fallbacks, &backend.fallbacks);
+            catch_up(&self.backend_outages, &backend.outages);
+        } else {
+            self.backend_up.set(1);
+        }
         let mut text = String::new();
         if let Err(error) = TextEncoder::new().encode_utf8(&self.registry.gather(), &mut text) {
             tracing::warn!(%error, "cannot render the metrics");

@@ -25,14 +25,14 @@ fn serve_refuses_to_start_on_broken_rules() {
 }
 
 #[test]
-fn serve_refuses_a_backend_it_does_not_have() {
+fn serve_refuses_a_backend_address_it_cannot_read() {
     let output = Command::new(env!("CARGO_BIN_EXE_ratelimitd"))
         .args([
             "serve",
             "--grpc-addr",
             "127.0.0.1:0",
             "--backend",
-            "redis://127.0.0.1:6379",
+            "localhost:6379",
             "--config",
         ])
         .arg(project("config"))
@@ -41,7 +41,7 @@ fn serve_refuses_a_backend_it_does_not_have() {
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("only `memory` is supported yet"),
+        stderr.contains("--backend localhost:6379: expected memory, redis://HOST:PORT"),
         "{stderr}"
     );
 }

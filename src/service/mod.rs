@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::limiter::{Limiter, StoreError};
 use crate::proto::rate_limit_response::Code;
@@ -59,7 +60,7 @@ impl RlsService {
     ///
     /// At debug level, each decision is a span with the domain and the outcome (never a
     /// descriptor value: API keys are secrets).
-    pub fn should_rate_limit(
+    pub async fn should_rate_limit(
         &self,
         request: RateLimitRequest,
     ) -> Result<RateLimitResponse, Status> {
@@ -69,9 +70,18 @@ impl RlsService {
             descriptors = request.descriptors.len(),
             over_limit = tracing::field::Empty,
         );
-        let _entered = span.enter();
+        self.decide_in(request, &span)
+            .instrument(span.clone())
+            .await
+    }
+
+    async fn decide_in(
+        &self,
+        request: RateLimitRequest,
+        span: &tracing::Span,
+    ) -> Result<RateLimitResponse, Status> {
         let started = self.record.then(Instant::now);
-        let answer = self.decide(request, self.record);
+        let answer = self.decide(request, self.record).await;
         let metrics = self.rules.metrics();
         match &answer {
             Ok((answer, domain_known)) => {
@@ -93,7 +103,7 @@ impl RlsService {
     }
 
     /// The answer, and whether the domain is known.
-    fn decide(
+    async fn decide(
         &self,
         request: RateLimitRequest,
         record: bool,
@@ -102,7 +112,7 @@ impl RlsService {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_err(|_| Status::internal("the system clock is before 1970"))?;
-        let snapshot = self.rules.load();
+        let snapshot = self.rules.current();
         let decision = self
             .limiter
             .decide_observed(&snapshot.rules, &request, now, |limit, outcome| {
@@ -112,6 +122,7 @@ impl RlsService {
                     counters.record(outcome);
                 }
             })
+            .await
             .map_err(status_of_store_error)?;
         Ok((
             response::build(&decision, &self.settings),
@@ -142,7 +153,7 @@ impl RateLimitService for RlsService {
         &self,
         request: Request<RateLimitRequest>,
     ) -> Result<Response<RateLimitResponse>, Status> {
-        let response = self.should_rate_limit(request.into_inner());
+        let response = self.should_rate_limit(request.into_inner()).await;
         response.map(Response::new)
     }
 }

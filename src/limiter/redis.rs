@@ -1,0 +1,460 @@
+//! Counters in Redis or Redis Cluster, shared by every ratelimitd replica that points at it.
+//!
+//! One request is one round trip: a Lua script reads every counter of the request, decides
+//! whether all the enforced ones have room, and only then increments them all (so, as in
+//! memory, a refused request moves nothing), setting each new key's expiry to the end of its
+//! window in the same step (so a key never outlives its window, nor exists without an expiry).
+//!
+//! Keys are short, to keep Redis small: `{H}S:I`, where `H` is 16 base64url characters of a
+//! BLAKE3 hash of the counter key (domain and descriptor entries), `S` the window length in
+//! seconds and `I` the window number modulo 100 (a key lives one window, so this only guards
+//! against clocks a little apart). The braces are a Cluster hash tag: all windows of one
+//! descriptor live in one slot and go in one script. In Cluster mode the descriptors of one
+//! request go out in parallel, one script each; if one refuses after another has counted, the
+//! counted hits are taken back.
+//!
+//! Concurrent decisions share one multiplexed connection (per node in Cluster mode), which
+//! pipelines their commands; the client reconnects by itself.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{RedisError, Script};
+use tokio::sync::OnceCell;
+
+use super::{Batch, Count, Increment};
+
+/// Why Redis could not count a request.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("not connected to Redis yet")]
+    NotConnected,
+    #[error("Redis did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("Redis: {0}")]
+    Redis(#[from] RedisError),
+    #[error("Redis answered something unexpected: {0}")]
+    Unexpected(String),
+}
+
+/// Why a `--backend` address was refused.
+#[derive(Debug, thiserror::Error)]
+#[error("--backend {address}: {reason}")]
+pub struct BadAddress {
+    address: String,
+    reason: String,
+}
+
+/// Where the counters are: one Redis, or a Cluster reached through some of its nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// `redis://host:port[/db]` or `rediss://` (TLS).
+    Single(String),
+    /// `redis+cluster://h1:p1,h2:p2` (`rediss+cluster://` for TLS): the seed nodes.
+    Cluster(Vec<String>),
+}
+
+impl Target {
+    /// Reads a `--backend` value other than `memory`.
+    pub fn parse(address: &str) -> Result<Target, BadAddress> {
+        let bad = |reason: &str| BadAddress {
+            address: address.to_string(),
+            reason: reason.to_string(),
+        };
+        let cluster = [
+            ("redis+cluster://", "redis://"),
+            ("rediss+cluster://", "rediss://"),
+        ];
+        for (scheme, node_scheme) in cluster {
+            if let Some(nodes) = address.strip_prefix(scheme) {
+                let nodes: Vec<String> = nodes
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|n| !n.is_empty())
+                    .map(|n| format!("{node_scheme}{n}"))
+                    .collect();
+                if nodes.is_empty() {
+                    return Err(bad("name at least one node: redis+cluster://HOST:PORT,…"));
+                }
+                return Ok(Target::Cluster(nodes));
+            }
+        }
+        if address.starts_with("redis://") || address.starts_with("rediss://") {
+            redis::Client::open(address).map_err(|e| bad(&e.to_string()))?;
+            return Ok(Target::Single(address.to_string()));
+        }
+        Err(bad(
+            "expected memory, redis://HOST:PORT, rediss://HOST:PORT or redis+cluster://HOST:PORT,…",
+        ))
+    }
+}
+
+#[derive(Clone)]
+enum Connection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+/// Counters in Redis.
+pub struct RedisStore {
+    target: Target,
+    timeout: Duration,
+    connection: OnceCell<Connection>,
+    count: Script,
+    release: Script,
+}
+
+/// Reads each counter, admits the request if every enforced one has room, then counts.
+/// ARGV per key: hits, limit, enforced (1/0), expiry (Unix seconds: the window's end).
+/// Returns {admitted, first over (1-based, 0: none), value of each key}.
+const COUNT_SCRIPT: &str = r"
+local values = {}
+local admitted = 1
+local first_over = 0
+for i = 1, #KEYS do
+  local at = (i - 1) * 4
+  local hits = tonumber(ARGV[at + 1])
+  local limit = tonumber(ARGV[at + 2])
+  local value = tonumber(redis.call('GET', KEYS[i]) or '0')
+  values[i] = value
+  if admitted == 1 and ARGV[at + 3] == '1' then
+    if (hits == 0 and value >= limit) or (hits > 0 and value + hits > limit) then
+      admitted = 0
+      first_over = i
+    end
+  end
+end
+if admitted == 1 then
+  for i = 1, #KEYS do
+    local at = (i - 1) * 4
+    local hits = tonumber(ARGV[at + 1])
+    if hits > 0 then
+      local value = redis.call('INCRBY', KEYS[i], hits)
+      if value == hits then
+        redis.call('EXPIREAT', KEYS[i], ARGV[at + 4])
+      end
+      values[i] = value
+    end
+  end
+end
+local out = {admitted, first_over}
+for i = 1, #KEYS do out[i + 2] = values[i] end
+return out
+";
+
+/// Takes back hits counted by a script whose request another slot refused. ARGV: hits per key.
+const RELEASE_SCRIPT: &str = r"
+for i = 1, #KEYS do
+  if tonumber(redis.call('GET', KEYS[i]) or '0') >= tonumber(ARGV[i]) then
+    redis.call('DECRBY', KEYS[i], ARGV[i])
+  end
+end
+return 1
+";
+
+/// How long the client waits to connect before trying again.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Pause between connection attempts while Redis cannot be reached at start.
+const CONNECT_RETRY: Duration = Duration::from_secs(1);
+
+impl RedisStore {
+    /// A store for `target`; connects in the background (call within the runtime), so that
+    /// ratelimitd starts, and answers by its failure policy, while Redis is away.
+    pub fn start(target: Target, timeout: Duration) -> Arc<RedisStore> {
+        let store = Arc::new(RedisStore {
+            target,
+            timeout,
+            connection: OnceCell::new(),
+            count: Script::new(COUNT_SCRIPT),
+            release: Script::new(RELEASE_SCRIPT),
+        });
+        let connecting = Arc::clone(&store);
+        tokio::spawn(async move { connecting.connect().await });
+        store
+    }
+
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    async fn connect(&self) {
+        loop {
+            match self.open().await {
+                Ok(connection) => {
+                    let _ = self.connection.set(connection);
+                    tracing::info!(target = ?self.target, "connected to Redis");
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, target = ?self.target, "cannot connect to Redis yet");
+                    tokio::time::sleep(CONNECT_RETRY).await;
+                }
+            }
+        }
+    }
+
+    async fn open(&self) -> Result<Connection, RedisError> {
+        match &self.target {
+            Target::Single(url) => {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    .set_response_timeout(Some(self.timeout))
+                    .set_max_delay(CONNECT_RETRY);
+                let manager =
+                    ConnectionManager::new_with_config(redis::Client::open(url.as_str())?, config)
+                        .await?;
+                Ok(Connection::Single(manager))
+            }
+            Target::Cluster(nodes) => {
+                let client = ClusterClient::builder(nodes.clone())
+                    .connection_timeout(CONNECT_TIMEOUT)
+                    .response_timeout(self.timeout)
+                    .retries(0)
+                    .build()?;
+                Ok(Connection::Cluster(client.get_async_connection().await?))
+            }
+        }
+    }
+
+    /// Counts `batch` at `now` (time since the Unix epoch), all or nothing, within the timeout.
+    pub async fn apply(&self, batch: &Batch) -> Result<(bool, Vec<Count>), BackendError> {
+        let connection = self
+            .connection
+            .get()
+            .cloned()
+            .ok_or(BackendError::NotConnected)?;
+        tokio::time::timeout(self.timeout, self.apply_on(connection, batch))
+            .await
+            .map_err(|_| BackendError::Timeout(self.timeout))?
+    }
+
+    async fn apply_on(
+        &self,
+        connection: Connection,
+        batch: &Batch,
+    ) -> Result<(bool, Vec<Count>), BackendError> {
+        let all: Vec<usize> = (0..batch.increments.len()).collect();
+        match connection {
+            Connection::Single(mut single) => {
+                let answer = self.run(&mut single, batch, &all).await?;
+                Ok(counts_of(batch, &[(all, answer)]))
+            }
+            Connection::Cluster(cluster) => {
+                // One script per descriptor key (one slot each), all at once.
+                let mut groups: Vec<Vec<usize>> = Vec::new();
+                for (i, inc) in batch.increments.iter().enumerate() {
+                    match groups
+                        .iter_mut()
+                        .find(|g| batch.increments[g[0]].key == inc.key)
+                    {
+                        Some(group) => group.push(i),
+                        None => groups.push(vec![i]),
+                    }
+                }
+                let answers = futures_util::future::join_all(groups.iter().map(|group| {
+                    let mut connection = cluster.clone();
+                    async move { self.run(&mut connection, batch, group).await }
+                }))
+                .await;
+                let answers = answers.into_iter().collect::<Result<Vec<_>, _>>()?;
+                let admitted = answers.iter().all(|a| a.admitted);
+                if !admitted {
+                    let releases = groups.iter().zip(&answers).filter(|(_, a)| a.admitted).map(
+                        |(group, _)| {
+                            let mut connection = cluster.clone();
+                            async move { self.take_back(&mut connection, batch, group).await }
+                        },
+                    );
+                    for released in futures_util::future::join_all(releases).await {
+                        released?;
+                    }
+                }
+                let pairs: Vec<(Vec<usize>, Answer)> = groups.into_iter().zip(answers).collect();
+                Ok(counts_of(batch, &pairs))
+            }
+        }
+    }
+
+    async fn run(
+        &self,
+        connection: &mut impl redis::aio::ConnectionLike,
+        batch: &Batch,
+        group: &[usize],
+    ) -> Result<Answer, BackendError> {
+        let mut invocation = self.count.prepare_invoke();
+        for &i in group {
+            let inc = &batch.increments[i];
+            invocation
+                .key(redis_key(batch, inc))
+                .arg(inc.hits)
+                .arg(inc.requests_per_unit)
+                .arg(u8::from(inc.enforced))
+                .arg(window_end(inc));
+        }
+        let reply: Vec<i64> = invocation.invoke_async(connection).await?;
+        Answer::read(&reply, group.len())
+    }
+
+    async fn take_back(
+        &self,
+        connection: &mut impl redis::aio::ConnectionLike,
+        batch: &Batch,
+        group: &[usize],
+    ) -> Result<(), BackendError> {
+        let mut invocation = self.release.prepare_invoke();
+        for &i in group {
+            let inc = &batch.increments[i];
+            if inc.enforced && inc.hits > 0 {
+                invocation.key(redis_key(batch, inc)).arg(inc.hits);
+            }
+        }
+        let _: i64 = invocation.invoke_async(connection).await?;
+        Ok(())
+    }
+}
+
+/// One script's answer.
+struct Answer {
+    admitted: bool,
+    /// Index in the group of the first enforced counter without room.
+    first_over: Option<usize>,
+    values: Vec<u64>,
+}
+
+impl Answer {
+    fn read(reply: &[i64], keys: usize) -> Result<Answer, BackendError> {
+        let [admitted, first_over, values @ ..] = reply else {
+            return Err(BackendError::Unexpected(format!("{reply:?}")));
+        };
+        if values.len() != keys {
+            return Err(BackendError::Unexpected(format!("{reply:?}")));
+        }
+        Ok(Answer {
+            admitted: *admitted == 1,
+            first_over: usize::try_from(*first_over)
+                .ok()
+                .and_then(|i| i.checked_sub(1)),
+            values: values
+                .iter()
+                .map(|v| u64::try_from(*v).unwrap_or(0))
+                .collect(),
+        })
+    }
+}
+
+/// The counts of every increment, as the memory store reports them: an enforced counter that
+/// refused is over; a shadow-mode counter is over when its count passed its limit.
+fn counts_of(batch: &Batch, answers: &[(Vec<usize>, Answer)]) -> (bool, Vec<Count>) {
+    let admitted = answers.iter().all(|(_, a)| a.admitted);
+    let mut counts = vec![
+        Count {
+            value: 0,
+            over_limit: false
+        };
+        batch.increments.len()
+    ];
+    for (group, answer) in answers {
+        for (place, (&i, &value)) in group.iter().zip(&answer.values).enumerate() {
+            let inc = &batch.increments[i];
+            // A counter this request incremented, in a request refused elsewhere, is back.
+            let value = if answer.admitted && !admitted && inc.enforced {
+                value.saturating_sub(inc.hits)
+            } else {
+                value
+            };
+            let limit = u64::from(inc.requests_per_unit);
+            let over_limit = if inc.enforced {
+                answer.first_over == Some(place)
+            } else if inc.hits == 0 {
+                value >= limit
+            } else {
+                value > limit
+            };
+            counts[i] = Count { value, over_limit };
+        }
+    }
+    (admitted, counts)
+}
+
+/// `{H}S:I`: see the module documentation.
+fn redis_key(batch: &Batch, inc: &Increment) -> Vec<u8> {
+    let hash = blake3::hash(batch.keys[inc.key].as_bytes());
+    let mut key = Vec::with_capacity(32);
+    key.push(b'{');
+    let mut tag = [0u8; 16];
+    let written = URL_SAFE_NO_PAD
+        .encode_slice(&hash.as_bytes()[..12], &mut tag)
+        .unwrap_or(0);
+    key.extend_from_slice(&tag[..written]);
+    key.push(b'}');
+    key.extend_from_slice(format!("{}:{}", inc.window_seconds, inc.window_index % 100).as_bytes());
+    key
+}
+
+/// When the increment's window ends, in Unix seconds: the key's expiry.
+fn window_end(inc: &Increment) -> u64 {
+    (u64::from(inc.window_index) + 1) * u64::from(inc.window_seconds)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::limiter::CounterKey;
+
+    #[test]
+    fn addresses_are_read_or_refused_with_the_forms_that_work() {
+        assert_eq!(
+            Target::parse("redis://127.0.0.1:6379").unwrap(),
+            Target::Single("redis://127.0.0.1:6379".into())
+        );
+        assert_eq!(
+            Target::parse("redis+cluster://a:1, b:2").unwrap(),
+            Target::Cluster(vec!["redis://a:1".into(), "redis://b:2".into()])
+        );
+        assert_eq!(
+            Target::parse("rediss+cluster://a:1").unwrap(),
+            Target::Cluster(vec!["rediss://a:1".into()])
+        );
+        for bad in ["redis+cluster://", "http://x", "localhost:6379"] {
+            assert!(Target::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn keys_are_short_and_name_descriptor_and_window() {
+        let key = |value: &str, seconds: u32, index: u32| {
+            let batch = Batch {
+                keys: vec![CounterKey::new(
+                    "mega-api",
+                    [("api_key", value)].into_iter(),
+                )],
+                increments: vec![],
+            };
+            let inc = Increment {
+                key: 0,
+                window_seconds: seconds,
+                window_index: index,
+                requests_per_unit: 60,
+                hits: 1,
+                enforced: true,
+            };
+            String::from_utf8(redis_key(&batch, &inc)).unwrap()
+        };
+        let a = key("customer-1", 60, 29_931_234);
+        assert_eq!(a.len(), 1 + 16 + 1 + "60:34".len(), "{a}");
+        assert!(a.starts_with('{') && a.ends_with("}60:34"), "{a}");
+        assert_eq!(a, key("customer-1", 60, 29_931_234), "stable");
+        assert_ne!(a[..18], key("customer-2", 60, 29_931_234)[..18]);
+        assert_eq!(
+            a[..18],
+            key("customer-1", 3600, 498_853)[..18],
+            "one slot per descriptor"
+        );
+    }
+}
