@@ -60,6 +60,14 @@ pub enum Target {
 }
 
 impl Target {
+    /// How many addresses it names (logs never show them: they may hold a password).
+    pub fn nodes(&self) -> usize {
+        match self {
+            Target::Single(_) => 1,
+            Target::Cluster(nodes) => nodes.len(),
+        }
+    }
+
     /// Reads a `--backend` value other than `memory`.
     pub fn parse(address: &str) -> Result<Target, BadAddress> {
         let bad = |reason: &str| BadAddress {
@@ -187,11 +195,11 @@ impl RedisStore {
             match self.open().await {
                 Ok(connection) => {
                     let _ = self.connection.set(connection);
-                    tracing::info!(target = ?self.target, "connected to Redis");
+                    tracing::info!(nodes = self.target.nodes(), "connected to Redis");
                     return;
                 }
                 Err(error) => {
-                    tracing::warn!(%error, target = ?self.target, "cannot connect to Redis yet");
+                    tracing::warn!(%error, "cannot connect to Redis yet");
                     tokio::time::sleep(CONNECT_RETRY).await;
                 }
             }

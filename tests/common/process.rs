@@ -116,7 +116,7 @@ pub struct Process {
 }
 
 impl Process {
-    fn spawn(command: &mut Command) -> Process {
+    pub fn spawn(command: &mut Command) -> Process {
         let child = command
             .stdin(Stdio::null())
             .spawn()

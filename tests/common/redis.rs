@@ -1,0 +1,152 @@
+//! Real `redis-server` processes (Debian's package) for the Redis backend's tests: one server,
+//! or a three-master Cluster built with `redis-cli --cluster create`, on free loopback ports,
+//! stopped by PID when dropped.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use super::process::{Process, wait_until};
+
+const INSTALL: &str = "scripts/test (it installs it), or apt-get install -y redis-server";
+
+fn tool(name: &str) -> PathBuf {
+    let path = PathBuf::from("/usr/bin").join(name);
+    assert!(path.is_file(), "{name} is missing: run {INSTALL}");
+    path
+}
+
+/// A port that was free a moment ago (and, for Cluster nodes, whose bus port +10000 too).
+fn free_port(with_bus: bool) -> u16 {
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+        let port = listener.local_addr().expect("bound address").port();
+        if !with_bus {
+            return port;
+        }
+        if port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// `redis-cli -p PORT ARGS…`: its output, trimmed.
+pub fn cli(port: u16, args: &[&str]) -> String {
+    let output = Command::new(tool("redis-cli"))
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli runs");
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+/// One `redis-server` on 127.0.0.1.
+pub struct RedisServer {
+    pub process: Process,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        RedisServer::start_on(free_port(false), &[])
+    }
+
+    /// On `port` (a restart on the same port), with more `redis-server` arguments.
+    pub fn start_on(port: u16, extra: &[&str]) -> RedisServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let process = Process::spawn(
+            Command::new(tool("redis-server"))
+                .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+                .args(["--save", "", "--appendonly", "no", "--dir"])
+                .arg(dir.path())
+                .args(extra)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        );
+        wait_until(Duration::from_secs(10), "redis-server answers PING", || {
+            (cli(port, &["ping"]) == "PONG").then_some(())
+        });
+        RedisServer {
+            process,
+            port,
+            _dir: dir,
+        }
+    }
+
+    /// `redis://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn dbsize(&self) -> u64 {
+        cli(self.port, &["dbsize"]).parse().unwrap_or(0)
+    }
+
+    /// Kills it (SIGKILL), as a crash would.
+    pub fn kill(mut self) -> u16 {
+        let _ = self.process.child.kill();
+        let _ = self.process.child.wait();
+        self.port
+    }
+}
+
+/// Three masters, no replicas, every slot covered.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|_| {
+                RedisServer::start_on(
+                    free_port(true),
+                    &["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"],
+                )
+            })
+            .collect();
+        let addresses: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let created = Command::new(tool("redis-cli"))
+            .arg("--cluster")
+            .arg("create")
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .expect("redis-cli --cluster create runs");
+        assert!(
+            created.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&created.stdout)
+        );
+        for node in &nodes {
+            wait_until(Duration::from_secs(20), "cluster_state:ok", || {
+                cli(node.port, &["cluster", "info"])
+                    .contains("cluster_state:ok")
+                    .then_some(())
+            });
+        }
+        RedisCluster { nodes }
+    }
+
+    /// `redis+cluster://127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3`
+    pub fn url(&self) -> String {
+        let nodes: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        format!("redis+cluster://{}", nodes.join(","))
+    }
+
+    /// Keys in the whole Cluster.
+    pub fn dbsize(&self) -> u64 {
+        self.nodes.iter().map(RedisServer::dbsize).sum()
+    }
+}

@@ -1,0 +1,315 @@
+//! The Redis backend against real `redis-server` processes: exact counts across replicas on
+//! one Redis and on a three-master Cluster, keys that expire with their window, and faults
+//! (Redis killed and restarted, a Cluster master killed) answered by the chosen policy within
+//! the time bound.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::process::{Ratelimitd, wait_until};
+use common::redis::{RedisCluster, RedisServer, cli};
+use common::*;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
+
+const RULES: &str = "\
+domain: shared
+descriptors:
+  - key: k
+    rate_limit: {unit: minute, requests_per_unit: 50}
+  - key: fast
+    rate_limit: {unit: second, requests_per_unit: 5}
+";
+
+fn rules_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("shared.yaml"), RULES).unwrap();
+    dir
+}
+
+fn replica(rules: &Path, backend: &str, flags: &[&str]) -> Ratelimitd {
+    let mut all = vec!["--backend", backend];
+    all.extend_from_slice(flags);
+    Ratelimitd::start_with(rules, 0, &all)
+}
+
+fn shared(
+    key: &str,
+    value: &str,
+) -> envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest {
+    request("shared", vec![descriptor(&[(key, value)])])
+}
+
+#[derive(Debug, Default, PartialEq, Eq, Clone, Copy)]
+struct Tally {
+    ok: usize,
+    over: usize,
+    errors: usize,
+}
+
+/// `calls` calls for `(k, value)` from each of `tasks` tasks per replica, all at once.
+async fn hammer(replicas: &[String], value: &str, tasks: usize, calls: usize) -> Tally {
+    let mut handles = Vec::new();
+    for addr in replicas {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        for _ in 0..tasks {
+            let mut client = Client::new(channel.clone());
+            let value = value.to_string();
+            handles.push(tokio::spawn(async move {
+                let mut tally = Tally::default();
+                for _ in 0..calls {
+                    match client.should_rate_limit(shared("k", &value)).await {
+                        Ok(answer) if answer.get_ref().overall_code == Code::Ok as i32 => {
+                            tally.ok += 1
+                        }
+                        Ok(_) => tally.over += 1,
+                        Err(_) => tally.errors += 1,
+                    }
+                }
+                tally
+            }));
+        }
+    }
+    let mut total = Tally::default();
+    for handle in handles {
+        let tally = handle.await.unwrap();
+        total.ok += tally.ok;
+        total.over += tally.over;
+        total.errors += tally.errors;
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_on_one_redis_admit_exactly_the_limit() {
+    let redis = RedisServer::start();
+    let rules = rules_dir();
+    let replicas: Vec<Ratelimitd> = (0..3)
+        .map(|_| {
+            replica(
+                rules.path(),
+                &redis.url(),
+                &["--backend-timeout-ms", "1000"],
+            )
+        })
+        .collect();
+    let addrs: Vec<String> = replicas.iter().map(|r| r.addr.clone()).collect();
+    let tally = within_one_window(60, |attempt| {
+        let addrs = addrs.clone();
+        async move { hammer(&addrs, &fresh_key(&format!("one-{attempt}")), 8, 20).await }
+    })
+    .await;
+    assert_eq!(
+        tally,
+        Tally {
+            ok: 50,
+            over: 430,
+            errors: 0
+        }
+    );
+    // The counter lives in Redis, with an expiry no later than its window's end.
+    let keys = cli(redis.port, &["--scan"]);
+    let key = keys.lines().next().expect("a counter key in Redis");
+    let ttl: i64 = cli(redis.port, &["ttl", key]).parse().unwrap();
+    assert!((1..=60).contains(&ttl), "ttl {ttl} of {key}");
+    assert!(
+        key.starts_with('{') && key.len() <= 26,
+        "a short key: {key}"
+    );
+    for replica in replicas {
+        replica.stop();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_on_a_cluster_admit_exactly_the_limit_for_each_key() {
+    let cluster = RedisCluster::start();
+    let rules = rules_dir();
+    let replicas: Vec<Ratelimitd> = (0..3)
+        .map(|_| {
+            replica(
+                rules.path(),
+                &cluster.url(),
+                &["--backend-timeout-ms", "1000"],
+            )
+        })
+        .collect();
+    let addrs: Vec<String> = replicas.iter().map(|r| r.addr.clone()).collect();
+    let tallies = within_one_window(60, |attempt| {
+        let addrs = addrs.clone();
+        async move {
+            let keys: Vec<String> = (0..6)
+                .map(|i| fresh_key(&format!("cluster-{attempt}-{i}")))
+                .collect();
+            let runs = keys.iter().map(|key| hammer(&addrs, key, 3, 20));
+            futures_util::future::join_all(runs).await
+        }
+    })
+    .await;
+    for tally in tallies {
+        assert_eq!(
+            tally,
+            Tally {
+                ok: 50,
+                over: 130,
+                errors: 0
+            }
+        );
+    }
+    let spread = cluster.nodes.iter().filter(|n| n.dbsize() > 0).count();
+    assert!(spread >= 2, "keys spread over the masters' slots");
+    for replica in replicas {
+        replica.stop();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_gone_from_redis_once_their_window_ends() {
+    let redis = RedisServer::start();
+    let rules = rules_dir();
+    let rl = replica(
+        rules.path(),
+        &redis.url(),
+        &["--backend-timeout-ms", "1000"],
+    );
+    let mut client = Client::connect(format!("http://{}", rl.addr))
+        .await
+        .unwrap();
+    for i in 0..20 {
+        call(&mut client, shared("fast", &format!("key-{i}"))).await;
+    }
+    assert!(redis.dbsize() > 0);
+    let dbsize = tokio::task::spawn_blocking(move || {
+        wait_until(Duration::from_secs(4), "every 1-second key expired", || {
+            (redis.dbsize() == 0).then_some(())
+        });
+        redis.dbsize()
+    })
+    .await
+    .unwrap();
+    assert_eq!(dbsize, 0);
+    rl.stop();
+}
+
+/// A decision's answer and how long it took.
+async fn timed(client: &mut Client, value: &str) -> (Result<i32, tonic::Code>, Duration) {
+    let started = Instant::now();
+    let answer = client
+        .should_rate_limit(shared("k", value))
+        .await
+        .map(|a| a.into_inner().overall_code)
+        .map_err(|s| s.code());
+    (answer, started.elapsed())
+}
+
+/// The bound a decision must answer within while Redis is gone: the 10 ms backend timeout,
+/// with room for a loaded 2-core machine.
+const ANSWER_BOUND: Duration = Duration::from_millis(500);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_then_restarted_each_policy_answers_in_time_then_redis_counts_again() {
+    for policy in ["allow", "deny", "local"] {
+        let redis = RedisServer::start();
+        let rules = rules_dir();
+        let rl = replica(
+            rules.path(),
+            &redis.url(),
+            &["--on-backend-error", policy, "--backend-timeout-ms", "10"],
+        );
+        let mut client = Client::connect(format!("http://{}", rl.addr))
+            .await
+            .unwrap();
+        let before = fresh_key("before");
+        assert_eq!(timed(&mut client, &before).await.0, Ok(Code::Ok as i32));
+        assert_eq!(redis.dbsize(), 1);
+
+        let port = redis.kill();
+        let down = fresh_key(&format!("down-{policy}"));
+        let mut answers = Vec::new();
+        for _ in 0..60 {
+            let (answer, took) = timed(&mut client, &down).await;
+            assert!(took < ANSWER_BOUND, "{policy}: took {took:?}");
+            answers.push(answer.unwrap_or_else(|code| panic!("{policy}: an error {code:?}")));
+        }
+        let ok = answers.iter().filter(|&&c| c == Code::Ok as i32).count();
+        let expected_ok = match policy {
+            "allow" => 60,
+            "deny" => 0,
+            _ => 50, // counted in memory, limit 50
+        };
+        assert_eq!(ok, expected_ok, "{policy}: {answers:?}");
+        let (status, health) = http_get(&rl.http_addr, "/healthcheck");
+        assert_eq!(status, 200);
+        assert!(health.contains("Redis down"), "{health}");
+        let scrape = http_get(&rl.http_addr, "/metrics").1;
+        assert_eq!(metric(&scrape, "ratelimitd_backend_up"), 0.0);
+        assert_eq!(metric(&scrape, "ratelimitd_backend_outages_total"), 1.0);
+        assert!(metric(&scrape, "ratelimitd_backend_fallback_decisions_total") >= 60.0);
+
+        // Back on the same port: Redis counts again, without restarting ratelimitd.
+        let redis = RedisServer::start_on(port, &[]);
+        let back = fresh_key("back");
+        let mut counted = false;
+        for _ in 0..100 {
+            let (answer, took) = timed(&mut client, &back).await;
+            assert!(took < ANSWER_BOUND);
+            assert!(answer.is_ok());
+            if redis.dbsize() > 0 {
+                counted = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(counted, "{policy}: Redis never counted again");
+        let scrape = http_get(&rl.http_addr, "/metrics").1;
+        assert_eq!(metric(&scrape, "ratelimitd_backend_up"), 1.0);
+        rl.log
+            .wait_for("Redis answers again", Duration::from_secs(5));
+        rl.stop();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_master_killed_never_hangs_a_decision() {
+    let mut cluster = RedisCluster::start();
+    let rules = rules_dir();
+    let rl = replica(
+        rules.path(),
+        &cluster.url(),
+        &["--on-backend-error", "deny", "--backend-timeout-ms", "10"],
+    );
+    let mut client = Client::connect(format!("http://{}", rl.addr))
+        .await
+        .unwrap();
+    for i in 0..10 {
+        let (answer, _) = timed(&mut client, &fresh_key(&format!("up-{i}"))).await;
+        assert_eq!(answer, Ok(Code::Ok as i32));
+    }
+    let victim = cluster.nodes.remove(1);
+    victim.kill();
+    let mut over = 0;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(3) {
+        let (answer, took) = timed(&mut client, &fresh_key("after")).await;
+        assert!(took < ANSWER_BOUND, "took {took:?}");
+        match answer {
+            Ok(code) if code == Code::OverLimit as i32 => over += 1,
+            Ok(_) => {}
+            Err(code) => panic!("an error instead of the policy's answer: {code:?}"),
+        }
+    }
+    assert!(
+        over > 0,
+        "with a master gone, some decisions fall to `deny`"
+    );
+    let scrape = http_get(&rl.http_addr, "/metrics").1;
+    assert!(metric(&scrape, "ratelimitd_backend_errors_total") > 0.0);
+    rl.stop();
+}
