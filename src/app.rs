@@ -109,6 +109,9 @@ pub enum AppError {
     Metrics(#[from] MetricsError),
 }
 
+/// How long start-up waits for a first Redis connection before serving without it.
+const REDIS_START_WAIT: Duration = Duration::from_secs(2);
+
 /// How long the admin server gets to finish its answers once the gRPC server has stopped.
 const ADMIN_STOP_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -138,11 +141,17 @@ pub async fn serve(
             target,
             timeout,
             on_error,
-        } => Limiter::shared(
-            RedisStore::start(target.clone(), *timeout),
-            *on_error,
-            memory,
-        ),
+        } => {
+            let redis = RedisStore::start(target.clone(), *timeout);
+            // Start serving with Redis when it is there; without it when it is not.
+            if !redis.wait_connected(REDIS_START_WAIT).await {
+                tracing::warn!(
+                    policy = on_error.name(),
+                    "Redis not reachable yet: answering by --on-backend-error until it is"
+                );
+            }
+            Limiter::shared(redis, *on_error, memory)
+        }
     });
     let _sweeper = Sweeper::start(Arc::clone(&limiter), settings.sweep_interval);
     let _reloader = settings

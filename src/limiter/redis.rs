@@ -190,6 +190,18 @@ impl RedisStore {
         &self.target
     }
 
+    /// Waits until connected, for at most `within`; whether it is.
+    pub async fn wait_connected(&self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.connection.get().is_none() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
+    }
+
     async fn connect(&self) {
         loop {
             match self.open().await {
