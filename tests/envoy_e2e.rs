@@ -2,6 +2,9 @@
 //! (`examples/envoy/envoy.yaml`, addresses rewritten) to the example upstream, with the real
 //! `ratelimitd` binary on the shipped rules (`config/`) deciding. Plus grpcurl against the same
 //! ratelimitd, with nothing but server reflection.
+//!
+//! With `RATELIMITD_E2E_BACKEND=redis` (as `scripts/test` runs it a second time), ratelimitd
+//! counts in a real `redis-server` started for each scenario.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -10,6 +13,7 @@ mod common;
 use std::time::Duration;
 
 use common::process::{Envoy, Ratelimitd, Upstream, grpcurl, http_agent, project, wait_until};
+use common::redis::{RedisServer, cli};
 use common::{fresh_key, window_index};
 
 const SEED_BODY: &str = r#"{ "error": { "type": "rate_limit_error", "code": 429, "message": "Rate limit exceeded. Please retry later." } }"#;
@@ -20,6 +24,20 @@ struct Trio {
     ratelimitd: Option<Ratelimitd>,
     _upstream: Upstream,
     agent: ureq::Agent,
+    /// The counters' Redis, when the suite runs with the Redis backend.
+    redis: Option<RedisServer>,
+}
+
+/// ratelimitd on the shipped rules, on `port`, counting in `redis` if there is one.
+fn start_ratelimitd(redis: Option<&RedisServer>, port: u16) -> Ratelimitd {
+    match redis {
+        Some(redis) => Ratelimitd::start_with(
+            &project("config"),
+            port,
+            &["--backend", &redis.url(), "--backend-timeout-ms", "50"],
+        ),
+        None => Ratelimitd::start(&project("config"), port),
+    }
 }
 
 /// What a client sees of one response.
@@ -48,14 +66,20 @@ impl Seen {
 
 impl Trio {
     fn start() -> Trio {
+        let redis = match std::env::var("RATELIMITD_E2E_BACKEND").as_deref() {
+            Ok("redis") => Some(RedisServer::start()),
+            Ok("memory") | Err(_) => None,
+            Ok(other) => panic!("RATELIMITD_E2E_BACKEND={other}: expected memory or redis"),
+        };
         let upstream = Upstream::start();
-        let ratelimitd = Ratelimitd::start(&project("config"), 0);
+        let ratelimitd = start_ratelimitd(redis.as_ref(), 0);
         let envoy = Envoy::start(&ratelimitd.addr, &upstream.addr);
         Trio {
             envoy,
             ratelimitd: Some(ratelimitd),
             _upstream: upstream,
             agent: http_agent(),
+            redis,
         }
     }
 
@@ -102,7 +126,10 @@ impl Trio {
         let old = self.ratelimitd.take().expect("ratelimitd is running");
         let port = old.port();
         old.stop();
-        self.ratelimitd = Some(Ratelimitd::start(&project("config"), port));
+        if let Some(redis) = &self.redis {
+            assert_eq!(cli(redis.port, &["flushall"]), "OK");
+        }
+        self.ratelimitd = Some(start_ratelimitd(self.redis.as_ref(), port));
         self.wait_until_limited();
     }
 
@@ -182,6 +209,16 @@ fn the_default_bucket_admits_60_then_429_with_headers_retry_after_and_the_json_b
     assert_eq!(over.body, SEED_BODY);
     let parsed: serde_json::Value = serde_json::from_str(&over.body).expect("the body is JSON");
     assert_eq!(parsed["error"]["code"], 429);
+    if let Some(redis) = &trio.redis {
+        // The minute and hour counters of the key, and the probe's.
+        assert!(redis.dbsize() >= 2, "the counters are in Redis");
+        let rl = trio.ratelimitd.as_ref().expect("ratelimitd");
+        let scrape = common::http_get(&rl.http_addr, "/metrics").1;
+        assert_eq!(
+            common::metric(&scrape, "ratelimitd_backend_fallback_decisions_total"),
+            0.0
+        );
+    }
 }
 
 #[test]
@@ -282,7 +319,7 @@ fn envoy_fails_open_while_ratelimitd_is_down_and_limits_again_when_it_is_back() 
         );
     }
 
-    trio.ratelimitd = Some(Ratelimitd::start(&project("config"), port));
+    trio.ratelimitd = Some(start_ratelimitd(trio.redis.as_ref(), port));
     trio.wait_until_limited();
     let seen = trio
         .within_one_minute(|trio| trio.times(11, "POST", "/leads/bulk", Some(&fresh_key("back"))));
