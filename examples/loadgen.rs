@@ -112,6 +112,10 @@ struct CompareArgs {
     /// Scenarios to run: uniform-10k, hot-key, keys-1m, latency-8 (default: all).
     #[arg(long, value_delimiter = ',')]
     scenarios: Vec<String>,
+    /// ratelimitd counts in a redis-server started for each scenario, pinned to the server's
+    /// core.
+    #[arg(long)]
+    redis: bool,
     #[command(flatten)]
     binaries: Binaries,
 }
@@ -120,6 +124,9 @@ struct CompareArgs {
 struct MemoryArgs {
     #[arg(long, default_value_t = 1_000_000)]
     keys: usize,
+    /// Measure Redis's memory for the counters instead (ratelimitd with `--backend redis://`).
+    #[arg(long)]
+    redis: bool,
     #[command(flatten)]
     binaries: Binaries,
 }
@@ -132,6 +139,9 @@ struct Binaries {
     noop: PathBuf,
     #[arg(long, default_value = "config")]
     config: PathBuf,
+    /// `--backend` for ratelimitd (set by `--redis`).
+    #[arg(skip)]
+    backend: Option<String>,
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -285,6 +295,8 @@ async fn prefill(channels: &[Channel], keys: &Arc<Vec<String>>, in_flight: usize
 struct Server {
     child: Child,
     addr: String,
+    /// ratelimitd's admin address (the no-op has none).
+    http: Option<String>,
 }
 
 /// Which server to start.
@@ -342,6 +354,12 @@ impl Server {
                         "json",
                     ])
                     .args(flags)
+                    .args(
+                        binaries
+                            .backend
+                            .iter()
+                            .flat_map(|url| ["--backend", url.as_str()]),
+                    )
                     .arg("--config")
                     .arg(config.unwrap_or(&binaries.config));
             }
@@ -355,16 +373,36 @@ impl Server {
             read_line_with(child.stdout.take(), "listening on ")
                 .map(|l| l.trim_start_matches("listening on ").trim().to_string())
         } else {
-            read_line_with(child.stderr.take(), "ratelimitd serving").and_then(|l| {
-                let at = l.find("\"grpc\":\"")? + 8;
-                l[at..].split('"').next().map(str::to_string)
-            })
+            read_line_with(child.stderr.take(), "ratelimitd serving")
         };
-        let Some(addr) = addr else {
+        let field = |line: &str, name: &str| {
+            let key = format!("\"{name}\":\"");
+            let at = line.find(&key)? + key.len();
+            line[at..].split('"').next().map(str::to_string)
+        };
+        let (addr, http) = match (&kind, addr) {
+            (Kind::Noop(_), Some(addr)) => (addr, None),
+            (Kind::Ratelimitd(_), Some(line)) => match field(&line, "grpc") {
+                Some(addr) => (addr, field(&line, "http")),
+                None => (String::new(), None),
+            },
+            (_, None) => (String::new(), None),
+        };
+        if addr.is_empty() {
             let _ = child.kill();
             return Err("the server did not report its address".into());
-        };
-        Ok(Server { child, addr })
+        }
+        Ok(Server { child, addr, http })
+    }
+
+    /// One unlabelled metric from ratelimitd's `/metrics`.
+    fn metric(&self, name: &str) -> Option<f64> {
+        let http = self.http.as_ref()?;
+        let mut answer = ureq::get(format!("http://{http}/metrics")).call().ok()?;
+        let text = answer.body_mut().read_to_string().ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
     }
 
     /// (user + system) CPU seconds used so far.
@@ -515,6 +553,64 @@ fn scenarios(duration: f64) -> Vec<Scenario> {
     ]
 }
 
+/// A redis-server for `--redis`, pinned to core 0 beside the server it serves.
+struct RedisProcess {
+    child: Child,
+    port: u16,
+}
+
+impl RedisProcess {
+    fn start() -> Result<RedisProcess, Box<dyn std::error::Error>> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let child = Command::new("taskset")
+            .args(["-c", "0", "redis-server", "--bind", "127.0.0.1", "--port"])
+            .arg(port.to_string())
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let redis = RedisProcess { child, port };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while redis.cli(&["ping"])? != "PONG" {
+            if Instant::now() > deadline {
+                return Err("redis-server did not answer".into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(redis)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn cli(&self, args: &[&str]) -> Result<String, Box<dyn std::error::Error>> {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// `used_memory` from `INFO memory`, in bytes.
+    fn used_memory(&self) -> Result<u64, Box<dyn std::error::Error>> {
+        let info = self.cli(&["info", "memory"])?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("used_memory:"))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| "no used_memory in INFO".into())
+    }
+}
+
+impl Drop for RedisProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(|a, b| a.total_cmp(b));
     match values.len() {
@@ -568,9 +664,16 @@ fn compare(
             scenario.name, scenario.what, args.rounds
         );
         let (labels, kinds): (Vec<String>, Vec<Kind<'_>>) = lineup(&scenario).into_iter().unzip();
+        let redis = if args.redis {
+            Some(RedisProcess::start()?)
+        } else {
+            None
+        };
+        let mut binaries = args.binaries.clone();
+        binaries.backend = redis.as_ref().map(RedisProcess::url);
         let servers = kinds
             .iter()
-            .map(|kind| Server::start(&args.binaries, *kind, None))
+            .map(|kind| Server::start(&binaries, *kind, None))
             .collect::<Result<Vec<_>, _>>()?;
         if let Some(prefill) = &scenario.prefill {
             for server in &servers {
@@ -632,6 +735,15 @@ fn compare(
                 m.4["errors"],
             );
         }
+        if args.redis {
+            for (server, label) in servers.iter().zip(&labels) {
+                if let Some(fallbacks) =
+                    server.metric("ratelimitd_backend_fallback_decisions_total")
+                {
+                    eprintln!("  {label}: {fallbacks} decisions fell back from Redis");
+                }
+            }
+        }
     }
     Ok(())
 }
@@ -656,6 +768,38 @@ fn memory(args: MemoryArgs) -> Result<(), Box<dyn std::error::Error>> {
         )
     };
     let counters = 2.0 * args.keys as f64;
+
+    if args.redis {
+        let redis = RedisProcess::start()?;
+        let mut binaries = args.binaries.clone();
+        binaries.backend = Some(redis.url());
+        let server = Server::start(&binaries, Kind::Ratelimitd(&[]), None)?;
+        let before = redis.used_memory()?;
+        prefill(&server.addr)?;
+        let after = redis.used_memory()?;
+        let keys_in_redis: f64 = redis.cli(&["dbsize"])?.parse().unwrap_or(0.0);
+        println!(
+            "Redis, seed policy (60/minute + 1,000/hour), {} descriptor keys = {keys_in_redis} keys in Redis:",
+            args.keys
+        );
+        println!(
+            "  used_memory {:.1} MiB before, {:.1} MiB after: {:.1} MiB for the counters = {:.1} bytes per key",
+            before as f64 / 1048576.0,
+            after as f64 / 1048576.0,
+            (after - before) as f64 / 1048576.0,
+            (after - before) as f64 / keys_in_redis.max(1.0)
+        );
+        // Minute keys written before a minute boundary have expired by the end: project.
+        println!(
+            "  so {} keys x 2 windows take {:.1} MiB of Redis",
+            args.keys,
+            (after - before) as f64 / keys_in_redis.max(1.0) * counters / 1048576.0
+        );
+        if let Some(fallbacks) = server.metric("ratelimitd_backend_fallback_decisions_total") {
+            println!("  ({fallbacks} decisions fell back from Redis)");
+        }
+        return Ok(());
+    }
 
     let server = Server::start(&args.binaries, Kind::Ratelimitd(&[]), None)?;
     // "Idle" is a server that has carried the same traffic but holds no counters: 200,000

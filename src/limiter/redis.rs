@@ -1,9 +1,9 @@
 //! Counters in Redis or Redis Cluster, shared by every ratelimitd replica that points at it.
 //!
-//! One request is one round trip: a Lua script reads every counter of the request, decides
-//! whether all the enforced ones have room, and only then increments them all (so, as in
-//! memory, a refused request moves nothing), setting each new key's expiry to the end of its
-//! window in the same step (so a key never outlives its window, nor exists without an expiry).
+//! One request is one round trip: a Lua script increments every counter of the request and,
+//! if an enforced one has no room, takes the increments back before anyone can see them (so,
+//! as in memory, a refused request moves nothing); it sets each new key's expiry to the end of
+//! its window in the same step (so a key never outlives its window, nor exists without one).
 //!
 //! Keys are short, to keep Redis small: `{H}S:I`, where `H` is 16 base64url characters of a
 //! BLAKE3 hash of the counter key (domain and descriptor entries), `S` the window length in
@@ -117,42 +117,43 @@ pub struct RedisStore {
     release: Script,
 }
 
-/// Reads each counter, admits the request if every enforced one has room, then counts.
+/// Counts each key in turn and, at the first enforced one without room, takes back what it
+/// counted and stops: atomic, so nobody sees the hits that were taken back, and a request
+/// within its limits costs one INCRBY per key (and an EXPIREAT for a new key).
 /// ARGV per key: hits, limit, enforced (1/0), expiry (Unix seconds: the window's end).
 /// Returns {admitted, first over (1-based, 0: none), value of each key}.
 const COUNT_SCRIPT: &str = r"
 local values = {}
-local admitted = 1
-local first_over = 0
 for i = 1, #KEYS do
   local at = (i - 1) * 4
   local hits = tonumber(ARGV[at + 1])
-  local limit = tonumber(ARGV[at + 2])
-  local value = tonumber(redis.call('GET', KEYS[i]) or '0')
+  local value
+  if hits > 0 then
+    value = redis.call('INCRBY', KEYS[i], hits)
+    if value == hits then
+      redis.call('EXPIREAT', KEYS[i], ARGV[at + 4])
+    end
+  else
+    value = tonumber(redis.call('GET', KEYS[i]) or '0')
+  end
   values[i] = value
-  if admitted == 1 and ARGV[at + 3] == '1' then
-    if (hits == 0 and value >= limit) or (hits > 0 and value + hits > limit) then
-      admitted = 0
-      first_over = i
-    end
-  end
-end
-if admitted == 1 then
-  for i = 1, #KEYS do
-    local at = (i - 1) * 4
-    local hits = tonumber(ARGV[at + 1])
-    if hits > 0 then
-      local value = redis.call('INCRBY', KEYS[i], hits)
-      if value == hits then
-        redis.call('EXPIREAT', KEYS[i], ARGV[at + 4])
+  if ARGV[at + 3] == '1' then
+    local limit = tonumber(ARGV[at + 2])
+    if (hits == 0 and value >= limit) or (hits > 0 and value > limit) then
+      for j = 1, i do
+        local taken = tonumber(ARGV[(j - 1) * 4 + 1])
+        if taken > 0 then
+          values[j] = redis.call('DECRBY', KEYS[j], taken)
+        end
       end
-      values[i] = value
+      for j = i + 1, #KEYS do
+        values[j] = tonumber(redis.call('GET', KEYS[j]) or '0')
+      end
+      return {0, i, unpack(values)}
     end
   end
 end
-local out = {admitted, first_over}
-for i = 1, #KEYS do out[i + 2] = values[i] end
-return out
+return {1, 0, unpack(values)}
 ";
 
 /// Takes back hits counted by a script whose request another slot refused. ARGV: hits per key.
