@@ -224,7 +224,7 @@ impl RedisStore {
             Target::Single(url) => {
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(CONNECT_TIMEOUT))
-                    .set_response_timeout(Some(self.timeout))
+                    .set_response_timeout(None)
                     .set_max_delay(CONNECT_RETRY);
                 let manager =
                     ConnectionManager::new_with_config(redis::Client::open(url.as_str())?, config)
