@@ -308,10 +308,11 @@ impl RedisStore {
         group: &[usize],
     ) -> Result<Answer, BackendError> {
         let mut invocation = self.count.prepare_invoke();
+        let mut tags = KeyTags::new(batch);
         for &i in group {
             let inc = &batch.increments[i];
             invocation
-                .key(redis_key(batch, inc))
+                .key(tags.key(inc))
                 .arg(inc.hits)
                 .arg(inc.requests_per_unit)
                 .arg(u8::from(inc.enforced))
@@ -328,10 +329,11 @@ impl RedisStore {
         group: &[usize],
     ) -> Result<(), BackendError> {
         let mut invocation = self.release.prepare_invoke();
+        let mut tags = KeyTags::new(batch);
         for &i in group {
             let inc = &batch.increments[i];
             if inc.enforced && inc.hits > 0 {
-                invocation.key(redis_key(batch, inc)).arg(inc.hits);
+                invocation.key(tags.key(inc)).arg(inc.hits);
             }
         }
         let _: i64 = invocation.invoke_async(connection).await?;
@@ -402,19 +404,52 @@ fn counts_of(batch: &Batch, answers: &[(Vec<usize>, Answer)]) -> (bool, Vec<Coun
     (admitted, counts)
 }
 
-/// `{H}S:I`: see the module documentation.
-fn redis_key(batch: &Batch, inc: &Increment) -> Vec<u8> {
-    let hash = blake3::hash(batch.keys[inc.key].as_bytes());
-    let mut key = Vec::with_capacity(32);
-    key.push(b'{');
-    let mut tag = [0u8; 16];
-    let written = URL_SAFE_NO_PAD
-        .encode_slice(&hash.as_bytes()[..12], &mut tag)
-        .unwrap_or(0);
-    key.extend_from_slice(&tag[..written]);
-    key.push(b'}');
-    key.extend_from_slice(format!("{}:{}", inc.window_seconds, inc.window_index % 100).as_bytes());
-    key
+/// The `{H}` part of a descriptor's keys: 18 bytes.
+type Tag = [u8; 18];
+
+/// Hashes each descriptor of a batch once, however many windows it has.
+struct KeyTags<'b> {
+    batch: &'b Batch,
+    tags: Vec<Option<Tag>>,
+}
+
+impl<'b> KeyTags<'b> {
+    fn new(batch: &'b Batch) -> KeyTags<'b> {
+        KeyTags {
+            batch,
+            tags: vec![None; batch.keys.len()],
+        }
+    }
+
+    /// `{H}S:I`: see the module documentation.
+    fn key(&mut self, inc: &Increment) -> Vec<u8> {
+        let tag = match self.tags.get(inc.key).copied().flatten() {
+            Some(tag) => tag,
+            None => {
+                let tag = tag_of(self.batch.keys[inc.key].as_bytes());
+                if let Some(slot) = self.tags.get_mut(inc.key) {
+                    *slot = Some(tag);
+                }
+                tag
+            }
+        };
+        let mut key = Vec::with_capacity(32);
+        key.extend_from_slice(&tag);
+        key.extend_from_slice(
+            format!("{}:{}", inc.window_seconds, inc.window_index % 100).as_bytes(),
+        );
+        key
+    }
+}
+
+fn tag_of(counter_key: &[u8]) -> Tag {
+    let hash = blake3::hash(counter_key);
+    let mut tag = [0u8; 18];
+    tag[0] = b'{';
+    tag[17] = b'}';
+    // 12 bytes are exactly 16 base64 characters.
+    let _ = URL_SAFE_NO_PAD.encode_slice(&hash.as_bytes()[..12], &mut tag[1..17]);
+    tag
 }
 
 /// When the increment's window ends, in Unix seconds: the key's expiry.
@@ -465,7 +500,7 @@ mod tests {
                 hits: 1,
                 enforced: true,
             };
-            String::from_utf8(redis_key(&batch, &inc)).unwrap()
+            String::from_utf8(KeyTags::new(&batch).key(&inc)).unwrap()
         };
         let a = key("customer-1", 60, 29_931_234);
         assert_eq!(a.len(), 1 + 16 + 1 + "60:34".len(), "{a}");
