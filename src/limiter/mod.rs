@@ -9,6 +9,7 @@
 mod key;
 mod memory;
 pub mod redis;
+mod redis_batcher;
 pub mod window;
 
 use std::collections::HashSet;

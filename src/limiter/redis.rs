@@ -13,8 +13,10 @@
 //! request go out in parallel, one script each; if one refuses after another has counted, the
 //! counted hits are taken back.
 //!
-//! Concurrent decisions share one multiplexed connection (per node in Cluster mode), which
-//! pipelines their commands; the client reconnects by itself.
+//! With one Redis, concurrent decisions are sent together: `redis_batcher` puts every decision
+//! queued while the previous call was out into one script call (each request still counted
+//! all-or-nothing, one after another). In Cluster mode concurrent decisions share a multiplexed
+//! connection per node, which pipelines their commands. The client reconnects by itself.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,8 +27,9 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{RedisError, Script};
-use tokio::sync::OnceCell;
+use tokio::sync::{OnceCell, mpsc, oneshot};
 
+use super::redis_batcher::{self, Job};
 use super::{Batch, Count, Increment};
 
 /// Why Redis could not count a request.
@@ -40,6 +43,8 @@ pub enum BackendError {
     Redis(#[from] RedisError),
     #[error("Redis answered something unexpected: {0}")]
     Unexpected(String),
+    #[error("Redis: {0}")]
+    Batch(String),
 }
 
 /// Why a `--backend` address was refused.
@@ -104,7 +109,8 @@ impl Target {
 
 #[derive(Clone)]
 enum Connection {
-    Single(ConnectionManager),
+    /// One Redis: decisions queue for the batcher (`redis_batcher`).
+    Single(mpsc::Sender<Job>),
     Cluster(ClusterConnection),
 }
 
@@ -229,7 +235,7 @@ impl RedisStore {
                 let manager =
                     ConnectionManager::new_with_config(redis::Client::open(url.as_str())?, config)
                         .await?;
-                Ok(Connection::Single(manager))
+                Ok(Connection::Single(redis_batcher::start(manager)))
             }
             Target::Cluster(nodes) => {
                 let client = ClusterClient::builder(nodes.clone())
@@ -261,8 +267,31 @@ impl RedisStore {
     ) -> Result<(bool, Vec<Count>), BackendError> {
         let all: Vec<usize> = (0..batch.increments.len()).collect();
         match connection {
-            Connection::Single(mut single) => {
-                let answer = self.run(&mut single, batch, &all).await?;
+            Connection::Single(jobs) => {
+                let mut tags = KeyTags::new(batch);
+                let (reply, answer) = oneshot::channel();
+                let job = Job {
+                    keys: batch.increments.iter().map(|inc| tags.key(inc)).collect(),
+                    args: batch
+                        .increments
+                        .iter()
+                        .map(|inc| {
+                            [
+                                inc.hits,
+                                u64::from(inc.requests_per_unit),
+                                u64::from(inc.enforced),
+                                window_end(inc),
+                            ]
+                        })
+                        .collect(),
+                    reply,
+                };
+                jobs.send(job)
+                    .await
+                    .map_err(|_| BackendError::Batch("the batcher stopped".into()))?;
+                let answer = answer
+                    .await
+                    .map_err(|_| BackendError::Batch("the batcher stopped".into()))??;
                 Ok(counts_of(batch, &[(all, answer)]))
             }
             Connection::Cluster(cluster) => {
@@ -341,8 +370,8 @@ impl RedisStore {
     }
 }
 
-/// One script's answer.
-struct Answer {
+/// One script's answer for one request.
+pub(super) struct Answer {
     admitted: bool,
     /// Index in the group of the first enforced counter without room.
     first_over: Option<usize>,
@@ -350,7 +379,7 @@ struct Answer {
 }
 
 impl Answer {
-    fn read(reply: &[i64], keys: usize) -> Result<Answer, BackendError> {
+    pub(super) fn read(reply: &[i64], keys: usize) -> Result<Answer, BackendError> {
         let [admitted, first_over, values @ ..] = reply else {
             return Err(BackendError::Unexpected(format!("{reply:?}")));
         };
