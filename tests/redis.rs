@@ -313,3 +313,52 @@ async fn a_cluster_master_killed_never_hangs_a_decision() {
     assert!(metric(&scrape, "ratelimitd_backend_errors_total") > 0.0);
     rl.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_stops_answering_is_waited_for_only_the_timeout() {
+    let redis = RedisServer::start();
+    let rules = rules_dir();
+    let rl = replica(
+        rules.path(),
+        &redis.url(),
+        &["--on-backend-error", "allow", "--backend-timeout-ms", "10"],
+    );
+    let mut client = Client::connect(format!("http://{}", rl.addr))
+        .await
+        .unwrap();
+    assert_eq!(
+        timed(&mut client, &fresh_key("before")).await.0,
+        Ok(Code::Ok as i32)
+    );
+    let pid = redis.process.child.id().to_string();
+    let signal = |name: &str| {
+        let status = std::process::Command::new("kill")
+            .args([name, pid.as_str()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    // Stopped, not gone: the connection stays open and nothing answers on it.
+    signal("-STOP");
+    let slow = fresh_key("slow");
+    for _ in 0..20 {
+        let (answer, took) = timed(&mut client, &slow).await;
+        assert!(took < ANSWER_BOUND, "took {took:?}");
+        assert_eq!(answer, Ok(Code::Ok as i32), "allow answers OK");
+    }
+    signal("-CONT");
+    let back = fresh_key("resumed");
+    let before = redis.dbsize();
+    let mut counted = false;
+    for _ in 0..50 {
+        let (answer, took) = timed(&mut client, &back).await;
+        assert!(took < ANSWER_BOUND && answer.is_ok());
+        if redis.dbsize() > before {
+            counted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(counted, "Redis counts again once it answers");
+    rl.stop();
+}

@@ -18,6 +18,11 @@ use super::redis::{Answer, BackendError};
 /// nobody else.
 const MAX_REQUESTS: usize = 128;
 
+/// The longest one call may take before its decisions are told it failed (each decision gave
+/// up long before, after `--backend-timeout-ms`): a Redis that stopped answering must not stall
+/// the batcher for good.
+const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// One request's part of a call.
 pub struct Job {
     pub keys: Vec<Vec<u8>>,
@@ -122,7 +127,15 @@ async fn send(script: &Script, connection: &mut ConnectionManager, batch: &mut V
             }
         }
     }
-    let reply: Result<Vec<i64>, _> = invocation.invoke_async(connection).await;
+    let reply: Result<Vec<i64>, redis::RedisError> =
+        tokio::time::timeout(CALL_TIMEOUT, invocation.invoke_async(connection))
+            .await
+            .unwrap_or_else(|_| {
+                Err(redis::RedisError::from((
+                    redis::ErrorKind::Io,
+                    "no answer within the call timeout",
+                )))
+            });
     match reply {
         Ok(reply) => {
             let mut rest = reply.as_slice();
