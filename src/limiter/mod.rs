@@ -10,16 +10,17 @@ mod key;
 mod memory;
 pub mod redis;
 mod redis_batcher;
+mod shared;
 pub mod window;
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub use key::CounterKey;
 pub use memory::{Batch, Count, Increment, MemoryStore, StoreError};
 pub use redis::{BackendError, RedisStore, Target};
+pub use shared::{BackendState, OnBackendError, Shared};
 
 use crate::rules::{Entry, Limit, Policy, RuleSet, Unit, Window};
 
@@ -102,102 +103,6 @@ pub struct Limiter {
     shared: Option<Shared>,
 }
 
-/// Counting in Redis, and what to do when it fails.
-pub struct Shared {
-    pub redis: Arc<RedisStore>,
-    pub on_error: OnBackendError,
-    state: BackendState,
-}
-
-/// `--on-backend-error`: the answer when Redis cannot count a request in time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnBackendError {
-    /// Answer OK (fail open, as Envoy's `failure_mode_deny: false`).
-    Allow,
-    /// Answer OVER_LIMIT for every descriptor that has a limit (fail closed).
-    Deny,
-    /// Count in this process's memory until Redis is back.
-    Local,
-}
-
-impl OnBackendError {
-    /// As `--on-backend-error` spells it.
-    pub fn name(self) -> &'static str {
-        match self {
-            OnBackendError::Allow => "allow",
-            OnBackendError::Deny => "deny",
-            OnBackendError::Local => "local",
-        }
-    }
-}
-
-/// Whether Redis is answering, for health, metrics and logs.
-#[derive(Default)]
-pub struct BackendState {
-    down: AtomicBool,
-    /// While down, requests skip Redis until this (milliseconds since `started`).
-    retry_at_ms: AtomicU64,
-    started: std::sync::OnceLock<Instant>,
-    /// Requests Redis failed to count.
-    pub errors: AtomicU64,
-    /// Requests answered by the failure policy.
-    pub fallbacks: AtomicU64,
-    /// Periods during which Redis was down.
-    pub outages: AtomicU64,
-}
-
-/// While Redis is down, one request in this period tries it again; the others go straight to
-/// the failure policy, so that they answer at once instead of after a timeout each.
-const RETRY_EVERY: Duration = Duration::from_millis(500);
-
-impl BackendState {
-    pub fn is_up(&self) -> bool {
-        !self.down.load(Ordering::Relaxed)
-    }
-
-    fn elapsed_ms(&self) -> u64 {
-        let started = self.started.get_or_init(Instant::now);
-        u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
-
-    /// Whether to send this request to Redis.
-    fn should_try(&self) -> bool {
-        if self.is_up() {
-            return true;
-        }
-        let now = self.elapsed_ms();
-        let due = self.retry_at_ms.load(Ordering::Relaxed);
-        now >= due
-            && self
-                .retry_at_ms
-                .compare_exchange(
-                    due,
-                    now + RETRY_EVERY.as_millis() as u64,
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                )
-                .is_ok()
-    }
-
-    fn succeeded(&self) {
-        if self.down.swap(false, Ordering::Relaxed) {
-            tracing::warn!("Redis answers again: counting there again");
-        }
-    }
-
-    fn failed(&self, error: &BackendError, policy: OnBackendError) {
-        self.errors.fetch_add(1, Ordering::Relaxed);
-        self.retry_at_ms.store(
-            self.elapsed_ms() + RETRY_EVERY.as_millis() as u64,
-            Ordering::Relaxed,
-        );
-        if !self.down.swap(true, Ordering::Relaxed) {
-            self.outages.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(%error, ?policy, "Redis cannot count: answering by the failure policy until it is back");
-        }
-    }
-}
-
 /// The limits that apply to one descriptor, before `replaces`.
 enum Applied<'r> {
     None,
@@ -237,11 +142,7 @@ impl Limiter {
     pub fn shared(redis: Arc<RedisStore>, on_error: OnBackendError, store: MemoryStore) -> Limiter {
         Limiter {
             store,
-            shared: Some(Shared {
-                redis,
-                on_error,
-                state: BackendState::default(),
-            }),
+            shared: Some(Shared::new(redis, on_error)),
         }
     }
 
@@ -252,7 +153,7 @@ impl Limiter {
 
     /// Redis and its state, in Redis mode.
     pub fn backend(&self) -> Option<(&Shared, &BackendState)> {
-        self.shared.as_ref().map(|s| (s, &s.state))
+        self.shared.as_ref().map(|s| (s, s.state()))
     }
 
     /// Decides `request` at `now` (time since the Unix epoch).
@@ -380,23 +281,6 @@ impl Limiter {
             &planned,
             &counts,
         ))
-    }
-}
-
-impl Shared {
-    /// Counts in Redis; `None` when it failed (or is known down), after recording it.
-    async fn count(&self, batch: &Batch) -> Option<(bool, Vec<Count>)> {
-        if self.state.should_try() {
-            match self.redis.apply(batch).await {
-                Ok(counted) => {
-                    self.state.succeeded();
-                    return Some(counted);
-                }
-                Err(error) => self.state.failed(&error, self.on_error),
-            }
-        }
-        self.state.fallbacks.fetch_add(1, Ordering::Relaxed);
-        None
     }
 }
 

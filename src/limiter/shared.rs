@@ -1,0 +1,139 @@
+//! Counting in Redis with a fallback: the failure policy (`--on-backend-error`) and the state
+//! of the backend (up or down, errors, fallbacks, outages) that health, metrics and logs show.
+//!
+//! After a failure, requests skip Redis and go straight to the policy, so that they answer at
+//! once instead of after a timeout each; one request every [`RETRY_EVERY`] tries Redis again,
+//! and its success ends the outage.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use super::{BackendError, Batch, Count, RedisStore};
+
+/// Counting in Redis, and what to do when it fails.
+pub struct Shared {
+    pub redis: Arc<RedisStore>,
+    pub on_error: OnBackendError,
+    state: BackendState,
+}
+
+impl Shared {
+    pub fn new(redis: Arc<RedisStore>, on_error: OnBackendError) -> Shared {
+        Shared {
+            redis,
+            on_error,
+            state: BackendState::default(),
+        }
+    }
+
+    pub fn state(&self) -> &BackendState {
+        &self.state
+    }
+}
+
+/// `--on-backend-error`: the answer when Redis cannot count a request in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnBackendError {
+    /// Answer OK (fail open, as Envoy's `failure_mode_deny: false`).
+    Allow,
+    /// Answer OVER_LIMIT for every descriptor that has a limit (fail closed).
+    Deny,
+    /// Count in this process's memory until Redis is back.
+    Local,
+}
+
+impl OnBackendError {
+    /// As `--on-backend-error` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            OnBackendError::Allow => "allow",
+            OnBackendError::Deny => "deny",
+            OnBackendError::Local => "local",
+        }
+    }
+}
+
+/// Whether Redis is answering, for health, metrics and logs.
+#[derive(Default)]
+pub struct BackendState {
+    down: AtomicBool,
+    /// While down, requests skip Redis until this (milliseconds since `started`).
+    retry_at_ms: AtomicU64,
+    started: std::sync::OnceLock<Instant>,
+    /// Requests Redis failed to count.
+    pub errors: AtomicU64,
+    /// Requests answered by the failure policy.
+    pub fallbacks: AtomicU64,
+    /// Periods during which Redis was down.
+    pub outages: AtomicU64,
+}
+
+/// While Redis is down, one request in this period tries it again; the others go straight to
+/// the failure policy, so that they answer at once instead of after a timeout each.
+const RETRY_EVERY: Duration = Duration::from_millis(500);
+
+impl BackendState {
+    pub fn is_up(&self) -> bool {
+        !self.down.load(Ordering::Relaxed)
+    }
+
+    fn elapsed_ms(&self) -> u64 {
+        let started = self.started.get_or_init(Instant::now);
+        u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether to send this request to Redis.
+    fn should_try(&self) -> bool {
+        if self.is_up() {
+            return true;
+        }
+        let now = self.elapsed_ms();
+        let due = self.retry_at_ms.load(Ordering::Relaxed);
+        now >= due
+            && self
+                .retry_at_ms
+                .compare_exchange(
+                    due,
+                    now + RETRY_EVERY.as_millis() as u64,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+    }
+
+    fn succeeded(&self) {
+        if self.down.swap(false, Ordering::Relaxed) {
+            tracing::warn!("Redis answers again: counting there again");
+        }
+    }
+
+    fn failed(&self, error: &BackendError, policy: OnBackendError) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        self.retry_at_ms.store(
+            self.elapsed_ms() + RETRY_EVERY.as_millis() as u64,
+            Ordering::Relaxed,
+        );
+        if !self.down.swap(true, Ordering::Relaxed) {
+            self.outages.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(%error, ?policy, "Redis cannot count: answering by the failure policy until it is back");
+        }
+    }
+}
+
+impl Shared {
+    /// Counts in Redis; `None` when it failed (or is known down), after recording it.
+    pub(super) async fn count(&self, batch: &Batch) -> Option<(bool, Vec<Count>)> {
+        if self.state.should_try() {
+            match self.redis.apply(batch).await {
+                Ok(counted) => {
+                    self.state.succeeded();
+                    return Some(counted);
+                }
+                Err(error) => self.state.failed(&error, self.on_error),
+            }
+        }
+        self.state.fallbacks.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+}
