@@ -49,7 +49,7 @@ pub enum BackendError {
 
 /// Why a `--backend` address was refused.
 #[derive(Debug, thiserror::Error)]
-#[error("--backend {address}: {reason}")]
+#[error("--backend {}: {reason}", redacted(address))]
 pub struct BadAddress {
     address: String,
     reason: String,
@@ -104,6 +104,16 @@ impl Target {
         Err(bad(
             "expected memory, redis://HOST:PORT, rediss://HOST:PORT or redis+cluster://HOST:PORT,…",
         ))
+    }
+}
+
+/// An address as messages show it: without the credentials before `@`.
+fn redacted(address: &str) -> String {
+    match (address.find("://"), address.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://…@{}", &address[..scheme], &address[at + 1..])
+        }
+        _ => address.to_string(),
     }
 }
 
@@ -248,7 +258,7 @@ impl RedisStore {
         }
     }
 
-    /// Counts `batch` at `now` (time since the Unix epoch), all or nothing, within the timeout.
+    /// Counts `batch`, all or nothing, within the timeout.
     pub async fn apply(&self, batch: &Batch) -> Result<(bool, Vec<Count>), BackendError> {
         let connection = self
             .connection
@@ -311,19 +321,26 @@ impl RedisStore {
                     async move { self.run(&mut connection, batch, group).await }
                 }))
                 .await;
-                let answers = answers.into_iter().collect::<Result<Vec<_>, _>>()?;
-                let admitted = answers.iter().all(|a| a.admitted);
-                if !admitted {
-                    let releases = groups.iter().zip(&answers).filter(|(_, a)| a.admitted).map(
+                // A refusal, or a failure, in one slot: take back what the others counted.
+                let counted = |answer: &Result<Answer, BackendError>| {
+                    answer.as_ref().is_ok_and(|a| a.admitted)
+                };
+                let complete = answers.iter().all(counted);
+                if !complete {
+                    let releases = groups.iter().zip(&answers).filter(|(_, a)| counted(a)).map(
                         |(group, _)| {
                             let mut connection = cluster.clone();
                             async move { self.take_back(&mut connection, batch, group).await }
                         },
                     );
-                    for released in futures_util::future::join_all(releases).await {
-                        released?;
-                    }
+                    let released = futures_util::future::join_all(releases).await;
+                    let answers = answers.into_iter().collect::<Result<Vec<_>, _>>()?;
+                    released.into_iter().collect::<Result<Vec<()>, _>>()?;
+                    let pairs: Vec<(Vec<usize>, Answer)> =
+                        groups.into_iter().zip(answers).collect();
+                    return Ok(counts_of(batch, &pairs));
                 }
+                let answers = answers.into_iter().collect::<Result<Vec<_>, _>>()?;
                 let pairs: Vec<(Vec<usize>, Answer)> = groups.into_iter().zip(answers).collect();
                 Ok(counts_of(batch, &pairs))
             }
@@ -509,6 +526,8 @@ mod tests {
         for bad in ["redis+cluster://", "http://x", "localhost:6379"] {
             assert!(Target::parse(bad).is_err(), "{bad}");
         }
+        let secret = Target::parse("redis://:hunter2@host:1/notanumber").unwrap_err();
+        assert!(!secret.to_string().contains("hunter2"), "{secret}");
     }
 
     #[test]
