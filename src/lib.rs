@@ -4,8 +4,8 @@
 //!
 //! - [`rules`]: the rule tree, immutable once built, and the descriptor matcher.
 //! - [`config`]: YAML rule files → [`rules::RuleSet`], with file:line:column errors.
-//! - [`limiter`]: windows, counter keys and the in-memory counter store; turns a matched
-//!   request into a decision.
+//! - [`limiter`]: windows, counter keys and the counter stores (process memory; Redis or Redis
+//!   Cluster with a failure policy); turns a matched request into a decision.
 //! - [`service`]: Envoy's `RateLimitService` over gRPC: request validation, the call into the
 //!   limiter, and the response with its headers and body.
 //! - [`metrics`]: the Prometheus metrics, with per-rule counters resolved once per load.
@@ -17,7 +17,8 @@
 //! - [`app`]: wires settings, rules, store and server, and shuts them down in order.
 //!
 //! `config` → `rules` ← `limiter`; `service` uses `rules`, `limiter` and `proto`; `server` uses
-//! `service`; `admin` uses `service` and `metrics`; `app` uses them all. `config`, `rules` and `limiter` never name tonic or prost.
+//! `service`; `admin` uses `service` and `metrics`; `app` uses them all. `config`, `rules` and
+//! `limiter` never name tonic or prost.
 
 pub mod admin;
 pub mod allocator;

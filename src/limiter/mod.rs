@@ -5,6 +5,10 @@
 //! window in one all-or-nothing call to the store, and says for each descriptor, and for the
 //! request as a whole, which window binds. It knows nothing of gRPC: `service` maps the
 //! [`Decision`] to Envoy's response.
+//!
+//! The store is the only part that differs between backends: [`MemoryStore`] in process, or
+//! [`RedisStore`] (see [`shared`] for what happens when Redis fails). Both take the same
+//! [`Batch`] and give back the same counts, so the decision around them does not change.
 
 mod key;
 mod memory;

@@ -2,7 +2,7 @@
 //!
 //! A window of `L` seconds that contains instant `now` is number `now / L` since the epoch, as
 //! envoyproxy/ratelimit counts it. Aligning to the epoch rather than to a key's first hit means
-//! every replica, and Redis later, agrees on where a window starts without sharing any state.
+//! every replica, and Redis, agree on where a window starts without sharing any state.
 
 use std::time::Duration;
 
