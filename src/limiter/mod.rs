@@ -7,7 +7,7 @@
 //! [`Decision`] to Envoy's response.
 //!
 //! The store is the only part that differs between backends: [`MemoryStore`] in process, or
-//! [`RedisStore`] (see [`shared`] for what happens when Redis fails). Both take the same
+//! [`RedisStore`] (see [`OnBackendError`] for what happens when Redis fails). Both take the same
 //! [`Batch`] and give back the same counts, so the decision around them does not change.
 
 mod key;
