@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use notify::event::{AccessKind, AccessMode};
+use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 use crate::config;
@@ -120,7 +121,7 @@ fn attempt(path: &Path, live: &LiveRules, last_seen: &mut String, forced: bool) 
 /// platform refuses, in which case the poll still finds changes.
 fn watch(path: &Path, changed: mpsc::Sender<()>) -> Option<RecommendedWatcher> {
     let handler = move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
+        if event.is_ok_and(|event| changes_files(&event.kind)) {
             // A full channel already holds a wake-up; one is enough.
             let _ = changed.try_send(());
         }
@@ -148,6 +149,16 @@ fn watch(path: &Path, changed: mpsc::Sender<()>) -> Option<RecommendedWatcher> {
     Some(watcher)
 }
 
+/// Whether an event can mean new rules: not a file merely opened or read (our own reads
+/// cause those, and would wake us forever), but a write, a create, a rename or a removal.
+fn changes_files(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    }
+}
+
 /// SIGHUP as a stream that never ends when it is off or cannot be installed.
 struct Hangup(Option<tokio::signal::unix::Signal>);
 
@@ -173,6 +184,34 @@ impl Hangup {
                 }
             }
             None => std::future::pending::<()>().await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{CreateKind, ModifyKind, RemoveKind, RenameMode};
+
+    #[test]
+    fn only_events_that_can_change_the_rules_wake_the_reloader() {
+        let reads = [
+            EventKind::Access(AccessKind::Open(AccessMode::Any)),
+            EventKind::Access(AccessKind::Read),
+            EventKind::Access(AccessKind::Close(AccessMode::Read)),
+        ];
+        for kind in reads {
+            assert!(!changes_files(&kind), "{kind:?}");
+        }
+        let changes = [
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            EventKind::Modify(ModifyKind::Any),
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+            EventKind::Create(CreateKind::File),
+            EventKind::Remove(RemoveKind::File),
+        ];
+        for kind in changes {
+            assert!(changes_files(&kind), "{kind:?}");
         }
     }
 }
