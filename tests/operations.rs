@@ -81,7 +81,8 @@ fn an_edit_applies_within_two_seconds_and_counters_survive_it() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("mega-api.yaml");
     std::fs::write(&file, seed_rules()).unwrap();
-    let rl = Ratelimitd::start(dir.path(), 0);
+    // Polling all but off: the file event alone must bring the edit in.
+    let rl = Ratelimitd::start_with(dir.path(), 0, &["--reload-poll-ms", "600000"]);
     let mut edits = 0;
     within_one_window_blocking(60, || {
         edits += 1;
@@ -113,6 +114,24 @@ fn an_edit_applies_within_two_seconds_and_counters_survive_it() {
             (1.0, 0.0)
         );
     });
+    rl.stop();
+}
+
+#[test]
+fn a_change_that_sends_no_file_event_is_found_by_polling() {
+    // The rule file is reached through a symlink in another directory: an edit of the real
+    // file sends no event where ratelimitd watches, as on filesystems without events.
+    let real = tempfile::tempdir().unwrap();
+    let linked = tempfile::tempdir().unwrap();
+    let file = real.path().join("rules.yaml");
+    std::fs::write(&file, seed_rules()).unwrap();
+    let config = linked.path().join("mega-api.yaml");
+    std::os::unix::fs::symlink(&file, &config).unwrap();
+    let rl = Ratelimitd::start_with(&config, 0, &["--reload-poll-ms", "300"]);
+    let edited = seed_rules().replace("requests_per_unit: 10\n", "requests_per_unit: 17\n");
+    let saved = Instant::now();
+    std::fs::write(&file, edited).unwrap();
+    wait_for_rules(&rl, "bucket_bulk: unit=MINUTE requests_per_unit=17,", saved);
     rl.stop();
 }
 
