@@ -261,15 +261,16 @@ async fn redis_killed_then_restarted_each_policy_answers_in_time_then_redis_coun
             let (answer, took) = timed(&mut client, &back).await;
             assert!(took < ANSWER_BOUND);
             assert!(answer.is_ok());
-            if redis.dbsize() > 0 {
+            // Counted in Redis, and known to be: a call that came back after its decision
+            // gave up (on a loaded machine) counts in Redis, but does not end the outage.
+            let scrape = http_get(&rl.http_addr, "/metrics").1;
+            if redis.dbsize() > 0 && metric(&scrape, "ratelimitd_backend_up") == 1.0 {
                 counted = true;
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert!(counted, "{policy}: Redis never counted again");
-        let scrape = http_get(&rl.http_addr, "/metrics").1;
-        assert_eq!(metric(&scrape, "ratelimitd_backend_up"), 1.0);
         rl.log
             .wait_for("Redis answers again", Duration::from_secs(5));
         rl.stop();

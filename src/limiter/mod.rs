@@ -18,6 +18,7 @@ mod shared;
 pub mod window;
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -168,6 +169,23 @@ impl Limiter {
         now: Duration,
     ) -> Result<Decision, StoreError> {
         self.decide_observed(rules, request, now, |_, _| {}).await
+    }
+
+    /// [`Limiter::decide_observed`] without a runtime, in memory mode, where nothing waits;
+    /// `None` if it had to wait (in Redis mode).
+    pub fn decide_now(
+        &self,
+        rules: &RuleSet,
+        request: &Request,
+        now: Duration,
+        observe: impl FnMut(&Limit, WindowOutcome),
+    ) -> Option<Result<Decision, StoreError>> {
+        let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+        let decision = std::pin::pin!(self.decide_observed(rules, request, now, observe));
+        match decision.poll(&mut context) {
+            std::task::Poll::Ready(decision) => Some(decision),
+            std::task::Poll::Pending => None,
+        }
     }
 
     /// [`Limiter::decide`], telling `observe` what each counted window saw. In memory mode

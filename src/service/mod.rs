@@ -15,10 +15,11 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
-use crate::limiter::{Limiter, StoreError};
+use crate::limiter::{Limiter, StoreError, WindowOutcome};
 use crate::proto::rate_limit_response::Code;
 use crate::proto::rate_limit_service_server::RateLimitService;
 use crate::proto::{RateLimitRequest, RateLimitResponse};
+use crate::rules::Limit;
 pub use live::{LiveRules, Snapshot};
 pub use response::{DEFAULT_OVER_LIMIT_BODY, HeaderStyle, ResponseSettings};
 
@@ -59,7 +60,8 @@ impl RlsService {
     /// Decides one request; shared by gRPC and the HTTP `/json` endpoint.
     ///
     /// At debug level, each decision is a span with the domain and the outcome (never a
-    /// descriptor value: API keys are secrets).
+    /// descriptor value: API keys are secrets). In memory mode nothing waits, and the decision
+    /// runs without an inner future.
     pub async fn should_rate_limit(
         &self,
         request: RateLimitRequest,
@@ -70,18 +72,24 @@ impl RlsService {
             descriptors = request.descriptors.len(),
             over_limit = tracing::field::Empty,
         );
-        self.decide_in(request, &span)
-            .instrument(span.clone())
-            .await
+        let started = self.record.then(Instant::now);
+        if self.limiter.backend().is_none() {
+            let _entered = span.enter();
+            let answer = self.decide_in_memory(request);
+            return self.finish(answer, started, &span);
+        }
+        let answer = self.decide_shared(request).instrument(span.clone()).await;
+        let _entered = span.enter();
+        self.finish(answer, started, &span)
     }
 
-    async fn decide_in(
+    /// Records the answer in the metrics and the debug log.
+    fn finish(
         &self,
-        request: RateLimitRequest,
+        answer: Result<(RateLimitResponse, bool), Status>,
+        started: Option<Instant>,
         span: &tracing::Span,
     ) -> Result<RateLimitResponse, Status> {
-        let started = self.record.then(Instant::now);
-        let answer = self.decide(request, self.record).await;
         let metrics = self.rules.metrics();
         match &answer {
             Ok((answer, domain_known)) => {
@@ -102,25 +110,39 @@ impl RlsService {
         answer.map(|(answer, _)| answer)
     }
 
-    /// The answer, and whether the domain is known.
-    async fn decide(
+    /// The answer, and whether the domain is known, counting in memory.
+    fn decide_in_memory(
         &self,
         request: RateLimitRequest,
-        record: bool,
     ) -> Result<(RateLimitResponse, bool), Status> {
         let request = request::validate(request)?;
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_err(|_| Status::internal("the system clock is before 1970"))?;
+        let now = now()?;
+        let snapshot = self.rules.load();
+        let decision = self
+            .limiter
+            .decide_now(&snapshot.rules, &request, now, |limit, outcome| {
+                self.record_window(&snapshot, limit, outcome)
+            })
+            .ok_or_else(|| Status::internal("a decision in memory had to wait"))?
+            .map_err(status_of_store_error)?;
+        Ok((
+            response::build(&decision, &self.settings),
+            decision.domain_known,
+        ))
+    }
+
+    /// The answer, and whether the domain is known, counting in Redis.
+    async fn decide_shared(
+        &self,
+        request: RateLimitRequest,
+    ) -> Result<(RateLimitResponse, bool), Status> {
+        let request = request::validate(request)?;
+        let now = now()?;
         let snapshot = self.rules.current();
         let decision = self
             .limiter
             .decide_observed(&snapshot.rules, &request, now, |limit, outcome| {
-                if record
-                    && let Some(Some(counters)) = limit.id.and_then(|id| snapshot.counters.get(id))
-                {
-                    counters.record(outcome);
-                }
+                self.record_window(&snapshot, limit, outcome)
             })
             .await
             .map_err(status_of_store_error)?;
@@ -129,6 +151,20 @@ impl RlsService {
             decision.domain_known,
         ))
     }
+
+    fn record_window(&self, snapshot: &Snapshot, limit: &Limit, outcome: WindowOutcome) {
+        if self.record
+            && let Some(Some(counters)) = limit.id.and_then(|id| snapshot.counters.get(id))
+        {
+            counters.record(outcome);
+        }
+    }
+}
+
+fn now() -> Result<std::time::Duration, Status> {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_err(|_| Status::internal("the system clock is before 1970"))
 }
 
 /// The gRPC code as its name in the protocol (`INVALID_ARGUMENT`), for metrics and logs.
