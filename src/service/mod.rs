@@ -15,7 +15,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
-use crate::limiter::{Limiter, StoreError, WindowOutcome};
+use crate::limiter::{Decision, Limiter, StoreError, WindowOutcome};
 use crate::proto::rate_limit_response::Code;
 use crate::proto::rate_limit_service_server::RateLimitService;
 use crate::proto::{RateLimitRequest, RateLimitResponse};
@@ -115,20 +115,15 @@ impl RlsService {
         &self,
         request: RateLimitRequest,
     ) -> Result<(RateLimitResponse, bool), Status> {
-        let request = request::validate(request)?;
-        let now = now()?;
+        let (request, now) = validated(request)?;
         let snapshot = self.rules.load();
         let decision = self
             .limiter
             .decide_now(&snapshot.rules, &request, now, |limit, outcome| {
                 self.record_window(&snapshot, limit, outcome)
             })
-            .ok_or_else(|| Status::internal("a decision in memory had to wait"))?
-            .map_err(status_of_store_error)?;
-        Ok((
-            response::build(&decision, &self.settings),
-            decision.domain_known,
-        ))
+            .ok_or_else(|| Status::internal("a decision in memory had to wait"))?;
+        self.answer(decision)
     }
 
     /// The answer, and whether the domain is known, counting in Redis.
@@ -136,16 +131,23 @@ impl RlsService {
         &self,
         request: RateLimitRequest,
     ) -> Result<(RateLimitResponse, bool), Status> {
-        let request = request::validate(request)?;
-        let now = now()?;
+        let (request, now) = validated(request)?;
         let snapshot = self.rules.current();
         let decision = self
             .limiter
             .decide_observed(&snapshot.rules, &request, now, |limit, outcome| {
                 self.record_window(&snapshot, limit, outcome)
             })
-            .await
-            .map_err(status_of_store_error)?;
+            .await;
+        self.answer(decision)
+    }
+
+    /// The response for a decision, and whether the domain is known.
+    fn answer(
+        &self,
+        decision: Result<Decision, StoreError>,
+    ) -> Result<(RateLimitResponse, bool), Status> {
+        let decision = decision.map_err(status_of_store_error)?;
         Ok((
             response::build(&decision, &self.settings),
             decision.domain_known,
@@ -161,10 +163,15 @@ impl RlsService {
     }
 }
 
-fn now() -> Result<std::time::Duration, Status> {
-    SystemTime::now()
+/// The validated request, and the time it is decided at (since the Unix epoch).
+fn validated(
+    request: RateLimitRequest,
+) -> Result<(crate::limiter::Request, std::time::Duration), Status> {
+    let request = request::validate(request)?;
+    let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_err(|_| Status::internal("the system clock is before 1970"))
+        .map_err(|_| Status::internal("the system clock is before 1970"))?;
+    Ok((request, now))
 }
 
 /// The gRPC code as its name in the protocol (`INVALID_ARGUMENT`), for metrics and logs.
