@@ -242,9 +242,10 @@ impl RedisStore {
                     .set_connection_timeout(Some(CONNECT_TIMEOUT))
                     .set_response_timeout(None)
                     .set_max_delay(CONNECT_RETRY);
-                let manager =
+                let mut manager =
                     ConnectionManager::new_with_config(redis::Client::open(url.as_str())?, config)
                         .await?;
+                redis_batcher::preload(&mut manager).await?;
                 Ok(Connection::Single(redis_batcher::start(manager)))
             }
             Target::Cluster(nodes) => {

@@ -87,6 +87,12 @@ end
 return out
 ";
 
+/// Loads the script into Redis, so that the first decisions do not wait for it.
+pub async fn preload(connection: &mut ConnectionManager) -> redis::RedisResult<()> {
+    Script::new(BATCH_SCRIPT).load_async(connection).await?;
+    Ok(())
+}
+
 /// Starts the task that sends queued jobs on `connection`; it ends when every sender is gone.
 pub fn start(connection: ConnectionManager) -> mpsc::Sender<Job> {
     let (jobs, queue) = mpsc::channel(4 * MAX_REQUESTS);
