@@ -98,12 +98,24 @@ pub struct RedisCluster {
 }
 
 impl RedisCluster {
+    /// Creates one, trying again with fresh nodes if a creation does not complete (on a loaded
+    /// machine the nodes' handshake can stall, and `redis-cli --cluster create` then waits
+    /// forever).
     pub fn start() -> RedisCluster {
+        for _ in 0..3 {
+            if let Some(cluster) = RedisCluster::try_start() {
+                return cluster;
+            }
+        }
+        panic!("no Redis Cluster could be created in 3 attempts");
+    }
+
+    fn try_start() -> Option<RedisCluster> {
         let nodes: Vec<RedisServer> = (0..3)
             .map(|_| {
                 RedisServer::start_on(
                     free_port(true),
-                    &["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"],
+                    &["--cluster-enabled", "yes", "--cluster-node-timeout", "5000"],
                 )
             })
             .collect();
@@ -111,28 +123,42 @@ impl RedisCluster {
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))
             .collect();
-        let created = Command::new(tool("redis-cli"))
+        let mut create = Command::new(tool("redis-cli"))
             .arg("--cluster")
             .arg("create")
             .args(&addresses)
             .args(["--cluster-replicas", "0", "--cluster-yes"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .output()
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
             .expect("redis-cli --cluster create runs");
-        assert!(
-            created.status.success(),
-            "redis-cli --cluster create failed: {}",
-            String::from_utf8_lossy(&created.stdout)
-        );
-        for node in &nodes {
-            wait_until(Duration::from_secs(20), "cluster_state:ok", || {
-                cli(node.port, &["cluster", "info"])
-                    .contains("cluster_state:ok")
-                    .then_some(())
-            });
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let created = loop {
+            match create.try_wait().expect("wait on redis-cli") {
+                Some(status) => break status.success(),
+                None if std::time::Instant::now() > deadline => {
+                    let _ = create.kill();
+                    let _ = create.wait();
+                    break false;
+                }
+                None => std::thread::sleep(Duration::from_millis(50)),
+            }
+        };
+        if !created {
+            return None;
         }
-        RedisCluster { nodes }
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !nodes
+            .iter()
+            .all(|n| cli(n.port, &["cluster", "info"]).contains("cluster_state:ok"))
+        {
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(RedisCluster { nodes })
     }
 
     /// `redis+cluster://127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3`
