@@ -43,6 +43,16 @@ fn shared(
     request("shared", vec![descriptor(&[(key, value)])])
 }
 
+/// Three ratelimitd processes counting in `backend`, and their gRPC addresses. The timeout is
+/// generous: these tests are about exact counts, not about failing over.
+fn three_replicas(rules: &Path, backend: &str) -> (Vec<Ratelimitd>, Vec<String>) {
+    let replicas: Vec<Ratelimitd> = (0..3)
+        .map(|_| replica(rules, backend, &["--backend-timeout-ms", "1000"]))
+        .collect();
+    let addrs = replicas.iter().map(|r| r.addr.clone()).collect();
+    (replicas, addrs)
+}
+
 #[derive(Debug, Default, PartialEq, Eq, Clone, Copy)]
 struct Tally {
     ok: usize,
@@ -91,16 +101,7 @@ async fn hammer(replicas: &[String], value: &str, tasks: usize, calls: usize) ->
 async fn three_replicas_on_one_redis_admit_exactly_the_limit() {
     let redis = RedisServer::start();
     let rules = rules_dir();
-    let replicas: Vec<Ratelimitd> = (0..3)
-        .map(|_| {
-            replica(
-                rules.path(),
-                &redis.url(),
-                &["--backend-timeout-ms", "1000"],
-            )
-        })
-        .collect();
-    let addrs: Vec<String> = replicas.iter().map(|r| r.addr.clone()).collect();
+    let (replicas, addrs) = three_replicas(rules.path(), &redis.url());
     let tally = within_one_window(60, |attempt| {
         let addrs = addrs.clone();
         async move { hammer(&addrs, &fresh_key(&format!("one-{attempt}")), 8, 20).await }
@@ -132,16 +133,7 @@ async fn three_replicas_on_one_redis_admit_exactly_the_limit() {
 async fn three_replicas_on_a_cluster_admit_exactly_the_limit_for_each_key() {
     let cluster = RedisCluster::start();
     let rules = rules_dir();
-    let replicas: Vec<Ratelimitd> = (0..3)
-        .map(|_| {
-            replica(
-                rules.path(),
-                &cluster.url(),
-                &["--backend-timeout-ms", "1000"],
-            )
-        })
-        .collect();
-    let addrs: Vec<String> = replicas.iter().map(|r| r.addr.clone()).collect();
+    let (replicas, addrs) = three_replicas(rules.path(), &cluster.url());
     let tallies = within_one_window(60, |attempt| {
         let addrs = addrs.clone();
         async move {
