@@ -1,6 +1,7 @@
 //! The load benchmark's baseline: a RateLimitService that answers OK without looking at the
 //! request, served by ratelimitd's own `server::serve` (same tonic stack, health, reflection and
-//! limits). What ratelimitd costs is measured as a ratio to this.
+//! limits) as tonic's generated server for it (requests decoded into `RateLimitRequest`). What
+//! ratelimitd costs is measured as a ratio to this.
 //!
 //!     cargo run --release --example noop_server -- 127.0.0.1:0 [empty|ok|over-limit]
 //!
@@ -12,12 +13,15 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use ratelimitd::limiter::{Decision, DescriptorDecision, WindowReport};
 use ratelimitd::proto::rate_limit_response::Code;
-use ratelimitd::proto::rate_limit_service_server::RateLimitService;
+use ratelimitd::proto::rate_limit_service_server::{RateLimitService, RateLimitServiceServer};
 use ratelimitd::proto::{RateLimitRequest, RateLimitResponse};
 use ratelimitd::rules::{Unit, Window};
-use ratelimitd::service::{ResponseSettings, response};
+use ratelimitd::server::MAX_REQUEST_BYTES;
+use ratelimitd::service::{Answer, ResponseSettings};
 use tonic::{Request, Response, Status};
 
 /// The same allocator, with the same settings, as ratelimitd (see `ratelimitd::allocator`).
@@ -37,7 +41,7 @@ impl RateLimitService for Noop {
 }
 
 /// ratelimitd's answer for one seed-shaped descriptor, 42 requests into a 60/minute window.
-fn seed_answer(over_limit: bool) -> RateLimitResponse {
+fn seed_answer(over_limit: bool) -> Result<RateLimitResponse, prost::DecodeError> {
     let report = WindowReport {
         requests_per_unit: 60,
         window: Window::of(Unit::Minute),
@@ -50,14 +54,14 @@ fn seed_answer(over_limit: bool) -> RateLimitResponse {
     let decision = Decision {
         domain_known: true,
         over_limit,
-        descriptors: vec![DescriptorDecision {
+        descriptors: smallvec::smallvec![DescriptorDecision {
             over_limit,
             report: Some(report.clone()),
         }],
         headline: Some(report),
         retry_after: over_limit.then_some(Duration::from_secs(31)),
     };
-    response::build(&decision, &ResponseSettings::default())
+    Answer::new(decision, Arc::new(ResponseSettings::default())).to_message()
 }
 
 #[tokio::main]
@@ -71,8 +75,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             overall_code: Code::Ok as i32,
             ..Default::default()
         },
-        Some("ok") => seed_answer(false),
-        Some("over-limit") => seed_answer(true),
+        Some("ok") => seed_answer(false)?,
+        Some("over-limit") => seed_answer(true)?,
         Some(other) => {
             return Err(format!("unknown answer {other:?}: empty, ok or over-limit").into());
         }
@@ -96,6 +100,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             () = term => {}
         }
     };
-    ratelimitd::server::serve(listener, std::sync::Arc::new(Noop(answer)), |_| {}, stop).await?;
+    let rls =
+        RateLimitServiceServer::new(Noop(answer)).max_decoding_message_size(MAX_REQUEST_BYTES);
+    ratelimitd::server::serve(listener, rls, |_| {}, stop).await?;
     Ok(())
 }

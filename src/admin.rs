@@ -20,13 +20,14 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor};
 use tokio::net::TcpListener;
 use tonic::Code;
 
-use crate::proto::{self, RateLimitRequest, RateLimitResponse, rate_limit_response};
+use crate::proto;
 use crate::server::MAX_REQUEST_BYTES;
-use crate::service::RlsService;
+use crate::service::{Answer, RlsService};
 
 /// Why the admin server could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -152,7 +153,7 @@ async fn json(State(admin): State<Admin>, body: Bytes) -> Response {
         Ok(request) => request,
         Err(message) => return plain(StatusCode::BAD_REQUEST, &message),
     };
-    let answer = match admin.service.should_rate_limit(request).await {
+    let answer = match admin.service.should_rate_limit(&request).await {
         Ok(answer) => answer,
         Err(status) => {
             let code = match status.code() {
@@ -163,7 +164,7 @@ async fn json(State(admin): State<Admin>, body: Bytes) -> Response {
             return plain(code, status.message());
         }
     };
-    let code = if answer.overall_code == rate_limit_response::Code::OverLimit as i32 {
+    let code = if answer.decision().over_limit {
         StatusCode::TOO_MANY_REQUESTS
     } else {
         StatusCode::OK
@@ -203,21 +204,19 @@ impl JsonCodec {
         })
     }
 
-    fn request(&self, body: &[u8]) -> Result<RateLimitRequest, String> {
+    /// The request in JSON, as protobuf bytes (what gRPC would have carried).
+    fn request(&self, body: &[u8]) -> Result<Vec<u8>, String> {
         let mut input = serde_json::Deserializer::from_slice(body);
         let message = DynamicMessage::deserialize(self.request.clone(), &mut input)
             .and_then(|message| input.end().map(|()| message))
             .map_err(|e| format!("not a RateLimitRequest in proto3 JSON: {e}"))?;
-        message
-            .transcode_to::<RateLimitRequest>()
-            .map_err(|e| format!("not a RateLimitRequest: {e}"))
+        Ok(message.encode_to_vec())
     }
 
-    fn response(&self, answer: &RateLimitResponse) -> Result<Vec<u8>, String> {
-        let mut message = DynamicMessage::new(self.response.clone());
-        message
-            .transcode_from(answer)
-            .map_err(|e| format!("cannot encode the answer: {e}"))?;
+    fn response(&self, answer: &Answer) -> Result<Vec<u8>, String> {
+        let message =
+            DynamicMessage::decode(self.response.clone(), answer.encode_to_vec().as_slice())
+                .map_err(|e| format!("cannot encode the answer: {e}"))?;
         serde_json::to_vec(&message).map_err(|e| format!("cannot encode the answer: {e}"))
     }
 }

@@ -205,7 +205,7 @@ pub async fn serve(
     };
     let grpc = server::serve(
         listeners.grpc,
-        service,
+        server::RlsRoute::new(service),
         move |health| {
             let _ = health_tx.send(Some(health));
         },

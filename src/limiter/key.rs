@@ -6,12 +6,20 @@
 //! `(a, b_c)` and `(a_b, c)` share a counter there; here they cannot. The window *number* is not
 //! part of the key either: a counter holds its own window number and starts again from 0 when a
 //! new window begins, so a busy key reuses its counters instead of leaving some behind per window.
+//!
+//! A key is built on the stack (typical descriptors fit in [`INLINE_KEY_BYTES`]); only a key
+//! that the memory store keeps is copied to the heap, so deciding for a known key allocates
+//! nothing.
 
-use std::borrow::Borrow;
+use smallvec::SmallVec;
+
+/// Keys up to this many bytes are built without allocating: the seed's
+/// `(api_key, 32-character key), (bucket, default)` in domain `mega-api` takes 66.
+pub const INLINE_KEY_BYTES: usize = 72;
 
 /// The encoded identity of one counter.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct CounterKey(Box<[u8]>);
+pub struct CounterKey(SmallVec<[u8; INLINE_KEY_BYTES]>);
 
 impl CounterKey {
     /// Encodes a descriptor's identity: `entries` are its `(key, value)` pairs.
@@ -19,30 +27,24 @@ impl CounterKey {
         domain: &str,
         entries: impl ExactSizeIterator<Item = (&'e str, &'e str)> + Clone,
     ) -> CounterKey {
-        // Sized exactly first, so the key is one allocation and `into_boxed_slice` copies nothing.
+        // Sized exactly first, so a long key is one allocation.
         let size = str_size(domain)
             + len_size(entries.len())
             + entries
                 .clone()
                 .map(|(key, value)| str_size(key) + str_size(value))
                 .sum::<usize>();
-        let mut bytes = Vec::with_capacity(size);
+        let mut bytes = SmallVec::with_capacity(size);
         push_str(&mut bytes, domain);
         push_len(&mut bytes, entries.len());
         for (key, value) in entries {
             push_str(&mut bytes, key);
             push_str(&mut bytes, value);
         }
-        CounterKey(bytes.into_boxed_slice())
+        CounterKey(bytes)
     }
 
     pub fn as_bytes(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl Borrow<[u8]> for CounterKey {
-    fn borrow(&self) -> &[u8] {
         &self.0
     }
 }
@@ -55,13 +57,13 @@ fn str_size(s: &str) -> usize {
     len_size(s.len()) + s.len()
 }
 
-fn push_str(bytes: &mut Vec<u8>, s: &str) {
+fn push_str(bytes: &mut SmallVec<[u8; INLINE_KEY_BYTES]>, s: &str) {
     push_len(bytes, s.len());
     bytes.extend_from_slice(s.as_bytes());
 }
 
 /// LEB128: seven bits a byte, so short strings cost one byte of length.
-fn push_len(bytes: &mut Vec<u8>, mut n: usize) {
+fn push_len(bytes: &mut SmallVec<[u8; INLINE_KEY_BYTES]>, mut n: usize) {
     loop {
         let low = (n & 0x7f) as u8;
         n >>= 7;

@@ -25,12 +25,16 @@ use smallvec::SmallVec;
 use super::key::CounterKey;
 use super::window;
 
-/// One request's counters: the descriptor keys, and one increment per window.
+/// One request's counters: the descriptor keys, and one increment per window. Inline for
+/// requests of up to two descriptors and four windows, so a typical batch is not allocated.
 #[derive(Debug, Default)]
 pub struct Batch {
-    pub keys: Vec<CounterKey>,
-    pub increments: Vec<Increment>,
+    pub keys: SmallVec<[CounterKey; 2]>,
+    pub increments: SmallVec<[Increment; 4]>,
 }
+
+/// One [`Count`] per increment of a [`Batch`], in order.
+pub type Counts = SmallVec<[Count; 4]>;
 
 /// One counter's change in a request.
 #[derive(Debug)]
@@ -68,7 +72,8 @@ pub enum StoreError {
 pub struct MemoryStore {
     /// Keys come from requests, so the hasher is seeded per process (foldhash's quality
     /// variant): a client cannot pick keys that all land in one bucket.
-    entries: DashMap<CounterKey, Counters, foldhash::quality::RandomState>,
+    /// Keys are [`CounterKey`] bytes, copied to the heap only when an entry is made.
+    entries: DashMap<Box<[u8]>, Counters, foldhash::quality::RandomState>,
     /// Counted by hand because `DashMap::len` locks every shard.
     live: AtomicUsize,
     /// A bound on memory: past it, new keys are refused until windows end and are swept.
@@ -238,7 +243,7 @@ enum Op {
 }
 
 /// A read-locked entry of the map.
-type EntryRef<'a> = dashmap::mapref::one::Ref<'a, CounterKey, Counters>;
+type EntryRef<'a> = dashmap::mapref::one::Ref<'a, Box<[u8]>, Counters>;
 
 /// Does `op` to `counter` for `inc`: the window it counted in and the count, or (for a
 /// reservation that does not fit) the count left alone.
@@ -271,8 +276,8 @@ impl MemoryStore {
     /// Counts one request: all of its enforced counters move, or none do.
     ///
     /// Returns one [`Count`] per increment, in order, and whether the request was admitted.
-    pub fn apply(&self, batch: &Batch) -> Result<(bool, Vec<Count>), StoreError> {
-        let mut counts = Vec::with_capacity(batch.increments.len());
+    pub fn apply(&self, batch: &Batch) -> Result<(bool, Counts), StoreError> {
+        let mut counts = Counts::with_capacity(batch.increments.len());
         // (position in batch, window it was reserved in) of each reservation made so far.
         let mut reserved: SmallVec<[(usize, u32); 4]> = SmallVec::new();
         let mut admitted = true;
@@ -291,7 +296,10 @@ impl MemoryStore {
             let op = if admitted { Op::Reserve } else { Op::Peek };
             if current.as_ref().map(|(key, _)| *key) != Some(inc.key) {
                 drop(current.take());
-                current = self.entries.get(&batch.keys[inc.key]).map(|e| (inc.key, e));
+                current = self
+                    .entries
+                    .get(batch.keys[inc.key].as_bytes())
+                    .map(|e| (inc.key, e));
             }
             let found = current
                 .as_ref()
@@ -330,7 +338,7 @@ impl MemoryStore {
             for (i, at) in reserved {
                 let inc = &batch.increments[i];
                 if inc.hits > 0 {
-                    if let Some(entry) = self.entries.get(&batch.keys[inc.key])
+                    if let Some(entry) = self.entries.get(batch.keys[inc.key].as_bytes())
                         && let Some(counter) = entry.get(inc.window_seconds)
                     {
                         counter.release(at, inc.hits);
@@ -368,7 +376,7 @@ impl MemoryStore {
         inc: &Increment,
         op: Op,
     ) -> Result<Result<(u32, u64), u64>, StoreError> {
-        let key = &batch.keys[inc.key];
+        let key = batch.keys[inc.key].as_bytes();
         if let Some(entry) = self.entries.get(key)
             && let Some(counter) = entry.get(inc.window_seconds)
         {
@@ -384,7 +392,7 @@ impl MemoryStore {
                 if self.len() >= self.max_keys {
                     return Err(StoreError::Full(self.max_keys));
                 }
-                self.entries.entry(key.clone()).or_insert_with(|| {
+                self.entries.entry(Box::from(key)).or_insert_with(|| {
                     self.live.fetch_add(1, Ordering::Relaxed);
                     Counters::default()
                 })
@@ -425,7 +433,7 @@ mod tests {
     /// A batch of one descriptor key with `windows` as (window seconds, limit, hits, index).
     fn batch(name: &str, windows: &[(u32, u32, u64, u32)]) -> Batch {
         Batch {
-            keys: vec![CounterKey::new("d", [("k", name)].into_iter())],
+            keys: smallvec::smallvec![CounterKey::new("d", [("k", name)].into_iter())],
             increments: windows
                 .iter()
                 .map(

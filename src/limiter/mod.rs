@@ -22,25 +22,28 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use smallvec::SmallVec;
+
 pub use key::CounterKey;
-pub use memory::{Batch, Count, Increment, MemoryStore, StoreError};
+pub use memory::{Batch, Count, Counts, Increment, MemoryStore, StoreError};
 pub use redis::{BackendError, RedisStore, Target};
 pub use shared::{BackendState, OnBackendError, Shared};
 
 use crate::rules::{Entry, Limit, Policy, RuleSet, Unit, Window};
 
-/// A validated `ShouldRateLimit` request (built by `service::request`).
+/// A validated `ShouldRateLimit` request (read by `service::request`), borrowing its strings
+/// from the message; a request of up to two descriptors of up to two entries is not allocated.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Request {
-    pub domain: String,
-    pub descriptors: Vec<Descriptor>,
+pub struct Request<'m> {
+    pub domain: &'m str,
+    pub descriptors: SmallVec<[Descriptor<'m>; 2]>,
 }
 
 /// One request descriptor.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Descriptor {
+pub struct Descriptor<'m> {
     /// `(key, value)` pairs, in order; never empty.
-    pub entries: Vec<(String, String)>,
+    pub entries: SmallVec<[(&'m str, &'m str); 2]>,
     /// Envoy's per-descriptor `limit`: counted against it instead of the rules.
     pub limit_override: Option<LimitOverride>,
     /// Hits to add; 0 checks without counting.
@@ -61,7 +64,7 @@ pub struct Decision {
     /// Some descriptor is over a limit that is not in shadow mode.
     pub over_limit: bool,
     /// One per request descriptor, in request order.
-    pub descriptors: Vec<DescriptorDecision>,
+    pub descriptors: SmallVec<[DescriptorDecision; 2]>,
     /// The most restrictive enforced window across the request (for the `RateLimit-*` headers).
     pub headline: Option<WindowReport>,
     /// When over the limit: how long until a request like this one could pass.
@@ -165,7 +168,7 @@ impl Limiter {
     pub async fn decide(
         &self,
         rules: &RuleSet,
-        request: &Request,
+        request: &Request<'_>,
         now: Duration,
     ) -> Result<Decision, StoreError> {
         self.decide_observed(rules, request, now, |_, _| {}).await
@@ -176,7 +179,7 @@ impl Limiter {
     pub fn decide_now(
         &self,
         rules: &RuleSet,
-        request: &Request,
+        request: &Request<'_>,
         now: Duration,
         observe: impl FnMut(&Limit, WindowOutcome),
     ) -> Option<Result<Decision, StoreError>> {
@@ -193,16 +196,16 @@ impl Limiter {
     pub async fn decide_observed(
         &self,
         rules: &RuleSet,
-        request: &Request,
+        request: &Request<'_>,
         now: Duration,
         mut observe: impl FnMut(&Limit, WindowOutcome),
     ) -> Result<Decision, StoreError> {
-        let Some(domain) = rules.domain(&request.domain) else {
+        let Some(domain) = rules.domain(request.domain) else {
             let mut decision = Decision::unlimited(request.descriptors.len());
             decision.domain_known = false;
             return Ok(decision);
         };
-        let applied: Vec<Applied<'_>> = request
+        let applied: SmallVec<[Applied<'_>; 2]> = request
             .descriptors
             .iter()
             .map(|descriptor| match descriptor.limit_override {
@@ -218,7 +221,7 @@ impl Limiter {
                     let entries = descriptor
                         .entries
                         .iter()
-                        .map(|(key, value)| Entry { key, value });
+                        .map(|&(key, value)| Entry { key, value });
                     match domain.find(entries).and_then(|node| node.policy.as_ref()) {
                         Some(Policy::Limited(limits)) => Applied::Rules(limits),
                         Some(Policy::Unlimited) | None => Applied::None,
@@ -243,10 +246,10 @@ impl Limiter {
             HashSet::new()
         };
         let windows = applied.iter().map(|a| a.limits().len()).sum();
-        let mut planned = Vec::with_capacity(windows);
+        let mut planned: SmallVec<[Planned<'_>; 4]> = SmallVec::with_capacity(windows);
         let mut batch = Batch {
-            keys: Vec::with_capacity(request.descriptors.len()),
-            increments: Vec::with_capacity(windows),
+            keys: SmallVec::with_capacity(request.descriptors.len()),
+            increments: SmallVec::with_capacity(windows),
         };
         for (i, (descriptor, applied)) in request.descriptors.iter().zip(&applied).enumerate() {
             let mut key = None;
@@ -255,11 +258,8 @@ impl Limiter {
                     continue;
                 }
                 let key = *key.get_or_insert_with(|| {
-                    let entries = descriptor
-                        .entries
-                        .iter()
-                        .map(|(k, v)| (k.as_str(), v.as_str()));
-                    batch.keys.push(CounterKey::new(&request.domain, entries));
+                    let entries = descriptor.entries.iter().copied();
+                    batch.keys.push(CounterKey::new(request.domain, entries));
                     batch.keys.len() - 1
                 });
                 let seconds = limit.window.seconds();
@@ -335,13 +335,13 @@ impl Decision {
         Decision {
             domain_known: true,
             over_limit: false,
-            descriptors: vec![
+            descriptors: SmallVec::from_elem(
                 DescriptorDecision {
                     over_limit: false,
                     report: None,
-                };
-                descriptors
-            ],
+                },
+                descriptors,
+            ),
             headline: None,
             retry_after: None,
         }

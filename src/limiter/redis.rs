@@ -30,7 +30,7 @@ use redis::{RedisError, Script};
 use tokio::sync::{OnceCell, mpsc, oneshot};
 
 use super::redis_batcher::{self, Job};
-use super::{Batch, Count, Increment};
+use super::{Batch, Count, Counts, Increment};
 
 /// Why Redis could not count a request.
 #[derive(Debug, thiserror::Error)]
@@ -260,7 +260,7 @@ impl RedisStore {
     }
 
     /// Counts `batch`, all or nothing, within the timeout.
-    pub async fn apply(&self, batch: &Batch) -> Result<(bool, Vec<Count>), BackendError> {
+    pub async fn apply(&self, batch: &Batch) -> Result<(bool, Counts), BackendError> {
         let connection = self
             .connection
             .get()
@@ -275,7 +275,7 @@ impl RedisStore {
         &self,
         connection: Connection,
         batch: &Batch,
-    ) -> Result<(bool, Vec<Count>), BackendError> {
+    ) -> Result<(bool, Counts), BackendError> {
         let all: Vec<usize> = (0..batch.increments.len()).collect();
         match connection {
             Connection::Single(jobs) => {
@@ -419,15 +419,15 @@ impl Answer {
 
 /// The counts of every increment, as the memory store reports them: an enforced counter that
 /// refused is over; a shadow-mode counter is over when its count passed its limit.
-fn counts_of(batch: &Batch, answers: &[(Vec<usize>, Answer)]) -> (bool, Vec<Count>) {
+fn counts_of(batch: &Batch, answers: &[(Vec<usize>, Answer)]) -> (bool, Counts) {
     let admitted = answers.iter().all(|(_, a)| a.admitted);
-    let mut counts = vec![
+    let mut counts = Counts::from_elem(
         Count {
             value: 0,
-            over_limit: false
-        };
-        batch.increments.len()
-    ];
+            over_limit: false,
+        },
+        batch.increments.len(),
+    );
     for (group, answer) in answers {
         for (place, (&i, &value)) in group.iter().zip(&answer.values).enumerate() {
             let inc = &batch.increments[i];
@@ -535,11 +535,11 @@ mod tests {
     fn keys_are_short_and_name_descriptor_and_window() {
         let key = |value: &str, seconds: u32, index: u32| {
             let batch = Batch {
-                keys: vec![CounterKey::new(
+                keys: smallvec::smallvec![CounterKey::new(
                     "mega-api",
-                    [("api_key", value)].into_iter(),
+                    [("api_key", value)].into_iter()
                 )],
-                increments: vec![],
+                increments: Default::default(),
             };
             let inc = Increment {
                 key: 0,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::{BackendError, Batch, Count, RedisStore};
+use super::{BackendError, Batch, Counts, RedisStore};
 
 /// Counting in Redis, and what to do when it fails.
 pub struct Shared {
@@ -123,7 +123,7 @@ impl BackendState {
 
 impl Shared {
     /// Counts in Redis; `None` when it failed (or is known down), after recording it.
-    pub(super) async fn count(&self, batch: &Batch) -> Option<(bool, Vec<Count>)> {
+    pub(super) async fn count(&self, batch: &Batch) -> Option<(bool, Counts)> {
         if self.state.should_try() {
             match self.redis.apply(batch).await {
                 Ok(counted) => {

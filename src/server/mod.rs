@@ -2,20 +2,22 @@
 //! (v1, and v1alpha for grpcurl 1.8, which asks only v1alpha), on a listener already bound.
 
 mod batched_io;
+mod rls;
 
+use std::convert::Infallible;
 use std::future::Future;
-use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
+use tonic::body::Body;
+use tonic::codegen::{Service, http};
+use tonic::server::NamedService;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::proto::{
-    self,
-    rate_limit_service_server::{RateLimitService, RateLimitServiceServer},
-};
+use crate::proto;
+pub use rls::RlsRoute;
 
 /// The largest request accepted, in bytes: more than 256 descriptors of long values, and far
 /// less than tonic's 4 MiB default, so a hostile peer can make us buffer only so much.
@@ -49,17 +51,28 @@ impl Health {
     }
 }
 
-/// Serves `service` on `listener` until `shutdown` completes, then lets in-flight calls finish.
+/// Serves the rate-limit service `rls` (ratelimitd's [`RlsRoute`]) on `listener` until
+/// `shutdown` completes, then lets in-flight calls finish.
 ///
-/// Generic over the service so that the load benchmark's no-op baseline runs on exactly this
-/// stack; shared (`Arc`) so that the admin server's `/json` can call it too. `health_ready` receives the health handle once it exists, so the caller can report
-/// NOT_SERVING before the server stops accepting.
-pub async fn serve<S: RateLimitService>(
+/// Generic over the route so that the load benchmark's no-op baseline (a generated
+/// `RateLimitServiceServer`) runs on exactly this stack. `health_ready` receives the health
+/// handle once it exists, so the caller can report NOT_SERVING before the server stops
+/// accepting.
+pub async fn serve<R>(
     listener: TcpListener,
-    service: Arc<S>,
+    rls: R,
     health_ready: impl FnOnce(Health),
     shutdown: impl Future<Output = ()>,
-) -> Result<(), ServerError> {
+) -> Result<(), ServerError>
+where
+    R: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+        + NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    R::Future: Send + 'static,
+{
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let health = Health { reporter };
     health.set(true).await;
@@ -72,9 +85,6 @@ pub async fn serve<S: RateLimitService>(
     };
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
-    let rls =
-        RateLimitServiceServer::from_arc(service).max_decoding_message_size(MAX_REQUEST_BYTES);
-
     tonic::transport::Server::builder()
         .add_service(rls)
         .add_service(health_service)

@@ -1,7 +1,8 @@
-//! Envoy's `RateLimitService` over gRPC.
+//! Deciding Envoy's `ShouldRateLimit` calls: from the request's bytes to the answer.
 //!
-//! Each call reads the clock once and takes one rules snapshot, validates the request
-//! ([`request`]), asks the [`Limiter`] for a decision and builds the response ([`response`]).
+//! Each call reads the request in place ([`request`]), reads the clock once, takes one rules
+//! snapshot, asks the [`Limiter`] for a decision and returns it as an [`Answer`] that encodes
+//! itself ([`response`]). `server::rls` carries it over gRPC and `admin` over HTTP `/json`.
 //! Failures are gRPC errors, never an UNKNOWN code, so that Envoy's `failure_mode_deny`
 //! decides what a failure means at the edge.
 
@@ -10,24 +11,21 @@ pub mod request;
 pub mod response;
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tonic::{Request, Response, Status};
+use tonic::Status;
 use tracing::Instrument;
 
-use crate::limiter::{Decision, Limiter, StoreError, WindowOutcome};
-use crate::proto::rate_limit_response::Code;
-use crate::proto::rate_limit_service_server::RateLimitService;
-use crate::proto::{RateLimitRequest, RateLimitResponse};
+use crate::limiter::{Decision, Limiter, Request, StoreError, WindowOutcome};
 use crate::rules::Limit;
 pub use live::{LiveRules, Snapshot};
-pub use response::{DEFAULT_OVER_LIMIT_BODY, HeaderStyle, ResponseSettings};
+pub use response::{Answer, DEFAULT_OVER_LIMIT_BODY, HeaderStyle, ResponseSettings};
 
-/// The gRPC service: rules, limiter and response settings.
+/// The decision service: rules, limiter and response settings.
 pub struct RlsService {
     rules: Arc<LiveRules>,
     limiter: Arc<Limiter>,
-    settings: ResponseSettings,
+    settings: Arc<ResponseSettings>,
     /// Record every decision in the metrics (`--decision-metrics`).
     record: bool,
 }
@@ -37,7 +35,7 @@ impl RlsService {
         RlsService {
             rules,
             limiter,
-            settings,
+            settings: Arc::new(settings),
             record: true,
         }
     }
@@ -57,101 +55,89 @@ impl RlsService {
         &self.limiter
     }
 
-    /// Decides one request; shared by gRPC and the HTTP `/json` endpoint.
+    /// Decides one encoded `RateLimitRequest`, counting wherever the limiter counts.
     ///
     /// At debug level, each decision is a span with the domain and the outcome (never a
-    /// descriptor value: API keys are secrets). In memory mode nothing waits, and the decision
-    /// runs without an inner future.
-    pub async fn should_rate_limit(
-        &self,
-        request: RateLimitRequest,
-    ) -> Result<RateLimitResponse, Status> {
-        let span = tracing::debug_span!(
-            "decision",
-            domain = %request.domain,
-            descriptors = request.descriptors.len(),
-            over_limit = tracing::field::Empty,
-        );
+    /// descriptor value: API keys are secrets).
+    pub async fn should_rate_limit(&self, message: &[u8]) -> Result<Answer, Status> {
+        if let Some(answer) = self.decide_now(message) {
+            return answer;
+        }
         let started = self.record.then(Instant::now);
-        if self.limiter.backend().is_none() {
-            let _entered = span.enter();
-            let answer = self.decide_in_memory(request);
-            return self.finish(answer, started, &span);
-        }
-        let answer = self.decide_shared(request).instrument(span.clone()).await;
-        let _entered = span.enter();
-        self.finish(answer, started, &span)
-    }
-
-    /// Records the answer in the metrics and the debug log.
-    fn finish(
-        &self,
-        answer: Result<(RateLimitResponse, bool), Status>,
-        started: Option<Instant>,
-        span: &tracing::Span,
-    ) -> Result<RateLimitResponse, Status> {
-        let metrics = self.rules.metrics();
-        match &answer {
-            Ok((answer, domain_known)) => {
-                let over_limit = answer.overall_code == Code::OverLimit as i32;
-                if let Some(started) = started {
-                    metrics.answered(over_limit, *domain_known, started.elapsed());
-                }
-                span.record("over_limit", over_limit);
-                tracing::debug!(over_limit, "decided");
-            }
-            Err(status) => {
-                if let Some(started) = started {
-                    metrics.refused(code_name(status.code()), started.elapsed());
-                }
-                tracing::debug!(code = code_name(status.code()), "refused");
-            }
-        }
-        answer.map(|(answer, _)| answer)
-    }
-
-    /// The answer, and whether the domain is known, counting in memory.
-    fn decide_in_memory(
-        &self,
-        request: RateLimitRequest,
-    ) -> Result<(RateLimitResponse, bool), Status> {
-        let (request, now) = validated(request)?;
-        let snapshot = self.rules.load();
-        let decision = self
-            .limiter
-            .decide_now(&snapshot.rules, &request, now, |limit, outcome| {
-                self.record_window(&snapshot, limit, outcome)
-            })
-            .ok_or_else(|| Status::internal("a decision in memory had to wait"))?;
-        self.answer(decision)
-    }
-
-    /// The answer, and whether the domain is known, counting in Redis.
-    async fn decide_shared(
-        &self,
-        request: RateLimitRequest,
-    ) -> Result<(RateLimitResponse, bool), Status> {
-        let (request, now) = validated(request)?;
+        let (request, now) = match read(message) {
+            Ok(read) => read,
+            Err(status) => return self.refused(status, started),
+        };
+        let span = decision_span(&request);
         let snapshot = self.rules.current();
         let decision = self
             .limiter
             .decide_observed(&snapshot.rules, &request, now, |limit, outcome| {
                 self.record_window(&snapshot, limit, outcome)
             })
+            .instrument(span.clone())
             .await;
-        self.answer(decision)
+        let _entered = span.enter();
+        self.finish(decision, started, &span)
     }
 
-    /// The response for a decision, and whether the domain is known.
-    fn answer(
+    /// [`RlsService::should_rate_limit`] at once, when counting in memory (where nothing
+    /// waits); `None` when counting in Redis.
+    pub fn decide_now(&self, message: &[u8]) -> Option<Result<Answer, Status>> {
+        if self.limiter.backend().is_some() {
+            return None;
+        }
+        let started = self.record.then(Instant::now);
+        let (request, now) = match read(message) {
+            Ok(read) => read,
+            Err(status) => return Some(self.refused(status, started)),
+        };
+        let span = decision_span(&request);
+        let _entered = span.enter();
+        let snapshot = self.rules.load();
+        let decision = self
+            .limiter
+            .decide_now(&snapshot.rules, &request, now, |limit, outcome| {
+                self.record_window(&snapshot, limit, outcome)
+            });
+        Some(match decision {
+            Some(decision) => self.finish(decision, started, &span),
+            None => self.refused(
+                Status::internal("a decision in memory had to wait"),
+                started,
+            ),
+        })
+    }
+
+    /// The answer for a decision, recorded in the metrics and the debug log.
+    fn finish(
         &self,
         decision: Result<Decision, StoreError>,
-    ) -> Result<(RateLimitResponse, bool), Status> {
-        let decision = decision.map_err(status_of_store_error)?;
-        Ok((
-            response::build(&decision, &self.settings),
-            decision.domain_known,
-        ))
+        started: Option<Instant>,
+        span: &tracing::Span,
+    ) -> Result<Answer, Status> {
+        let decision = match decision {
+            Ok(decision) => decision,
+            Err(error) => return self.refused(status_of_store_error(error), started),
+        };
+        let over_limit = decision.over_limit;
+        if let Some(started) = started {
+            let metrics = self.rules.metrics();
+            metrics.answered(over_limit, decision.domain_known, started.elapsed());
+        }
+        span.record("over_limit", over_limit);
+        tracing::debug!(over_limit, "decided");
+        Ok(Answer::new(decision, Arc::clone(&self.settings)))
+    }
+
+    /// A refusal, recorded in the metrics and the debug log.
+    fn refused(&self, status: Status, started: Option<Instant>) -> Result<Answer, Status> {
+        if let Some(started) = started {
+            let metrics = self.rules.metrics();
+            metrics.refused(code_name(status.code()), started.elapsed());
+        }
+        tracing::debug!(code = code_name(status.code()), "refused");
+        Err(status)
     }
 
     fn record_window(&self, snapshot: &Snapshot, limit: &Limit, outcome: WindowOutcome) {
@@ -163,11 +149,19 @@ impl RlsService {
     }
 }
 
-/// The validated request, and the time it is decided at (since the Unix epoch).
-fn validated(
-    request: RateLimitRequest,
-) -> Result<(crate::limiter::Request, std::time::Duration), Status> {
-    let request = request::validate(request)?;
+/// The debug span of one decision.
+fn decision_span(request: &Request<'_>) -> tracing::Span {
+    tracing::debug_span!(
+        "decision",
+        domain = request.domain,
+        descriptors = request.descriptors.len(),
+        over_limit = tracing::field::Empty,
+    )
+}
+
+/// The request read from `message`, and the time it is decided at (since the Unix epoch).
+fn read(message: &[u8]) -> Result<(Request<'_>, Duration), Status> {
+    let request = request::parse(message)?;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_err(|_| Status::internal("the system clock is before 1970"))?;
@@ -188,15 +182,4 @@ fn code_name(code: tonic::Code) -> &'static str {
 /// A store that cannot count is a temporary condition for Envoy: UNAVAILABLE, not UNKNOWN.
 fn status_of_store_error(error: StoreError) -> Status {
     Status::unavailable(error.to_string())
-}
-
-#[tonic::async_trait]
-impl RateLimitService for RlsService {
-    async fn should_rate_limit(
-        &self,
-        request: Request<RateLimitRequest>,
-    ) -> Result<Response<RateLimitResponse>, Status> {
-        let response = self.should_rate_limit(request.into_inner()).await;
-        response.map(Response::new)
-    }
 }
