@@ -27,19 +27,20 @@ impl CounterKey {
         domain: &str,
         entries: impl ExactSizeIterator<Item = (&'e str, &'e str)> + Clone,
     ) -> CounterKey {
-        // Sized exactly first, so a long key is one allocation.
+        // Sized exactly first, then written in place: a long key is one allocation.
         let size = str_size(domain)
             + len_size(entries.len())
             + entries
                 .clone()
                 .map(|(key, value)| str_size(key) + str_size(value))
                 .sum::<usize>();
-        let mut bytes = SmallVec::with_capacity(size);
-        push_str(&mut bytes, domain);
-        push_len(&mut bytes, entries.len());
+        let mut bytes = SmallVec::from_elem(0, size);
+        let mut out = Writer(&mut bytes);
+        out.str(domain);
+        out.len(entries.len());
         for (key, value) in entries {
-            push_str(&mut bytes, key);
-            push_str(&mut bytes, value);
+            out.str(key);
+            out.str(value);
         }
         CounterKey(bytes)
     }
@@ -57,27 +58,38 @@ fn str_size(s: &str) -> usize {
     len_size(s.len()) + s.len()
 }
 
-fn push_str(bytes: &mut SmallVec<[u8; INLINE_KEY_BYTES]>, s: &str) {
-    push_len(bytes, s.len());
-    bytes.extend_from_slice(s.as_bytes());
-}
+/// Writes into a buffer sized for exactly what is written.
+struct Writer<'b>(&'b mut [u8]);
 
-/// LEB128: seven bits a byte, so short strings cost one byte of length.
-fn push_len(bytes: &mut SmallVec<[u8; INLINE_KEY_BYTES]>, mut n: usize) {
-    loop {
-        let low = (n & 0x7f) as u8;
-        n >>= 7;
-        if n == 0 {
-            bytes.push(low);
-            return;
+impl Writer<'_> {
+    fn str(&mut self, s: &str) {
+        self.len(s.len());
+        self.bytes(s.as_bytes());
+    }
+
+    /// LEB128: seven bits a byte, so short strings cost one byte of length.
+    fn len(&mut self, mut n: usize) {
+        loop {
+            let low = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                self.bytes(&[low]);
+                return;
+            }
+            self.bytes(&[low | 0x80]);
         }
-        bytes.push(low | 0x80);
+    }
+
+    fn bytes(&mut self, bytes: &[u8]) {
+        let (head, rest) = std::mem::take(&mut self.0).split_at_mut(bytes.len());
+        head.copy_from_slice(bytes);
+        self.0 = rest;
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::CounterKey;
+    use super::{CounterKey, INLINE_KEY_BYTES};
 
     fn key(domain: &str, entries: &[(&str, &str)]) -> CounterKey {
         CounterKey::new(domain, entries.iter().copied())
@@ -124,5 +136,22 @@ mod tests {
         assert_eq!(super::len_size(128), 2);
         assert_eq!(super::len_size(16_383), 2);
         assert_eq!(super::len_size(16_384), 3);
+    }
+
+    #[test]
+    fn a_seed_key_is_built_without_allocating() {
+        let api_key = "k".repeat(32);
+        let k = key(
+            "mega-api",
+            &[("api_key", api_key.as_str()), ("bucket", "default")],
+        );
+        assert_eq!(k.as_bytes().len(), 66);
+        assert!(
+            !k.0.spilled(),
+            "a seed key fits in {INLINE_KEY_BYTES} bytes"
+        );
+        let long = key("mega-api", &[("api_key", &"k".repeat(100))]);
+        assert!(long.0.spilled());
+        assert_eq!(long.as_bytes().len(), 9 + 1 + 8 + 1 + 100);
     }
 }

@@ -37,6 +37,15 @@ use crate::rules::{Entry, Limit, Policy, RuleSet, Unit, Window};
 pub struct Request<'m> {
     pub domain: &'m str,
     pub descriptors: SmallVec<[Descriptor<'m>; 2]>,
+    /// Hits to add for a descriptor that does not say (the request's `hits_addend`, 0 read as 1).
+    pub hits: u64,
+}
+
+impl Request<'_> {
+    /// Hits to add for `descriptor`: its own `hits_addend` wins; 0 checks without counting.
+    pub fn hits_of(&self, descriptor: &Descriptor<'_>) -> u64 {
+        descriptor.hits.unwrap_or(self.hits)
+    }
 }
 
 /// One request descriptor.
@@ -46,8 +55,8 @@ pub struct Descriptor<'m> {
     pub entries: SmallVec<[(&'m str, &'m str); 2]>,
     /// Envoy's per-descriptor `limit`: counted against it instead of the rules.
     pub limit_override: Option<LimitOverride>,
-    /// Hits to add; 0 checks without counting.
-    pub hits: u64,
+    /// Its own `hits_addend`, when set; see [`Request::hits_of`].
+    pub hits: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -269,12 +278,12 @@ impl Limiter {
                     window_seconds: seconds,
                     window_index: position.index,
                     requests_per_unit: limit.requests_per_unit,
-                    hits: descriptor.hits,
+                    hits: request.hits_of(descriptor),
                     enforced: !limit.shadow_mode,
                 });
                 planned.push(Planned {
                     descriptor: i,
-                    hits: descriptor.hits,
+                    hits: request.hits_of(descriptor),
                     limit,
                     reset_in: position.reset_in,
                 });

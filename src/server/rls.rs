@@ -115,7 +115,6 @@ impl Encoder for RlsCodec {
     type Error = Status;
 
     fn encode(&mut self, answer: Answer, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        buf.reserve(answer.encoded_len());
         answer.encode(buf);
         Ok(())
     }

@@ -64,158 +64,112 @@ impl From<RequestError> for tonic::Status {
     }
 }
 
-/// Reads and checks one encoded `envoy.service.ratelimit.v3.RateLimitRequest`.
+/// Reads and checks one encoded `envoy.service.ratelimit.v3.RateLimitRequest`, in one pass.
 pub fn parse(message: &[u8]) -> Result<Request<'_>, RequestError> {
-    let mut domain: &[u8] = &[];
-    let mut descriptors: SmallVec<[RawDescriptor<'_>; 2]> = SmallVec::new();
-    let mut hits_addend = 0u64;
+    let mut request = Request {
+        domain: "",
+        descriptors: SmallVec::new(),
+        hits: 1,
+    };
     let mut fields = Fields(message);
     while let Some((number, value)) = fields.next_field()? {
         match (number, value) {
-            (1, Value::Bytes(bytes)) => domain = bytes,
+            (1, Value::Bytes(bytes)) => {
+                if bytes.len() > MAX_KEY_BYTES {
+                    return Err(RequestError::DomainTooLong);
+                }
+                request.domain =
+                    std::str::from_utf8(bytes).map_err(|_| RequestError::DomainNotUtf8)?;
+            }
             (2, Value::Bytes(bytes)) => {
-                if descriptors.len() == MAX_DESCRIPTORS {
+                let i = request.descriptors.len();
+                if i == MAX_DESCRIPTORS {
                     return Err(RequestError::TooManyDescriptors);
                 }
-                descriptors.push(RawDescriptor::parse(bytes)?);
+                request.descriptors.push(descriptor(i, bytes)?);
             }
-            (3, Value::Varint(n)) => hits_addend = u64::from(n as u32),
-            (1..=3, _) => return Err(RequestError::Malformed("a field has the wrong wire type")),
+            // 0 means 1: proto3 cannot tell unset from 0.
+            (3, Value::Varint(n)) => request.hits = u64::from(n as u32).max(1),
+            (1..=3, _) => return Err(wrong_type()),
             _ => {}
         }
     }
-    if domain.is_empty() {
+    if request.domain.is_empty() {
         return Err(RequestError::EmptyDomain);
     }
-    if domain.len() > MAX_KEY_BYTES {
-        return Err(RequestError::DomainTooLong);
-    }
-    let domain = std::str::from_utf8(domain).map_err(|_| RequestError::DomainNotUtf8)?;
-    if descriptors.is_empty() {
+    if request.descriptors.is_empty() {
         return Err(RequestError::NoDescriptors);
     }
-    // Request-level hits_addend: 0 means 1 (proto3 cannot tell unset from 0).
-    let request_hits = hits_addend.max(1);
-    let descriptors = descriptors
-        .into_iter()
-        .enumerate()
-        .map(|(i, raw)| raw.check(i, request_hits))
-        .collect::<Result<_, _>>()?;
-    Ok(Request {
-        domain,
-        descriptors,
-    })
+    Ok(request)
 }
 
-/// A descriptor as read, before its checks (which need its place in the request).
-struct RawDescriptor<'m> {
-    entries: SmallVec<[(&'m [u8], &'m [u8]); 2]>,
-    too_many_entries: bool,
-    /// `limit`: requests per unit and the unit's code, when present.
-    limit: Option<(u32, i32)>,
-    /// `hits_addend`, when present (a wrapper message: present and 0 are different).
-    hits_addend: Option<u64>,
-    negative_hits: bool,
-}
-
-impl<'m> RawDescriptor<'m> {
-    /// Reads `envoy.extensions.common.ratelimit.v3.RateLimitDescriptor`.
-    fn parse(message: &'m [u8]) -> Result<RawDescriptor<'m>, RequestError> {
-        let mut raw = RawDescriptor {
-            entries: SmallVec::new(),
-            too_many_entries: false,
-            limit: None,
-            hits_addend: None,
-            negative_hits: false,
-        };
-        let mut fields = Fields(message);
-        while let Some((number, value)) = fields.next_field()? {
-            match (number, value) {
-                (1, Value::Bytes(bytes)) => {
-                    if raw.entries.len() == MAX_ENTRIES {
-                        raw.too_many_entries = true;
-                    } else {
-                        raw.entries.push(entry(bytes)?);
-                    }
+/// Reads and checks `envoy.extensions.common.ratelimit.v3.RateLimitDescriptor`, number `i` in
+/// its request.
+fn descriptor(i: usize, message: &[u8]) -> Result<Descriptor<'_>, RequestError> {
+    let mut descriptor = Descriptor {
+        entries: SmallVec::new(),
+        limit_override: None,
+        hits: None,
+    };
+    // `limit`: requests per unit and the unit's code, when present.
+    let mut limit: Option<(u32, i32)> = None;
+    let mut fields = Fields(message);
+    while let Some((number, value)) = fields.next_field()? {
+        match (number, value) {
+            (1, Value::Bytes(bytes)) => {
+                let j = descriptor.entries.len();
+                if j == MAX_ENTRIES {
+                    return Err(RequestError::TooManyEntries(i));
                 }
-                // Embedded messages that appear twice are merged, field by field.
-                (2, Value::Bytes(bytes)) => {
-                    let (mut requests, mut unit) = raw.limit.unwrap_or((0, 0));
-                    let mut fields = Fields(bytes);
-                    while let Some(field) = fields.next_field()? {
-                        match field {
-                            (1, Value::Varint(n)) => requests = n as u32,
-                            (2, Value::Varint(n)) => unit = n as i32,
-                            (1 | 2, _) => return Err(wrong_type()),
-                            _ => {}
-                        }
-                    }
-                    raw.limit = Some((requests, unit));
-                }
-                (3, Value::Bytes(bytes)) => {
-                    let mut hits = raw.hits_addend.unwrap_or(0);
-                    let mut fields = Fields(bytes);
-                    while let Some(field) = fields.next_field()? {
-                        match field {
-                            (1, Value::Varint(n)) => hits = n,
-                            (1, _) => return Err(wrong_type()),
-                            _ => {}
-                        }
-                    }
-                    raw.hits_addend = Some(hits);
-                }
-                (4, Value::Varint(n)) => raw.negative_hits = n != 0,
-                (1..=4, _) => return Err(wrong_type()),
-                _ => {}
+                descriptor.entries.push(entry(i, j, bytes)?);
             }
+            // Embedded messages that appear twice are merged, field by field.
+            (2, Value::Bytes(bytes)) => {
+                let (mut requests, mut unit) = limit.unwrap_or((0, 0));
+                let mut fields = Fields(bytes);
+                while let Some(field) = fields.next_field()? {
+                    match field {
+                        (1, Value::Varint(n)) => requests = n as u32,
+                        (2, Value::Varint(n)) => unit = n as i32,
+                        (1 | 2, _) => return Err(wrong_type()),
+                        _ => {}
+                    }
+                }
+                limit = Some((requests, unit));
+            }
+            // A wrapper message: present and 0 ("check only") differ from absent.
+            (3, Value::Bytes(bytes)) => {
+                let mut hits = descriptor.hits.unwrap_or(0);
+                let mut fields = Fields(bytes);
+                while let Some(field) = fields.next_field()? {
+                    match field {
+                        (1, Value::Varint(n)) => hits = n,
+                        (1, _) => return Err(wrong_type()),
+                        _ => {}
+                    }
+                }
+                descriptor.hits = Some(hits);
+            }
+            (4, Value::Varint(n)) if n != 0 => return Err(RequestError::NegativeHits(i)),
+            (4, Value::Varint(_)) => {}
+            (1..=4, _) => return Err(wrong_type()),
+            _ => {}
         }
-        Ok(raw)
     }
-
-    /// The checked descriptor, number `i` in its request.
-    fn check(self, i: usize, request_hits: u64) -> Result<Descriptor<'m>, RequestError> {
-        if self.entries.is_empty() {
-            return Err(RequestError::NoEntries(i));
-        }
-        if self.too_many_entries {
-            return Err(RequestError::TooManyEntries(i));
-        }
-        if self.negative_hits {
-            return Err(RequestError::NegativeHits(i));
-        }
-        let mut entries = SmallVec::with_capacity(self.entries.len());
-        for (j, (key, value)) in self.entries.into_iter().enumerate() {
-            if key.is_empty() {
-                return Err(RequestError::EmptyKey(i, j));
-            }
-            if key.len() > MAX_KEY_BYTES {
-                return Err(RequestError::KeyTooLong(i, j));
-            }
-            if value.len() > MAX_VALUE_BYTES {
-                return Err(RequestError::ValueTooLong(i, j));
-            }
-            let text =
-                |bytes| std::str::from_utf8(bytes).map_err(|_| RequestError::EntryNotUtf8(i, j));
-            entries.push((text(key)?, text(value)?));
-        }
-        let limit_override = match self.limit {
-            None => None,
-            Some((requests_per_unit, unit)) => Some(LimitOverride {
-                requests_per_unit,
-                unit: unit_of(unit).ok_or(RequestError::OverrideWithoutUnit(i))?,
-            }),
-        };
-        Ok(Descriptor {
-            entries,
-            limit_override,
-            // Descriptor-level hits_addend, when set, wins; there 0 means "check only".
-            hits: self.hits_addend.unwrap_or(request_hits),
-        })
+    if descriptor.entries.is_empty() {
+        return Err(RequestError::NoEntries(i));
     }
+    if let Some((requests_per_unit, unit)) = limit {
+        descriptor.limit_override = Some(LimitOverride {
+            requests_per_unit,
+            unit: unit_of(unit).ok_or(RequestError::OverrideWithoutUnit(i))?,
+        });
+    }
+    Ok(descriptor)
 }
 
-/// Reads `RateLimitDescriptor.Entry`: its key and value.
-fn entry(message: &[u8]) -> Result<(&[u8], &[u8]), RequestError> {
+/// Reads and checks `RateLimitDescriptor.Entry` number `j` of descriptor `i`.
+fn entry(i: usize, j: usize, message: &[u8]) -> Result<(&str, &str), RequestError> {
     let (mut key, mut value): (&[u8], &[u8]) = (&[], &[]);
     let mut fields = Fields(message);
     while let Some(field) = fields.next_field()? {
@@ -226,7 +180,17 @@ fn entry(message: &[u8]) -> Result<(&[u8], &[u8]), RequestError> {
             _ => {}
         }
     }
-    Ok((key, value))
+    if key.is_empty() {
+        return Err(RequestError::EmptyKey(i, j));
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(RequestError::KeyTooLong(i, j));
+    }
+    if value.len() > MAX_VALUE_BYTES {
+        return Err(RequestError::ValueTooLong(i, j));
+    }
+    let text = |bytes| std::str::from_utf8(bytes).map_err(|_| RequestError::EntryNotUtf8(i, j));
+    Ok((text(key)?, text(value)?))
 }
 
 fn wrong_type() -> RequestError {
@@ -259,6 +223,7 @@ struct Fields<'m>(&'m [u8]);
 
 impl<'m> Fields<'m> {
     /// The next field's number and value; `None` at the end of the message.
+    #[inline]
     fn next_field(&mut self) -> Result<Option<(u64, Value<'m>)>, RequestError> {
         if self.0.is_empty() {
             return Ok(None);
@@ -288,7 +253,15 @@ impl<'m> Fields<'m> {
     }
 
     /// A base-128 varint: at most ten bytes.
+    #[inline]
     fn varint(&mut self) -> Result<u64, RequestError> {
+        // Tags and short lengths: one byte.
+        if let Some((&byte, rest)) = self.0.split_first()
+            && byte < 0x80
+        {
+            self.0 = rest;
+            return Ok(u64::from(byte));
+        }
         let mut value = 0u64;
         for (i, &byte) in self.0.iter().take(10).enumerate() {
             value |= u64::from(byte & 0x7f) << (7 * i);
@@ -300,6 +273,7 @@ impl<'m> Fields<'m> {
         Err(RequestError::Malformed("a varint is cut short or too long"))
     }
 
+    #[inline]
     fn take(&mut self, len: usize) -> Result<&'m [u8], RequestError> {
         if len > self.0.len() {
             return Err(RequestError::Malformed(
@@ -370,7 +344,7 @@ mod tests {
         );
         assert_eq!(read.descriptors[1].entries.as_slice(), &[("path", "")]);
         assert_eq!(read.descriptors[1].limit_override, None);
-        assert_eq!(read.descriptors[1].hits, 1);
+        assert_eq!(read.hits_of(&read.descriptors[1]), 1);
     }
 
     #[test]
@@ -427,10 +401,18 @@ mod tests {
         let mut req = request("d", vec![descriptor(&[("k", "v")]), with_own]);
         req.hits_addend = 5;
         let read = check(&req).expect("valid");
-        assert_eq!(read.descriptors[0].hits, 5);
-        assert_eq!(read.descriptors[1].hits, 0, "0 on a descriptor checks only");
+        assert_eq!(read.hits_of(&read.descriptors[0]), 5);
+        assert_eq!(
+            read.hits_of(&read.descriptors[1]),
+            0,
+            "0 on a descriptor checks only"
+        );
         let unset = check(&request("d", vec![descriptor(&[("k", "v")])])).expect("valid");
-        assert_eq!(unset.descriptors[0].hits, 1, "0 on the request means 1");
+        assert_eq!(
+            unset.hits_of(&unset.descriptors[0]),
+            1,
+            "0 on the request means 1"
+        );
     }
 
     #[test]

@@ -6,21 +6,21 @@
 //! `Retry-After` and a JSON body on a 429) is built here. The overall code is never UNKNOWN:
 //! Envoy lets UNKNOWN through, so failures travel as gRPC errors instead.
 //!
-//! An [`Answer`] is encoded by hand, the way a generated encoder would (sizes first, then the
-//! fields in number order, defaults left out), but from the decision itself: the header values
-//! are numbers formatted as they are written, so answering allocates nothing. A generated
-//! `RateLimitResponse` would need a `String` for every header name and value (about 15
-//! allocations for a 429). [`Answer::to_message`] decodes the bytes back for whoever needs the
-//! message (the HTTP `/json` endpoint, tests).
+//! An [`Answer`] is encoded by hand, as a generated encoder would (fields in number order,
+//! defaults left out), but from the decision itself and into a buffer on the stack: the header
+//! values are numbers formatted as they are written, so answering allocates nothing. A
+//! generated `RateLimitResponse` would need a `String` for every header name and value (about
+//! 15 allocations for a 429). [`Answer::to_message`] decodes the bytes back for whoever needs
+//! the message (the HTTP `/json` endpoint, tests).
 
 use std::sync::Arc;
 
 use bytes::BufMut;
 use prost::Message;
-use prost::encoding::{encode_varint, encoded_len_varint};
+use smallvec::SmallVec;
 
 use crate::limiter::window::whole_seconds;
-use crate::limiter::{Decision, DescriptorDecision, WindowReport};
+use crate::limiter::{Decision, DescriptorDecision};
 use crate::proto::RateLimitResponse;
 use crate::rules::Unit;
 
@@ -72,10 +72,6 @@ pub struct Answer {
 const CODE_OK: u64 = 1;
 const CODE_OVER_LIMIT: u64 = 2;
 
-/// Wire types.
-const VARINT: u8 = 0;
-const LENGTH_DELIMITED: u8 = 2;
-
 impl Answer {
     pub fn new(decision: Decision, settings: Arc<ResponseSettings>) -> Answer {
         Answer { decision, settings }
@@ -85,42 +81,15 @@ impl Answer {
         &self.decision
     }
 
-    /// The answer's size in bytes, as [`Answer::encode`] writes it.
-    pub fn encoded_len(&self) -> usize {
-        let mut len = varint_field_len(self.overall_code());
-        for status in &self.decision.descriptors {
-            len += message_field_len(status_len(status));
-        }
-        self.headers(|key, value| len += message_field_len(header_len(key, &value)));
-        if let Some(body) = self.body() {
-            len += bytes_field_len(body.len());
-        }
-        len
-    }
-
     /// Writes the answer as an encoded `envoy.service.ratelimit.v3.RateLimitResponse`.
     pub fn encode(&self, buf: &mut impl BufMut) {
-        put_varint_field(buf, 1, self.overall_code());
-        for status in &self.decision.descriptors {
-            put_status(buf, status);
-        }
-        self.headers(|key, value| {
-            put_tag(buf, 3, LENGTH_DELIMITED);
-            encode_varint(header_len(key, &value) as u64, buf);
-            put_bytes_field(buf, 1, key.as_bytes());
-            if value.len() > 0 {
-                put_tag(buf, 2, LENGTH_DELIMITED);
-                encode_varint(value.len() as u64, buf);
-                value.put(buf);
-            }
-        });
-        if let Some(body) = self.body() {
-            put_bytes_field(buf, 5, body.as_bytes());
-        }
+        let mut out = Out::default();
+        self.write(&mut out);
+        buf.put_slice(&out.0);
     }
 
     pub fn encode_to_vec(&self) -> Vec<u8> {
-        let mut bytes = Vec::with_capacity(self.encoded_len());
+        let mut bytes = Vec::new();
         self.encode(&mut bytes);
         bytes
     }
@@ -130,24 +99,20 @@ impl Answer {
         RateLimitResponse::decode(self.encode_to_vec().as_slice())
     }
 
-    fn overall_code(&self) -> u64 {
-        if self.decision.over_limit {
-            CODE_OVER_LIMIT
-        } else {
-            CODE_OK
+    fn write(&self, out: &mut Out) {
+        let decision = &self.decision;
+        out.varint_field(
+            1,
+            if decision.over_limit {
+                CODE_OVER_LIMIT
+            } else {
+                CODE_OK
+            },
+        );
+        for status in &decision.descriptors {
+            out.message(2, |out| write_status(out, status));
         }
-    }
-
-    /// The 429 body, on OVER_LIMIT.
-    fn body(&self) -> Option<&str> {
-        let body = self.settings.over_limit_body.as_deref()?;
-        (self.decision.over_limit && !body.is_empty()).then_some(body)
-    }
-
-    /// Calls `each` with every response header, in order: the `RateLimit-*` headers of the
-    /// binding window, then on OVER_LIMIT `retry-after` and, with a body, `content-type`.
-    fn headers(&self, mut each: impl FnMut(&'static str, HeaderText<'_>)) {
-        if let Some(report) = &self.decision.headline {
+        if let Some(report) = &decision.headline {
             let limit = u64::from(report.requests_per_unit);
             let remaining = u64::from(report.remaining);
             let reset = whole_seconds(report.reset_in);
@@ -163,150 +128,56 @@ impl Answer {
                 HeaderStyle::IetfDraft10 | HeaderStyle::None => None,
             };
             if let Some([limit_name, remaining_name, reset_name]) = names {
-                each(limit_name, HeaderText::Number(limit));
-                each(remaining_name, HeaderText::Number(remaining));
-                each(reset_name, HeaderText::Number(reset));
+                out.header(limit_name, |out| out.number(limit));
+                out.header(remaining_name, |out| out.number(remaining));
+                out.header(reset_name, |out| out.number(reset));
             }
             if self.settings.header_style == HeaderStyle::IetfDraft10 {
+                // Structured-field items: `"name";q=60;w=60` and `"name";r=18;t=31`.
                 let name = report.name.as_deref().unwrap_or("default");
                 let window = u64::from(report.window.seconds());
-                each(
-                    "ratelimit-policy",
-                    HeaderText::Item {
-                        name,
-                        params: [("q", limit), ("w", window)],
-                    },
-                );
-                each(
-                    "ratelimit",
-                    HeaderText::Item {
-                        name,
-                        params: [("r", remaining), ("t", reset)],
-                    },
-                );
+                out.header("ratelimit-policy", |out| {
+                    out.item(name, [(b'q', limit), (b'w', window)])
+                });
+                out.header("ratelimit", |out| {
+                    out.item(name, [(b'r', remaining), (b't', reset)])
+                });
             }
         }
-        if self.decision.over_limit {
-            let retry_after = self
-                .decision
-                .retry_after
-                .map_or(1, |d| whole_seconds(d).max(1));
-            each("retry-after", HeaderText::Number(retry_after));
-            if self.body().is_some() {
-                each(
-                    "content-type",
-                    HeaderText::Text(&self.settings.over_limit_content_type),
-                );
+        if decision.over_limit {
+            let retry_after = decision.retry_after.map_or(1, |d| whole_seconds(d).max(1));
+            out.header("retry-after", |out| out.number(retry_after));
+            if let Some(body) = &self.settings.over_limit_body {
+                let content_type = self.settings.over_limit_content_type.as_bytes();
+                out.header("content-type", |out| out.bytes(content_type));
+                out.bytes_field(5, body.as_bytes());
             }
         }
     }
-}
-
-/// A header value, formatted as it is written.
-enum HeaderText<'a> {
-    Number(u64),
-    Text(&'a str),
-    /// A structured-field item of the IETF draft: `"name";q=60;w=60`.
-    Item {
-        name: &'a str,
-        params: [(&'static str, u64); 2],
-    },
-}
-
-impl HeaderText<'_> {
-    fn len(&self) -> usize {
-        match self {
-            HeaderText::Number(n) => digits(*n),
-            HeaderText::Text(text) => text.len(),
-            HeaderText::Item { name, params } => {
-                // `"` name `"` then `;` key `=` value per parameter.
-                name.len()
-                    + 2
-                    + params
-                        .iter()
-                        .map(|(k, v)| 2 + k.len() + digits(*v))
-                        .sum::<usize>()
-            }
-        }
-    }
-
-    fn put(&self, buf: &mut impl BufMut) {
-        match self {
-            HeaderText::Number(n) => buf.put_slice(itoa::Buffer::new().format(*n).as_bytes()),
-            HeaderText::Text(text) => buf.put_slice(text.as_bytes()),
-            HeaderText::Item { name, params } => {
-                buf.put_u8(b'"');
-                buf.put_slice(name.as_bytes());
-                buf.put_u8(b'"');
-                for (key, value) in params {
-                    buf.put_u8(b';');
-                    buf.put_slice(key.as_bytes());
-                    buf.put_u8(b'=');
-                    buf.put_slice(itoa::Buffer::new().format(*value).as_bytes());
-                }
-            }
-        }
-    }
-}
-
-fn digits(n: u64) -> usize {
-    n.checked_ilog10().map_or(1, |d| d as usize + 1)
-}
-
-/// `HeaderValue { key, value }`.
-fn header_len(key: &str, value: &HeaderText<'_>) -> usize {
-    let value = value.len();
-    bytes_field_len(key.len()) + if value > 0 { bytes_field_len(value) } else { 0 }
 }
 
 /// `DescriptorStatus`: the code, and for a limited descriptor its window (`current_limit`),
 /// `limit_remaining` and `duration_until_reset`.
-fn status_len(status: &DescriptorDecision) -> usize {
-    let code = varint_field_len(status_code(status));
-    match &status.report {
-        None => code,
-        Some(report) => {
-            code + message_field_len(rate_limit_len(report))
-                + varint_field_len(u64::from(report.remaining))
-                + message_field_len(varint_field_len(whole_seconds(report.reset_in)))
-        }
-    }
-}
-
-fn put_status(buf: &mut impl BufMut, status: &DescriptorDecision) {
-    put_tag(buf, 2, LENGTH_DELIMITED);
-    encode_varint(status_len(status) as u64, buf);
-    put_varint_field(buf, 1, status_code(status));
+fn write_status(out: &mut Out, status: &DescriptorDecision) {
+    out.varint_field(
+        1,
+        if status.over_limit {
+            CODE_OVER_LIMIT
+        } else {
+            CODE_OK
+        },
+    );
     if let Some(report) = &status.report {
-        put_tag(buf, 2, LENGTH_DELIMITED);
-        encode_varint(rate_limit_len(report) as u64, buf);
-        put_varint_field(buf, 1, u64::from(report.requests_per_unit));
-        put_varint_field(buf, 2, unit_code(report.window.unit()));
-        if let Some(name) = report.name.as_deref().filter(|n| !n.is_empty()) {
-            put_bytes_field(buf, 3, name.as_bytes());
-        }
-        put_varint_field(buf, 3, u64::from(report.remaining));
-        let seconds = whole_seconds(report.reset_in);
-        put_tag(buf, 4, LENGTH_DELIMITED);
-        encode_varint(varint_field_len(seconds) as u64, buf);
-        put_varint_field(buf, 1, seconds);
+        out.message(2, |out| {
+            out.varint_field(1, u64::from(report.requests_per_unit));
+            out.varint_field(2, unit_code(report.window.unit()));
+            if let Some(name) = report.name.as_deref() {
+                out.bytes_field(3, name.as_bytes());
+            }
+        });
+        out.varint_field(3, u64::from(report.remaining));
+        out.message(4, |out| out.varint_field(1, whole_seconds(report.reset_in)));
     }
-}
-
-fn status_code(status: &DescriptorDecision) -> u64 {
-    if status.over_limit {
-        CODE_OVER_LIMIT
-    } else {
-        CODE_OK
-    }
-}
-
-/// `RateLimit { requests_per_unit, unit, name }`.
-fn rate_limit_len(report: &WindowReport) -> usize {
-    let name = report.name.as_deref().map_or(0, str::len);
-    varint_field_len(u64::from(report.requests_per_unit))
-        + varint_field_len(unit_code(report.window.unit()))
-        + if name > 0 { bytes_field_len(name) } else { 0 }
 }
 
 /// `RateLimitResponse.RateLimit.Unit`.
@@ -322,41 +193,85 @@ fn unit_code(unit: Unit) -> u64 {
     }
 }
 
-// Every field number here is below 16, so every tag is one byte.
+/// Protobuf output on the stack (spilling to the heap only for answers over 1 KiB, such as
+/// hundreds of descriptors). Every field number here is below 16, so every tag is one byte.
+#[derive(Default)]
+struct Out(SmallVec<[u8; 1024]>);
 
-fn put_tag(buf: &mut impl BufMut, field: u8, wire_type: u8) {
-    buf.put_u8((field << 3) | wire_type);
-}
+/// Wire types.
+const VARINT: u8 = 0;
+const LENGTH_DELIMITED: u8 = 2;
 
-/// A varint field; proto3 leaves out a 0.
-fn varint_field_len(value: u64) -> usize {
-    if value == 0 {
-        0
-    } else {
-        1 + encoded_len_varint(value)
+impl Out {
+    fn varint(&mut self, mut value: u64) {
+        while value >= 0x80 {
+            self.0.push((value as u8) | 0x80);
+            value >>= 7;
+        }
+        self.0.push(value as u8);
     }
-}
 
-fn put_varint_field(buf: &mut impl BufMut, field: u8, value: u64) {
-    if value != 0 {
-        put_tag(buf, field, VARINT);
-        encode_varint(value, buf);
+    /// A varint field; proto3 leaves out a 0.
+    fn varint_field(&mut self, field: u8, value: u64) {
+        if value != 0 {
+            self.0.push((field << 3) | VARINT);
+            self.varint(value);
+        }
     }
-}
 
-fn bytes_field_len(len: usize) -> usize {
-    1 + encoded_len_varint(len as u64) + len
-}
+    /// A string or bytes field; proto3 leaves out an empty one.
+    fn bytes_field(&mut self, field: u8, bytes: &[u8]) {
+        if !bytes.is_empty() {
+            self.0.push((field << 3) | LENGTH_DELIMITED);
+            self.varint(bytes.len() as u64);
+            self.0.extend_from_slice(bytes);
+        }
+    }
 
-fn put_bytes_field(buf: &mut impl BufMut, field: u8, bytes: &[u8]) {
-    put_tag(buf, field, LENGTH_DELIMITED);
-    encode_varint(bytes.len() as u64, buf);
-    buf.put_slice(bytes);
-}
+    /// An embedded message written by `body`, present even when empty. Its length goes in
+    /// front once known: one byte is kept for it, and the body moved along in the rare case
+    /// that it needs more (128 bytes and longer).
+    fn message(&mut self, field: u8, body: impl FnOnce(&mut Out)) {
+        self.0.push((field << 3) | LENGTH_DELIMITED);
+        let at = self.0.len();
+        self.0.push(0);
+        body(self);
+        let len = self.0.len() - at - 1;
+        if len < 0x80 {
+            self.0[at] = len as u8;
+        } else {
+            let mut prefix = Out::default();
+            prefix.varint(len as u64);
+            self.0.remove(at);
+            self.0.insert_from_slice(at, &prefix.0);
+        }
+    }
 
-/// An embedded message field: written even when empty (it is present).
-fn message_field_len(len: usize) -> usize {
-    bytes_field_len(len)
+    /// A `HeaderValue { key, value }` of `response_headers_to_add`.
+    fn header(&mut self, key: &str, value: impl FnOnce(&mut Out)) {
+        self.message(3, |out| {
+            out.bytes_field(1, key.as_bytes());
+            out.message(2, value);
+        });
+    }
+
+    fn bytes(&mut self, bytes: &[u8]) {
+        self.0.extend_from_slice(bytes);
+    }
+
+    fn number(&mut self, n: u64) {
+        self.bytes(itoa::Buffer::new().format(n).as_bytes());
+    }
+
+    fn item(&mut self, name: &str, params: [(u8, u64); 2]) {
+        self.0.push(b'"');
+        self.bytes(name.as_bytes());
+        self.0.push(b'"');
+        for (key, value) in params {
+            self.bytes(&[b';', key, b'=']);
+            self.number(value);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -364,6 +279,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::limiter::WindowReport;
     use crate::proto::rate_limit_response::{Code, rate_limit};
     use crate::rules::Window;
 
@@ -499,7 +415,7 @@ mod tests {
     }
 
     #[test]
-    fn sizes_are_exact_for_every_shape() {
+    fn every_shape_decodes_with_long_names_and_large_numbers() {
         let long_name = "n".repeat(300);
         for style in [
             HeaderStyle::RateLimit,
@@ -510,16 +426,21 @@ mod tests {
             for name in [None, Some("a"), Some(long_name.as_str())] {
                 for over_limit in [false, true] {
                     let mut answer = answer(style, name, over_limit);
-                    let bytes = answer.encode_to_vec();
-                    assert_eq!(bytes.len(), answer.encoded_len());
-                    assert!(answer.to_message().is_ok());
+                    let message = answer.to_message().expect("decodes");
+                    let expected = name.filter(|n| !n.is_empty()).unwrap_or_default();
+                    assert_eq!(
+                        message.statuses[0]
+                            .current_limit
+                            .as_ref()
+                            .map(|l| l.name.as_str()),
+                        Some(expected)
+                    );
                     // Large numbers take multi-byte varints and more digits.
                     if let Some(report) = answer.decision.headline.as_mut() {
                         report.requests_per_unit = u32::MAX;
                         report.remaining = u32::MAX - 1;
                         report.reset_in = Duration::from_secs(365 * 86_400);
                     }
-                    assert_eq!(answer.encode_to_vec().len(), answer.encoded_len());
                     let message = answer.to_message().expect("decodes");
                     if style == HeaderStyle::RateLimit {
                         assert_eq!(headers(&message)[0].1, u32::MAX.to_string());
