@@ -25,12 +25,14 @@ use std::time::{Duration, Instant};
 
 #[path = "support/seed_request.rs"]
 mod seed_request;
-use seed_request::seed_request;
+#[path = "support/lean_client.rs"]
+mod lean_client;
+use lean_client::{LeanClient, encoded_request};
 
 use clap::{Parser, Subcommand};
 use hdrhistogram::Histogram;
+use bytes::Bytes;
 use ratelimitd::proto::rate_limit_response::Code;
-use ratelimitd::proto::rate_limit_service_client::RateLimitServiceClient;
 use serde_json::{Value, json};
 use tonic::transport::{Channel, Endpoint};
 
@@ -184,18 +186,19 @@ struct Counts {
 
 async fn run(args: RunArgs) -> Result<Value, Box<dyn std::error::Error>> {
     let channels = connect(&args.addr, args.connections.max(1)).await?;
-    let keys: Arc<Vec<String>> = Arc::new(if args.hot {
-        vec!["hot-key".to_string()]
+    // Each key's request, encoded once (see `support/lean_client.rs`).
+    let keys: Arc<Vec<Bytes>> = Arc::new(if args.hot {
+        vec![encoded_request("hot-key")]
     } else {
         (0..args.keys.max(1))
-            .map(|i| format!("{}{i}", args.key_prefix))
+            .map(|i| encoded_request(&format!("{}{i}", args.key_prefix)))
             .collect()
     });
     if args.prefill {
         prefill(&channels, &keys, args.in_flight).await;
     }
     if let Some(n) = args.requests {
-        let cycled: Arc<Vec<String>> =
+        let cycled: Arc<Vec<Bytes>> =
             Arc::new((0..n).map(|i| keys[i % keys.len()].clone()).collect());
         prefill(&channels, &cycled, args.in_flight).await;
         return Ok(json!({ "requests": n }));
@@ -208,7 +211,7 @@ async fn run(args: RunArgs) -> Result<Value, Box<dyn std::error::Error>> {
     let counts = Arc::new(Counts::default());
     let mut workers = Vec::with_capacity(args.in_flight);
     for w in 0..args.in_flight {
-        let mut client = RateLimitServiceClient::new(channels[w % channels.len()].clone());
+        let mut client = LeanClient::new(channels[w % channels.len()].clone());
         let keys = Arc::clone(&keys);
         let counts = Arc::clone(&counts);
         workers.push(tokio::spawn(async move {
@@ -226,7 +229,7 @@ async fn run(args: RunArgs) -> Result<Value, Box<dyn std::error::Error>> {
                 if sent >= until {
                     break;
                 }
-                let answer = client.should_rate_limit(seed_request(key)).await;
+                let answer = client.call(key.clone()).await;
                 let done = Instant::now();
                 if sent < measure_from || done > until {
                     continue;
@@ -234,9 +237,7 @@ async fn run(args: RunArgs) -> Result<Value, Box<dyn std::error::Error>> {
                 let micros = done.duration_since(sent).as_micros() as u64;
                 let _ = latencies.record(micros.max(1));
                 let counter = match answer {
-                    Ok(response) if response.get_ref().overall_code == Code::OverLimit as i32 => {
-                        &counts.over
-                    }
+                    Ok(code) if code == Code::OverLimit as i32 => &counts.over,
                     Ok(_) => &counts.ok,
                     Err(_) => &counts.errors,
                 };
@@ -268,18 +269,18 @@ async fn run(args: RunArgs) -> Result<Value, Box<dyn std::error::Error>> {
 }
 
 /// One request per key, `in_flight` at a time.
-async fn prefill(channels: &[Channel], keys: &Arc<Vec<String>>, in_flight: usize) {
+async fn prefill(channels: &[Channel], keys: &Arc<Vec<Bytes>>, in_flight: usize) {
     let next = Arc::new(AtomicU64::new(0));
     let mut workers = Vec::new();
     for w in 0..in_flight.max(1) {
-        let mut client = RateLimitServiceClient::new(channels[w % channels.len()].clone());
+        let mut client = LeanClient::new(channels[w % channels.len()].clone());
         let keys = Arc::clone(keys);
         let next = Arc::clone(&next);
         workers.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed) as usize;
                 let Some(key) = keys.get(i) else { break };
-                let _ = client.should_rate_limit(seed_request(key)).await;
+                let _ = client.call(key.clone()).await;
             }
         }));
     }
