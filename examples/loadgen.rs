@@ -23,15 +23,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-#[path = "support/seed_request.rs"]
-mod seed_request;
 #[path = "support/lean_client.rs"]
 mod lean_client;
+#[path = "support/seed_request.rs"]
+mod seed_request;
 use lean_client::{LeanClient, encoded_request};
 
+use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use hdrhistogram::Histogram;
-use bytes::Bytes;
 use ratelimitd::proto::rate_limit_response::Code;
 use serde_json::{Value, json};
 use tonic::transport::{Channel, Endpoint};

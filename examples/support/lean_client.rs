@@ -96,7 +96,11 @@ fn overall_code(mut message: &[u8]) -> Option<i32> {
     while !message.is_empty() {
         let tag = prost::encoding::decode_varint(&mut message).ok()?;
         match (tag >> 3, tag & 7) {
-            (1, 0) => return prost::encoding::decode_varint(&mut message).ok().map(|v| v as i32),
+            (1, 0) => {
+                return prost::encoding::decode_varint(&mut message)
+                    .ok()
+                    .map(|v| v as i32);
+            }
             (_, 0) => {
                 prost::encoding::decode_varint(&mut message).ok()?;
             }

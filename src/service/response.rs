@@ -450,18 +450,3 @@ mod tests {
         }
     }
 }
-#[cfg(test)]
-mod size_probe {
-    #[test]
-    fn sizes() {
-        eprintln!("Answer {} Decision {} WindowReport {} DD {} Request {} Descriptor {} Batch {}",
-            std::mem::size_of::<super::Answer>(),
-            std::mem::size_of::<crate::limiter::Decision>(),
-            std::mem::size_of::<crate::limiter::WindowReport>(),
-            std::mem::size_of::<crate::limiter::DescriptorDecision>(),
-            std::mem::size_of::<crate::limiter::Request<'_>>(),
-            std::mem::size_of::<crate::limiter::Descriptor<'_>>(),
-            std::mem::size_of::<crate::limiter::Batch>(),
-        );
-    }
-}
