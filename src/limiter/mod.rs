@@ -18,7 +18,6 @@ mod shared;
 pub mod window;
 
 use std::collections::HashSet;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -183,8 +182,8 @@ impl Limiter {
         self.decide_observed(rules, request, now, |_, _| {}).await
     }
 
-    /// [`Limiter::decide_observed`] without a runtime, in memory mode, where nothing waits;
-    /// `None` if it had to wait (in Redis mode).
+    /// [`Limiter::decide_observed`] at once, in memory mode, where nothing waits (no future
+    /// is made); `None` in Redis mode.
     pub fn decide_now(
         &self,
         rules: &RuleSet,
@@ -192,53 +191,89 @@ impl Limiter {
         now: Duration,
         observe: impl FnMut(&Limit, WindowOutcome),
     ) -> Option<Result<Decision, StoreError>> {
-        let mut context = std::task::Context::from_waker(std::task::Waker::noop());
-        let decision = std::pin::pin!(self.decide_observed(rules, request, now, observe));
-        match decision.poll(&mut context) {
-            std::task::Poll::Ready(decision) => Some(decision),
-            std::task::Poll::Pending => None,
+        if self.shared.is_some() {
+            return None;
         }
+        let Some(applied) = applied(rules, request) else {
+            return Some(Ok(Decision::unknown_domain(request.descriptors.len())));
+        };
+        let plan = Plan::new(&applied, request, now);
+        Some(
+            self.store
+                .apply(&plan.batch)
+                .map(|(admitted, counts)| plan.conclude(admitted, &counts, observe)),
+        )
     }
 
-    /// [`Limiter::decide`], telling `observe` what each counted window saw. In memory mode
-    /// the future is ready at its first poll.
+    /// [`Limiter::decide`], telling `observe` what each counted window saw.
     pub async fn decide_observed(
         &self,
         rules: &RuleSet,
         request: &Request<'_>,
         now: Duration,
-        mut observe: impl FnMut(&Limit, WindowOutcome),
+        observe: impl FnMut(&Limit, WindowOutcome),
     ) -> Result<Decision, StoreError> {
-        let Some(domain) = rules.domain(request.domain) else {
-            let mut decision = Decision::unlimited(request.descriptors.len());
-            decision.domain_known = false;
-            return Ok(decision);
+        let Some(applied) = applied(rules, request) else {
+            return Ok(Decision::unknown_domain(request.descriptors.len()));
         };
-        let applied: SmallVec<[Applied<'_>; 2]> = request
-            .descriptors
-            .iter()
-            .map(|descriptor| match descriptor.limit_override {
-                Some(o) => Applied::Override(Limit {
-                    requests_per_unit: o.requests_per_unit,
-                    window: Window::of(o.unit),
-                    name: None,
-                    replaces: Vec::new(),
-                    shadow_mode: false,
-                    id: None,
-                }),
-                None => {
-                    let entries = descriptor
-                        .entries
-                        .iter()
-                        .map(|&(key, value)| Entry { key, value });
-                    match domain.find(entries).and_then(|node| node.policy.as_ref()) {
-                        Some(Policy::Limited(limits)) => Applied::Rules(limits),
-                        Some(Policy::Unlimited) | None => Applied::None,
+        let plan = Plan::new(&applied, request, now);
+        let descriptors = request.descriptors.len();
+        let (admitted, counts) = match &self.shared {
+            None => self.store.apply(&plan.batch)?,
+            Some(shared) => match shared.count(&plan.batch).await {
+                Some(counted) => counted,
+                None => match shared.on_error {
+                    OnBackendError::Local => self.store.apply(&plan.batch)?,
+                    OnBackendError::Allow => return Ok(Decision::unlimited(descriptors)),
+                    OnBackendError::Deny => {
+                        return Ok(Decision::denied(descriptors, &plan.planned));
                     }
-                }
-            })
-            .collect();
+                },
+            },
+        };
+        Ok(plan.conclude(admitted, &counts, observe))
+    }
+}
 
+/// Each descriptor's limits, before `replaces`; `None` if the domain has no rules.
+fn applied<'r>(rules: &'r RuleSet, request: &Request<'_>) -> Option<SmallVec<[Applied<'r>; 2]>> {
+    let domain = rules.domain(request.domain)?;
+    let applied = request
+        .descriptors
+        .iter()
+        .map(|descriptor| match descriptor.limit_override {
+            Some(o) => Applied::Override(Limit {
+                requests_per_unit: o.requests_per_unit,
+                window: Window::of(o.unit),
+                name: None,
+                replaces: Vec::new(),
+                shadow_mode: false,
+                id: None,
+            }),
+            None => {
+                let entries = descriptor
+                    .entries
+                    .iter()
+                    .map(|&(key, value)| Entry { key, value });
+                match domain.find(entries).and_then(|node| node.policy.as_ref()) {
+                    Some(Policy::Limited(limits)) => Applied::Rules(limits),
+                    Some(Policy::Unlimited) | None => Applied::None,
+                }
+            }
+        })
+        .collect();
+    Some(applied)
+}
+
+/// The windows a request counts, in order, and the batch that counts them in a store.
+struct Plan<'l> {
+    descriptors: usize,
+    planned: SmallVec<[Planned<'l>; 4]>,
+    batch: Batch,
+}
+
+impl<'l> Plan<'l> {
+    fn new(applied: &'l [Applied<'_>], request: &Request<'_>, now: Duration) -> Plan<'l> {
         // `replaces`: a limit named by another applied limit is dropped, uncounted. Most
         // requests have none, and then no set is built.
         let replaces = applied
@@ -255,13 +290,14 @@ impl Limiter {
             HashSet::new()
         };
         let windows = applied.iter().map(|a| a.limits().len()).sum();
-        let mut planned: SmallVec<[Planned<'_>; 4]> = SmallVec::with_capacity(windows);
+        let mut planned: SmallVec<[Planned<'l>; 4]> = SmallVec::with_capacity(windows);
         let mut batch = Batch {
             keys: SmallVec::with_capacity(request.descriptors.len()),
             increments: SmallVec::with_capacity(windows),
         };
-        for (i, (descriptor, applied)) in request.descriptors.iter().zip(&applied).enumerate() {
+        for (i, (descriptor, applied)) in request.descriptors.iter().zip(applied).enumerate() {
             let mut key = None;
+            let hits = request.hits_of(descriptor);
             for limit in applied.limits() {
                 if replaces && limit.name.as_deref().is_some_and(|n| replaced.contains(n)) {
                     continue;
@@ -278,40 +314,35 @@ impl Limiter {
                     window_seconds: seconds,
                     window_index: position.index,
                     requests_per_unit: limit.requests_per_unit,
-                    hits: request.hits_of(descriptor),
+                    hits,
                     enforced: !limit.shadow_mode,
                 });
                 planned.push(Planned {
                     descriptor: i,
-                    hits: request.hits_of(descriptor),
+                    hits,
                     limit,
                     reset_in: position.reset_in,
                 });
             }
         }
-        let (admitted, counts) = match &self.shared {
-            None => self.store.apply(&batch)?,
-            Some(shared) => match shared.count(&batch).await {
-                Some(counted) => counted,
-                None => match shared.on_error {
-                    OnBackendError::Local => self.store.apply(&batch)?,
-                    OnBackendError::Allow => {
-                        return Ok(Decision::unlimited(request.descriptors.len()));
-                    }
-                    OnBackendError::Deny => {
-                        return Ok(Decision::denied(request.descriptors.len(), &planned));
-                    }
-                },
-            },
-        };
-        for (plan, count) in planned.iter().zip(&counts) {
+        Plan {
+            descriptors: request.descriptors.len(),
+            planned,
+            batch,
+        }
+    }
+
+    /// The decision from the store's counts, telling `observe` what each window saw.
+    fn conclude(
+        &self,
+        admitted: bool,
+        counts: &[Count],
+        mut observe: impl FnMut(&Limit, WindowOutcome),
+    ) -> Decision {
+        for (plan, count) in self.planned.iter().zip(counts) {
             observe(plan.limit, plan.outcome(admitted, count));
         }
-        Ok(Decision::from_counts(
-            request.descriptors.len(),
-            &planned,
-            &counts,
-        ))
+        Decision::from_counts(self.descriptors, &self.planned, counts)
     }
 }
 
@@ -339,7 +370,14 @@ impl Planned<'_> {
 }
 
 impl Decision {
-    /// OK for every descriptor, nothing counted: the domain has no rules.
+    /// OK for every descriptor, nothing counted: the domain is not in the rules.
+    fn unknown_domain(descriptors: usize) -> Decision {
+        let mut decision = Decision::unlimited(descriptors);
+        decision.domain_known = false;
+        decision
+    }
+
+    /// OK for every descriptor, nothing counted.
     fn unlimited(descriptors: usize) -> Decision {
         Decision {
             domain_known: true,
