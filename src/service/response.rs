@@ -7,8 +7,8 @@
 //! Envoy lets UNKNOWN through, so failures travel as gRPC errors instead.
 //!
 //! An [`Answer`] is encoded by hand, as a generated encoder would (fields in number order,
-//! defaults left out), but from the decision itself and into a buffer on the stack: the header
-//! values are numbers formatted as they are written, so answering allocates nothing. A
+//! defaults left out), but from the decision itself and into a buffer each thread keeps: the
+//! header values are numbers formatted as they are written, so answering allocates nothing. A
 //! generated `RateLimitResponse` would need a `String` for every header name and value (about
 //! 15 allocations for a 429). [`Answer::to_message`] decodes the bytes back for whoever needs
 //! the message (the HTTP `/json` endpoint, tests).
@@ -17,7 +17,6 @@ use std::sync::Arc;
 
 use bytes::BufMut;
 use prost::Message;
-use smallvec::SmallVec;
 
 use crate::limiter::window::whole_seconds;
 use crate::limiter::{Decision, DescriptorDecision};
@@ -83,9 +82,15 @@ impl Answer {
 
     /// Writes the answer as an encoded `envoy.service.ratelimit.v3.RateLimitResponse`.
     pub fn encode(&self, buf: &mut impl BufMut) {
-        let mut out = Out::default();
-        self.write(&mut out);
-        buf.put_slice(&out.0);
+        SCRATCH.with_borrow_mut(|scratch| {
+            scratch.clear();
+            self.write(&mut Out(scratch));
+            buf.put_slice(scratch);
+            // An answer for hundreds of descriptors does not keep its room.
+            if scratch.capacity() > SCRATCH_BYTES {
+                *scratch = Vec::with_capacity(SCRATCH_BYTES);
+            }
+        });
     }
 
     pub fn encode_to_vec(&self) -> Vec<u8> {
@@ -99,7 +104,7 @@ impl Answer {
         RateLimitResponse::decode(self.encode_to_vec().as_slice())
     }
 
-    fn write(&self, out: &mut Out) {
+    fn write(&self, out: &mut Out<'_>) {
         let decision = &self.decision;
         out.varint_field(
             1,
@@ -158,7 +163,7 @@ impl Answer {
 
 /// `DescriptorStatus`: the code, and for a limited descriptor its window (`current_limit`),
 /// `limit_remaining` and `duration_until_reset`.
-fn write_status(out: &mut Out, status: &DescriptorDecision) {
+fn write_status(out: &mut Out<'_>, status: &DescriptorDecision) {
     out.varint_field(
         1,
         if status.over_limit {
@@ -193,16 +198,24 @@ fn unit_code(unit: Unit) -> u64 {
     }
 }
 
-/// Protobuf output on the stack (spilling to the heap only for answers over 1 KiB, such as
-/// hundreds of descriptors). Every field number here is below 16, so every tag is one byte.
-#[derive(Default)]
-struct Out(SmallVec<[u8; 1024]>);
+/// Room for the usual answer (a 429 for two descriptors is about 330 bytes).
+const SCRATCH_BYTES: usize = 1024;
+
+thread_local! {
+    /// Where each thread writes its answers before handing them to tonic: allocated once per
+    /// thread, so encoding allocates nothing.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> =
+        std::cell::RefCell::new(Vec::with_capacity(SCRATCH_BYTES));
+}
+
+/// Protobuf output. Every field number here is below 16, so every tag is one byte.
+struct Out<'v>(&'v mut Vec<u8>);
 
 /// Wire types.
 const VARINT: u8 = 0;
 const LENGTH_DELIMITED: u8 = 2;
 
-impl Out {
+impl Out<'_> {
     fn varint(&mut self, mut value: u64) {
         while value >= 0x80 {
             self.0.push((value as u8) | 0x80);
@@ -231,7 +244,7 @@ impl Out {
     /// An embedded message written by `body`, present even when empty. Its length goes in
     /// front once known: one byte is kept for it, and the body moved along in the rare case
     /// that it needs more (128 bytes and longer).
-    fn message(&mut self, field: u8, body: impl FnOnce(&mut Out)) {
+    fn message(&mut self, field: u8, body: impl FnOnce(&mut Out<'_>)) {
         self.0.push((field << 3) | LENGTH_DELIMITED);
         let at = self.0.len();
         self.0.push(0);
@@ -240,15 +253,14 @@ impl Out {
         if len < 0x80 {
             self.0[at] = len as u8;
         } else {
-            let mut prefix = Out::default();
-            prefix.varint(len as u64);
-            self.0.remove(at);
-            self.0.insert_from_slice(at, &prefix.0);
+            let mut prefix = Vec::with_capacity(10);
+            Out(&mut prefix).varint(len as u64);
+            self.0.splice(at..=at, prefix);
         }
     }
 
     /// A `HeaderValue { key, value }` of `response_headers_to_add`.
-    fn header(&mut self, key: &str, value: impl FnOnce(&mut Out)) {
+    fn header(&mut self, key: &str, value: impl FnOnce(&mut Out<'_>)) {
         self.message(3, |out| {
             out.bytes_field(1, key.as_bytes());
             out.message(2, value);
