@@ -3,10 +3,11 @@
 //! tonic's generated server would decode each request into a `RateLimitRequest` (a `String`
 //! per domain, key and value, a `Vec` per list) and encode a `RateLimitResponse` built the
 //! same way. Here the codec hands the request's bytes to [`RlsService`], which reads them in
-//! place, and writes the [`Answer`] straight into tonic's buffer. Everything else (HTTP/2,
-//! gRPC framing, size limits, status codes) is tonic's, as for any generated service.
+//! place, and has the [`Answer`] write its own protobuf into tonic's buffer. Everything else
+//! (HTTP/2, gRPC framing, size limits, status codes) is tonic's, as for any generated service.
 //!
-//! In memory mode the decision is made while the call is set up, so no future is boxed for it.
+//! In memory mode the decision is made as soon as the request is read, with no future of its
+//! own; only in Redis mode is one boxed, to wait for Redis.
 
 use std::convert::Infallible;
 use std::future::{Ready, ready};
