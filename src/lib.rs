@@ -6,10 +6,11 @@
 //! - [`config`]: YAML rule files → [`rules::RuleSet`], with file:line:column errors.
 //! - [`limiter`]: windows, counter keys and the counter stores (process memory; Redis or Redis
 //!   Cluster with a failure policy); turns a matched request into a decision.
-//! - [`service`]: Envoy's `RateLimitService` over gRPC: request validation, the call into the
-//!   limiter, and the response with its headers and body.
+//! - [`service`]: deciding Envoy's `ShouldRateLimit`: the request read in place from its bytes,
+//!   the call into the limiter, and the answer with its headers and body, encoded by hand.
 //! - [`metrics`]: the Prometheus metrics, with per-rule counters resolved once per load.
-//! - [`server`]: the gRPC server: the service, health and reflection on a bound listener.
+//! - [`server`]: the gRPC server: the service's route and codec, health and reflection on a
+//!   bound listener.
 //! - [`admin`]: the HTTP server for operators: `/healthcheck`, `/metrics`, `/rlconfig`, `/json`.
 //! - [`reload`]: re-reads the rule files on change or SIGHUP and installs them.
 //! - [`probe`]: the client side of `ratelimitd health`.

@@ -129,7 +129,7 @@ impl Metrics {
         let decision_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "ratelimitd_decision_duration_seconds",
-                "Time to decide one request, from validation to the built answer.",
+                "Time to decide one request, from reading its bytes to the decision.",
             )
             .buckets(DECISION_BUCKETS.to_vec()),
         )?;
