@@ -95,18 +95,13 @@ impl RlsService {
         let span = decision_span(&request);
         let _entered = span.enter();
         let snapshot = self.rules.load();
-        let decision = self
-            .limiter
-            .decide_now(&snapshot.rules, &request, now, |limit, outcome| {
-                self.record_window(&snapshot, limit, outcome)
-            });
-        Some(match decision {
-            Some(decision) => self.finish(decision, started, &span),
-            None => self.refused(
-                Status::internal("a decision in memory had to wait"),
-                started,
-            ),
-        })
+        // `None` only in Redis mode, which returned above.
+        let decision =
+            self.limiter
+                .decide_now(&snapshot.rules, &request, now, |limit, outcome| {
+                    self.record_window(&snapshot, limit, outcome)
+                })?;
+        Some(self.finish(decision, started, &span))
     }
 
     /// The answer for a decision, recorded in the metrics and the debug log.
