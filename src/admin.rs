@@ -122,7 +122,12 @@ async fn rlconfig(State(admin): State<Admin>) -> Response {
     for rule in snapshot.rules.rules() {
         if rule.domain != domain {
             domain = &rule.domain;
-            let _ = writeln!(text, "# domain {domain}: {}", rule.source.display());
+            let _ = write!(text, "# domain {domain}: {}", rule.source.display());
+            let config_name = snapshot.rules.domain(domain).and_then(|d| d.config_name.as_ref());
+            if let Some(name) = config_name {
+                let _ = write!(text, " (name {name})");
+            }
+            text.push('\n');
         }
         let _ = write!(text, "{}.{}: ", rule.domain, rule.path.join("."));
         match &rule.limit {
@@ -140,6 +145,9 @@ async fn rlconfig(State(admin): State<Admin>) -> Response {
                 }
                 if let Some(name) = &limit.name {
                     let _ = write!(text, ", name: {name}");
+                }
+                if limit.quota_mode {
+                    text.push_str(", quota_mode: true");
                 }
                 text.push('\n');
             }

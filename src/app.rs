@@ -36,6 +36,11 @@ pub struct Settings {
     pub shutdown_delay: Duration,
     /// Record every decision in the metrics (rule loads are always counted).
     pub decision_metrics: bool,
+    /// The most metric series named by request values per rule window (`detailed_metric`,
+    /// `value_to_metric`); the rest share one `_other_` series.
+    pub max_metric_values: usize,
+    /// Global shadow mode: limits counted and reported as if enforced, every answer OK.
+    pub shadow_mode: bool,
     /// Where to look for new rules; `None`: the rules never change.
     pub reload: Option<ReloadSettings>,
     /// Where counters live.
@@ -63,6 +68,8 @@ impl Default for Settings {
             drain_timeout: Duration::from_secs(10),
             shutdown_delay: Duration::ZERO,
             decision_metrics: true,
+            max_metric_values: crate::metrics::DEFAULT_MAX_METRIC_VALUES,
+            shadow_mode: false,
             reload: None,
             backend: Backend::Memory,
         }
@@ -128,7 +135,7 @@ pub async fn serve(
         .map(display_addr)
         .unwrap_or_default();
     let hash = initial.hash.clone();
-    let metrics = Arc::new(Metrics::new()?);
+    let metrics = Arc::new(Metrics::new()?.with_max_metric_values(settings.max_metric_values));
     let live = Arc::new(LiveRules::new(
         initial.rules,
         initial.hash.clone(),
@@ -158,7 +165,8 @@ pub async fn serve(
         .reload
         .clone()
         .map(|reload| reload::start(reload, Arc::clone(&live), initial.hash));
-    let mut service = RlsService::new(live, limiter, settings.response.clone());
+    let mut service = RlsService::new(live, limiter, settings.response.clone())
+        .in_shadow_mode(settings.shadow_mode);
     if !settings.decision_metrics {
         service = service.without_decision_metrics();
     }

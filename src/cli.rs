@@ -57,6 +57,15 @@ pub struct Serve {
     /// Record every decision in the metrics (per-rule counters, answer counts, latency).
     #[arg(long, env = "RATELIMITD_DECISION_METRICS", default_value_t = true, action = clap::ArgAction::Set)]
     pub decision_metrics: bool,
+    /// Global shadow mode: every limit is counted and reported as if enforced, every answer is
+    /// OK, and the metrics show what would have been refused (envoyproxy/ratelimit's
+    /// `SHADOW_MODE`).
+    #[arg(long, env = "RATELIMITD_SHADOW_MODE", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub shadow_mode: bool,
+    /// The most metric series named by request values (`detailed_metric`, `value_to_metric`)
+    /// per rule window; further values share one series labelled `_other_`.
+    #[arg(long, env = "RATELIMITD_MAX_METRIC_VALUES", default_value_t = ratelimitd::metrics::DEFAULT_MAX_METRIC_VALUES)]
+    pub max_metric_values: usize,
     /// Where counters live: `memory`, `redis://HOST:PORT[/DB]`, `rediss://…` (TLS), or
     /// `redis+cluster://HOST:PORT,HOST:PORT,…` (`rediss+cluster://` for TLS).
     #[arg(long, env = "RATELIMITD_BACKEND", default_value = "memory")]

@@ -45,6 +45,9 @@ fn main() -> ExitCode {
 fn run_check(check: &cli::Check) -> ExitCode {
     match config::load(&check.config) {
         Ok(rules) => {
+            for warning in rules.warnings() {
+                eprintln!("warning: {warning}");
+            }
             let domains = rules.domains();
             println!(
                 "{}: OK ({} domain{}: {})",
@@ -124,6 +127,8 @@ fn run_serve(serve: cli::Serve) -> anyhow::Result<()> {
         drain_timeout: Duration::from_secs(serve.drain_timeout),
         shutdown_delay: Duration::from_secs(serve.shutdown_delay),
         decision_metrics: serve.decision_metrics,
+        max_metric_values: serve.max_metric_values,
+        shadow_mode: serve.shadow_mode,
         backend,
         reload: Some(ReloadSettings {
             path: serve.config.clone(),

@@ -3,12 +3,17 @@
 //! Per-rule counters carry envoyproxy/ratelimit's names and labels
 //! (`ratelimit_service_rate_limit_over_limit{domain, key1, key2}`, as its statsd mapping
 //! exports them), so existing dashboards keep working; ratelimitd's own metrics start with
-//! `ratelimitd_`. A label never holds a value from a request: rules are named by their path in
-//! the rule file (`api_key_acme-live`, `bucket_default`), which the operator wrote and bounds.
+//! `ratelimitd_`. A label holds a value from a request only where a rule asks for it
+//! (`detailed_metric`, `value_to_metric`): otherwise rules are named by their path in the rule
+//! file (`api_key_acme-live`, `bucket_default`), which the operator wrote and bounds. Series
+//! named by request values are bounded per rule window (`--max-metric-values`); the rest share
+//! one series whose values read `_other_`.
 //!
 //! The hot path touches only pre-resolved counters ([`RuleCounters`], looked up once per rule
 //! when rules are installed), so recording a decision is a handful of atomic additions.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use prometheus::{
@@ -19,7 +24,7 @@ use prometheus::{
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::limiter::{BackendState, WindowOutcome};
-use crate::rules::{RuleSet, Window};
+use crate::rules::{MetricNaming, RuleSet, Window};
 
 /// Above this share of a limit, hits count as `near_limit` (envoyproxy/ratelimit's default).
 pub const NEAR_LIMIT_RATIO: f32 = 0.8;
@@ -44,8 +49,22 @@ pub struct Metrics {
     backend_errors: IntCounter,
     backend_fallbacks: IntCounter,
     backend_outages: IntCounter,
+    global_shadow_mode: IntCounter,
+    shadow_mode_on: IntGauge,
+    /// The most series named by request values per rule window.
+    max_metric_values: usize,
+    /// The value-named series of every rule window seen so far, by rule identity, so that a
+    /// rule that survives a reload keeps its series and its bound.
+    value_series: Mutex<HashMap<String, Arc<ValueSeries>>>,
 }
 
+/// The default of `--max-metric-values`.
+pub const DEFAULT_MAX_METRIC_VALUES: usize = 1000;
+
+/// What a series named by request values reads once a rule window has its most series.
+pub const OTHER_VALUES: &str = "_other_";
+
+#[derive(Clone)]
 struct RuleFamilies {
     total_hits: IntCounterVec,
     over_limit: IntCounterVec,
@@ -54,7 +73,28 @@ struct RuleFamilies {
     shadow_mode: IntCounterVec,
 }
 
-/// The counters of one rule window, resolved once when rules are installed.
+/// The metrics of one rule window, resolved once when rules are installed.
+pub enum RuleMetrics {
+    /// Named by the rule path.
+    Fixed(RuleCounters),
+    /// Named with the request's values (`detailed_metric`, `value_to_metric`).
+    Values(Arc<ValueSeries>),
+}
+
+/// The series of one rule window that are named by request values: at most `max`, then one
+/// more for all other values.
+pub struct ValueSeries {
+    families: RuleFamilies,
+    domain: String,
+    window: String,
+    naming: MetricNaming,
+    max: usize,
+    /// Guarded by a std mutex: held for a map lookup only, never across an await.
+    seen: Mutex<HashMap<Vec<String>, RuleCounters>>,
+    other: RuleCounters,
+}
+
+/// The counters of one series of a rule window.
 #[derive(Clone)]
 pub struct RuleCounters {
     total_hits: IntCounter,
@@ -194,29 +234,73 @@ impl Metrics {
                 "ratelimitd_backend_outages_total",
                 "Periods during which Redis was down.",
             )?,
+            global_shadow_mode: counter(
+                "ratelimit_service_global_shadow_mode",
+                "Requests answered OK only because of --shadow-mode (they were over a limit).",
+            )?,
+            shadow_mode_on: gauge(
+                "ratelimitd_shadow_mode",
+                "1 when --shadow-mode answers every request OK, else 0.",
+            )?,
+            max_metric_values: DEFAULT_MAX_METRIC_VALUES,
+            value_series: Mutex::new(HashMap::new()),
             registry,
         })
     }
 
-    /// The counters of every limit of `rules`, indexed by [`crate::rules::Limit::id`].
-    /// Counters of a rule that is still there after a reload are the same counters.
-    pub fn rule_counters(&self, rules: &RuleSet) -> Vec<Option<RuleCounters>> {
+    /// Bounds the series named by request values to `max` per rule window.
+    pub fn with_max_metric_values(mut self, max: usize) -> Metrics {
+        self.max_metric_values = max;
+        self
+    }
+
+    /// Says whether `--shadow-mode` is on (the `ratelimitd_shadow_mode` gauge).
+    pub fn set_global_shadow_mode(&self, on: bool) {
+        self.shadow_mode_on.set(i64::from(on));
+    }
+
+    /// One request answered OK only because of `--shadow-mode`.
+    pub fn global_shadow_mode_answer(&self) {
+        self.global_shadow_mode.inc();
+    }
+
+    /// The metrics of every limit of `rules`, indexed by [`crate::rules::Limit::id`].
+    /// Series of a rule that is still there after a reload are the same series.
+    pub fn rule_metrics(&self, rules: &RuleSet) -> Vec<Option<RuleMetrics>> {
         rules
             .rules()
             .iter()
             .map(|entry| {
                 let limit = entry.limit.as_ref()?;
-                let key1 = entry.path.first().map_or("", String::as_str);
-                let key2 = entry.path.get(1..).unwrap_or_default().join(".");
                 let window = window_label(limit.window);
-                let labels = [entry.domain.as_str(), key1, key2.as_str(), window.as_str()];
-                Some(RuleCounters {
-                    total_hits: self.rule.total_hits.with_label_values(&labels),
-                    over_limit: self.rule.over_limit.with_label_values(&labels),
-                    near_limit: self.rule.near_limit.with_label_values(&labels),
-                    within_limit: self.rule.within_limit.with_label_values(&labels),
-                    shadow_mode: self.rule.shadow_mode.with_label_values(&labels),
-                })
+                if !entry.naming.uses_values() {
+                    let counters = self.rule.counters(&entry.domain, &entry.path, &window);
+                    return Some(RuleMetrics::Fixed(counters));
+                }
+                let identity = format!(
+                    "{}\u{0}{}\u{0}{window}\u{0}{:?}",
+                    entry.domain,
+                    entry.path.join("."),
+                    entry.naming
+                );
+                let mut known = self
+                    .value_series
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                let series = known.entry(identity).or_insert_with(|| {
+                    let others = entry.naming.levels.iter().map(|_| OTHER_VALUES);
+                    let other_path = entry.naming.path(others);
+                    Arc::new(ValueSeries {
+                        other: self.rule.counters(&entry.domain, &other_path, &window),
+                        families: self.rule.clone(),
+                        domain: entry.domain.clone(),
+                        window,
+                        naming: entry.naming.clone(),
+                        max: self.max_metric_values,
+                        seen: Mutex::new(HashMap::new()),
+                    })
+                });
+                Some(RuleMetrics::Values(Arc::clone(series)))
             })
             .collect()
     }
@@ -285,6 +369,52 @@ impl Metrics {
     }
 }
 
+impl RuleFamilies {
+    /// The counters of the series `path` (levels of the rule path, `key_value` or `key`) of a
+    /// rule window: `key1` is the first level, `key2` the rest joined by `.`, as the statsd
+    /// mapping of envoyproxy/ratelimit splits its stat keys.
+    fn counters(&self, domain: &str, path: &[String], window: &str) -> RuleCounters {
+        let key1 = path.first().map_or("", String::as_str);
+        let key2 = path.get(1..).unwrap_or_default().join(".");
+        let labels = [domain, key1, key2.as_str(), window];
+        RuleCounters {
+            total_hits: self.total_hits.with_label_values(&labels),
+            over_limit: self.over_limit.with_label_values(&labels),
+            near_limit: self.near_limit.with_label_values(&labels),
+            within_limit: self.within_limit.with_label_values(&labels),
+            shadow_mode: self.shadow_mode.with_label_values(&labels),
+        }
+    }
+}
+
+impl RuleMetrics {
+    /// Records what one window saw for a descriptor with these `(key, value)` entries.
+    pub fn record(&self, entries: &[(&str, &str)], outcome: WindowOutcome) {
+        match self {
+            RuleMetrics::Fixed(counters) => counters.record(outcome),
+            RuleMetrics::Values(series) => series.counters(entries).record(outcome),
+        }
+    }
+}
+
+impl ValueSeries {
+    /// The series for these entries' values: a known one, a new one while there is room, or
+    /// the `_other_` one.
+    fn counters(&self, entries: &[(&str, &str)]) -> RuleCounters {
+        let path = self.naming.path(entries.iter().map(|(_, value)| *value));
+        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(counters) = seen.get(&path) {
+            return counters.clone();
+        }
+        if seen.len() >= self.max {
+            return self.other.clone();
+        }
+        let counters = self.families.counters(&self.domain, &path, &self.window);
+        seen.insert(path, counters.clone());
+        counters
+    }
+}
+
 impl RuleCounters {
     /// Adds one window's hits, split as envoyproxy/ratelimit splits them: hits past the limit
     /// are `over_limit`, hits between 80 % and the limit `near_limit`, and a request within
@@ -338,14 +468,7 @@ mod tests {
 
     fn counters() -> (Metrics, RuleCounters) {
         let metrics = Metrics::new().unwrap();
-        let labels = ["d", "k", "", "1m"];
-        let counters = RuleCounters {
-            total_hits: metrics.rule.total_hits.with_label_values(&labels),
-            over_limit: metrics.rule.over_limit.with_label_values(&labels),
-            near_limit: metrics.rule.near_limit.with_label_values(&labels),
-            within_limit: metrics.rule.within_limit.with_label_values(&labels),
-            shadow_mode: metrics.rule.shadow_mode.with_label_values(&labels),
-        };
+        let counters = metrics.rule.counters("d", &["k".to_string()], "1m");
         (metrics, counters)
     }
 

@@ -88,6 +88,8 @@ pub enum ConfigErrorKind {
     WindowTooLong,
     #[error("a limit must not replace itself ({0:?})")]
     ReplacesItself(String),
+    #[error("`share_threshold: true` needs a wildcard `value` (such as \"files/*\")")]
+    ShareThresholdWithoutWildcard,
 }
 
 fn value_text(value: &str) -> String {

@@ -1,9 +1,10 @@
 //! Turning one parsed rule file into a [`Domain`], checking everything on the way.
 //!
-//! Every field of envoyproxy/ratelimit's format is known here. Those that ratelimitd does not
-//! implement yet are refused by name ("not supported yet") rather than ignored, because a
-//! silently ignored field is a limit the operator believes in and does not have. Errors are
-//! collected, not returned at the first, so one `ratelimitd check` lists them all.
+//! Every field of envoyproxy/ratelimit's format is known here and read with its meaning there
+//! (`src/config/config_impl.go`): a null field is absent, an empty `value` or `name` is none,
+//! an empty list is no items. What envoyproxy/ratelimit loads but is very likely a mistake loads
+//! here too, with a warning naming the place. An unknown field or a wrong type is an error.
+//! Errors are collected, not returned at the first, so one `ratelimitd check` lists them all.
 
 use std::collections::HashSet;
 
@@ -17,29 +18,22 @@ use crate::rules::{
     Window,
 };
 
-const ROOT_FIELDS: &str = "domain, descriptors";
+const ROOT_FIELDS: &str = "name, domain, descriptors";
 const DESCRIPTOR_FIELDS: &str = "key, value, rate_limit, rate_limits, descriptors, shadow_mode, \
      detailed_metric, value_to_metric, share_threshold, quota_mode, metadata";
 const LIMIT_FIELDS: &str =
     "unit, requests_per_unit, unlimited, name, replaces, unit_multiplier, algorithm";
 const REPLACES_FIELDS: &str = "name";
 
-/// Fields of envoyproxy/ratelimit that are accepted when they ask for nothing (`false`) and
-/// refused when they ask for a behaviour that is not built yet.
-const NOT_YET_WHEN_TRUE: [&str; 4] = [
-    "detailed_metric",
-    "value_to_metric",
-    "share_threshold",
-    "quota_mode",
-];
-
 /// Reads a whole rule file; `None` when it has errors (they are in `reader.errors`).
 pub fn domain(reader: &mut Reader<'_>, root: &MarkedYaml<'_>) -> Option<Domain> {
     let fields = reader.fields(root, "the rule file", ROOT_FIELDS)?;
     let mut name = None;
+    let mut config_name = None;
     let mut children = Children::default();
     for field in &fields {
         match field.name.as_str() {
+            "name" => config_name = reader.string(field).filter(|n| !n.is_empty()),
             "domain" => name = reader.string(field),
             "descriptors" => children = descriptors(reader, field),
             _ => {}
@@ -61,8 +55,10 @@ pub fn domain(reader: &mut Reader<'_>, root: &MarkedYaml<'_>) -> Option<Domain> 
     }
     Some(Domain {
         name,
+        config_name,
         source: reader.file.to_path_buf(),
         root: children,
+        warnings: std::mem::take(&mut reader.warnings),
     })
 }
 
@@ -87,25 +83,25 @@ fn descriptor(reader: &mut Reader<'_>, item: &MarkedYaml<'_>) -> Option<Node> {
     let mut rate_limit = None;
     let mut rate_limits = None;
     let mut children = Children::default();
-    let mut shadow_mode = false;
+    let mut flags = NodeFlags::default();
+    let mut share_threshold_span = None;
     for field in &fields {
+        let flag = |reader: &mut Reader<'_>| reader.boolean(field).unwrap_or(false);
         match field.name.as_str() {
             "key" => key = reader.string(field),
             "value" => value = reader.string(field),
             "rate_limit" => rate_limit = Some(field),
             "rate_limits" => rate_limits = Some(field),
             "descriptors" => children = descriptors(reader, field),
-            "shadow_mode" => shadow_mode = reader.boolean(field).unwrap_or(false),
-            "metadata" => reader.error(
-                field.name_span,
-                ConfigErrorKind::NotSupported(field.name.clone()),
-            ),
-            name if NOT_YET_WHEN_TRUE.contains(&name) && reader.boolean(field) == Some(true) => {
-                reader.error(
-                    field.name_span,
-                    ConfigErrorKind::NotSupported(format!("{name}: true")),
-                );
+            "shadow_mode" => flags.shadow_mode = flag(reader),
+            "quota_mode" => flags.quota_mode = flag(reader),
+            "detailed_metric" => flags.detailed_metric = flag(reader),
+            "value_to_metric" => flags.value_to_metric = flag(reader),
+            "share_threshold" => {
+                flags.share_threshold = flag(reader);
+                share_threshold_span = Some(field.name_span);
             }
+            "metadata" => metadata(reader, field),
             _ => {}
         }
     }
@@ -125,8 +121,8 @@ fn descriptor(reader: &mut Reader<'_>, item: &MarkedYaml<'_>) -> Option<Node> {
             reader.error(both.name_span, ConfigErrorKind::BothRateLimitForms);
             None
         }
-        (Some(one), None) => single_limit(reader, one, shadow_mode),
-        (None, Some(list)) => limit_list(reader, list, shadow_mode),
+        (Some(one), None) => single_limit(reader, one, &flags),
+        (None, Some(list)) => limit_list(reader, list, &flags),
         (None, None) => None,
     };
     let value = match value.filter(|v| !v.is_empty()) {
@@ -136,17 +132,56 @@ fn descriptor(reader: &mut Reader<'_>, item: &MarkedYaml<'_>) -> Option<Node> {
             None => NodeValue::Exact(value),
         },
     };
+    // envoyproxy/ratelimit refuses this too: only a pattern can stand for many values.
+    if let Some(span) = share_threshold_span
+        && flags.share_threshold
+        && !matches!(value, NodeValue::Wildcard(_))
+    {
+        reader.error(span, ConfigErrorKind::ShareThresholdWithoutWildcard);
+    }
     Some(Node {
         key,
         value,
         policy,
         children,
+        detailed_metric: flags.detailed_metric,
+        value_to_metric: flags.value_to_metric,
+        share_threshold: flags.share_threshold,
     })
 }
 
+/// The per-node switches of envoyproxy/ratelimit's format.
+#[derive(Default)]
+struct NodeFlags {
+    shadow_mode: bool,
+    quota_mode: bool,
+    detailed_metric: bool,
+    value_to_metric: bool,
+    share_threshold: bool,
+}
+
+/// `metadata`: a mapping that envoyproxy/ratelimit returns as dynamic metadata only when its
+/// `RESPONSE_DYNAMIC_METADATA` setting is on (off by default). ratelimitd does not send dynamic
+/// metadata, so the mapping is checked and not kept.
+fn metadata(reader: &mut Reader<'_>, field: &Field<'_, '_>) {
+    if !matches!(field.value.data, saphyr::YamlData::Mapping(_)) {
+        reader.error(
+            field.value.span,
+            ConfigErrorKind::WrongType {
+                field: field.name.clone(),
+                expected: "a mapping",
+            },
+        );
+    }
+}
+
 /// `rate_limit: {…}`: one window, or `unlimited: true`.
-fn single_limit(reader: &mut Reader<'_>, field: &Field<'_, '_>, shadow: bool) -> Option<Policy> {
-    let parsed = limit(reader, field.value, shadow)?;
+fn single_limit(
+    reader: &mut Reader<'_>,
+    field: &Field<'_, '_>,
+    flags: &NodeFlags,
+) -> Option<Policy> {
+    let parsed = limit(reader, field.value, flags)?;
     match parsed {
         ParsedLimit::Unlimited => Some(Policy::Unlimited),
         ParsedLimit::Limited(limit) => Some(Policy::Limited(vec![limit])),
@@ -154,13 +189,13 @@ fn single_limit(reader: &mut Reader<'_>, field: &Field<'_, '_>, shadow: bool) ->
 }
 
 /// `rate_limits: [{…}, …]`: several windows, all enforced.
-fn limit_list(reader: &mut Reader<'_>, field: &Field<'_, '_>, shadow: bool) -> Option<Policy> {
+fn limit_list(reader: &mut Reader<'_>, field: &Field<'_, '_>, flags: &NodeFlags) -> Option<Policy> {
     let items = reader.sequence(field)?;
     let errors_before = reader.errors.len();
     let mut limits = Vec::with_capacity(items.len());
     let mut windows = HashSet::new();
     for item in items {
-        match limit(reader, item, shadow) {
+        match limit(reader, item, flags) {
             Some(ParsedLimit::Limited(limit)) => {
                 if !windows.insert(limit.window.seconds()) {
                     reader.error(
@@ -190,7 +225,7 @@ enum ParsedLimit {
     Limited(Limit),
 }
 
-fn limit(reader: &mut Reader<'_>, node: &MarkedYaml<'_>, shadow_mode: bool) -> Option<ParsedLimit> {
+fn limit(reader: &mut Reader<'_>, node: &MarkedYaml<'_>, flags: &NodeFlags) -> Option<ParsedLimit> {
     let fields = reader.fields(node, "a rate limit", LIMIT_FIELDS)?;
     let errors_before = reader.errors.len();
     let mut unit: Option<(Unit, Span)> = None;
@@ -232,6 +267,12 @@ fn limit(reader: &mut Reader<'_>, node: &MarkedYaml<'_>, shadow_mode: bool) -> O
         if let Some((_, span)) = unit {
             reader.error(span, ConfigErrorKind::UnlimitedWithUnit);
         }
+        if requests_per_unit.is_some_and(|n| n > 0) {
+            reader.warn(
+                node.span,
+                "`unlimited: true` ignores `requests_per_unit`: this limit never limits",
+            );
+        }
         return (reader.errors.len() == errors_before).then_some(ParsedLimit::Unlimited);
     }
     let Some((unit, unit_span)) = unit else {
@@ -240,13 +281,18 @@ fn limit(reader: &mut Reader<'_>, node: &MarkedYaml<'_>, shadow_mode: bool) -> O
         }
         return None;
     };
-    let Some(requests_per_unit) = requests_per_unit else {
-        if reader.errors.len() == errors_before {
-            reader.error(
-                node.span,
-                ConfigErrorKind::MissingField("requests_per_unit"),
-            );
+    // envoyproxy/ratelimit reads a missing count as 0, which blocks every request.
+    let written = fields.iter().any(|f| f.name == "requests_per_unit");
+    let Some(requests_per_unit) = requests_per_unit.or_else(|| {
+        if written {
+            return None;
         }
+        reader.warn(
+            node.span,
+            "no `requests_per_unit`: read as 0, which refuses every request",
+        );
+        Some(0)
+    }) else {
         return None;
     };
     let window = match Window::try_new(unit, multiplier) {
@@ -268,7 +314,9 @@ fn limit(reader: &mut Reader<'_>, node: &MarkedYaml<'_>, shadow_mode: bool) -> O
         window,
         name,
         replaces,
-        shadow_mode,
+        shadow_mode: flags.shadow_mode,
+        quota_mode: flags.quota_mode,
+        shared_values: None,
         id: None,
     }))
 }

@@ -53,6 +53,9 @@ pub fn parse<'t>(file: &Path, text: &'t str) -> Result<MarkedYaml<'t>, ConfigErr
 pub struct Reader<'a> {
     pub file: &'a Path,
     pub errors: Vec<ConfigError>,
+    /// Things that load, as in envoyproxy/ratelimit, but are very likely mistakes:
+    /// `file:line:column: message`.
+    pub warnings: Vec<String>,
 }
 
 impl<'a> Reader<'a> {
@@ -60,6 +63,7 @@ impl<'a> Reader<'a> {
         Reader {
             file,
             errors: Vec::new(),
+            warnings: Vec::new(),
         }
     }
 
@@ -71,6 +75,11 @@ impl<'a> Reader<'a> {
         }
     }
 
+    pub fn warn(&mut self, span: Span, message: &str) {
+        let location = self.location(span);
+        self.warnings.push(format!("{location}: {message}"));
+    }
+
     pub fn error(&mut self, span: Span, kind: ConfigErrorKind) {
         let location = self.location(span);
         self.errors.push(ConfigError { location, kind });
@@ -78,6 +87,10 @@ impl<'a> Reader<'a> {
 
     /// The fields of a mapping, as `(name, name node, value node)` in file order; refuses any
     /// name not in `allowed` (joined with `, ` for the message).
+    ///
+    /// A field whose value is null (`~`, `null` or nothing) is left out, as if it were not
+    /// written: envoyproxy/ratelimit reads YAML into Go structs, where a null leaves the zero
+    /// value, and Envoy Gateway writes `rate_limit: null` on every node without a limit.
     pub fn fields<'n, 't>(
         &mut self,
         node: &'n MarkedYaml<'t>,
@@ -119,6 +132,9 @@ impl<'a> Reader<'a> {
                 );
                 continue;
             }
+            if is_null(value) {
+                continue;
+            }
             fields.push(Field {
                 name: name_node_str(name_node),
                 name_span: name_node.span,
@@ -154,14 +170,15 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// `true` or `false` (YAML 1.2 core schema, any case).
+    /// `true` or `false` in any case, or the YAML 1.1 forms that envoyproxy/ratelimit's YAML
+    /// library also reads as booleans (`yes`/`no`, `on`/`off`, `y`/`n`).
     pub fn boolean(&mut self, field: &Field<'_, '_>) -> Option<bool> {
         match plain_scalar(field.value)
             .map(str::to_ascii_lowercase)
             .as_deref()
         {
-            Some("true") => Some(true),
-            Some("false") => Some(false),
+            Some("true" | "yes" | "on" | "y") => Some(true),
+            Some("false" | "no" | "off" | "n") => Some(false),
             _ => {
                 self.wrong_type(field, "true or false");
                 None

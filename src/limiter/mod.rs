@@ -179,7 +179,7 @@ impl Limiter {
         request: &Request<'_>,
         now: Duration,
     ) -> Result<Decision, StoreError> {
-        self.decide_observed(rules, request, now, |_, _| {}).await
+        self.decide_observed(rules, request, now, |_, _, _| {}).await
     }
 
     /// [`Limiter::decide_observed`] at once, in memory mode, where nothing waits (no future
@@ -189,7 +189,7 @@ impl Limiter {
         rules: &RuleSet,
         request: &Request<'_>,
         now: Duration,
-        observe: impl FnMut(&Limit, WindowOutcome),
+        observe: impl FnMut(&Limit, &[(&str, &str)], WindowOutcome),
     ) -> Option<Result<Decision, StoreError>> {
         if self.shared.is_some() {
             return None;
@@ -201,7 +201,7 @@ impl Limiter {
         Some(
             self.store
                 .apply(&plan.batch)
-                .map(|(admitted, counts)| plan.conclude(admitted, &counts, observe)),
+                .map(|(admitted, counts)| plan.conclude(request, admitted, &counts, observe)),
         )
     }
 
@@ -211,7 +211,7 @@ impl Limiter {
         rules: &RuleSet,
         request: &Request<'_>,
         now: Duration,
-        observe: impl FnMut(&Limit, WindowOutcome),
+        observe: impl FnMut(&Limit, &[(&str, &str)], WindowOutcome),
     ) -> Result<Decision, StoreError> {
         let Some(applied) = applied(rules, request) else {
             return Ok(Decision::unknown_domain(request.descriptors.len()));
@@ -231,7 +231,7 @@ impl Limiter {
                 },
             },
         };
-        Ok(plan.conclude(admitted, &counts, observe))
+        Ok(plan.conclude(request, admitted, &counts, observe))
     }
 }
 
@@ -248,6 +248,8 @@ fn applied<'r>(rules: &'r RuleSet, request: &Request<'_>) -> Option<SmallVec<[Ap
                 name: None,
                 replaces: Vec::new(),
                 shadow_mode: false,
+                quota_mode: false,
+                shared_values: None,
                 id: None,
             }),
             None => {
@@ -267,7 +269,6 @@ fn applied<'r>(rules: &'r RuleSet, request: &Request<'_>) -> Option<SmallVec<[Ap
 
 /// The windows a request counts, in order, and the batch that counts them in a store.
 struct Plan<'l> {
-    descriptors: usize,
     planned: SmallVec<[Planned<'l>; 4]>,
     batch: Batch,
 }
@@ -303,8 +304,7 @@ impl<'l> Plan<'l> {
                     continue;
                 }
                 let key = *key.get_or_insert_with(|| {
-                    let entries = descriptor.entries.iter().copied();
-                    batch.keys.push(CounterKey::new(request.domain, entries));
+                    batch.keys.push(counter_key(request.domain, descriptor, limit));
                     batch.keys.len() - 1
                 });
                 let seconds = limit.window.seconds();
@@ -315,7 +315,9 @@ impl<'l> Plan<'l> {
                     window_index: position.index,
                     requests_per_unit: limit.requests_per_unit,
                     hits,
-                    enforced: !limit.shadow_mode,
+                    // Quota-mode windows never refuse in the store: whether they refuse is
+                    // decided across the request's quota groups (see `Decision::from_counts`).
+                    enforced: !limit.shadow_mode && !limit.quota_mode,
                 });
                 planned.push(Planned {
                     descriptor: i,
@@ -326,23 +328,28 @@ impl<'l> Plan<'l> {
             }
         }
         Plan {
-            descriptors: request.descriptors.len(),
             planned,
             batch,
         }
     }
 
-    /// The decision from the store's counts, telling `observe` what each window saw.
+    /// The decision from the store's counts, telling `observe` what each window saw (with the
+    /// entries of the descriptor it counted).
     fn conclude(
         &self,
+        request: &Request<'_>,
         admitted: bool,
         counts: &[Count],
-        mut observe: impl FnMut(&Limit, WindowOutcome),
+        mut observe: impl FnMut(&Limit, &[(&str, &str)], WindowOutcome),
     ) -> Decision {
         for (plan, count) in self.planned.iter().zip(counts) {
-            observe(plan.limit, plan.outcome(admitted, count));
+            let entries = request
+                .descriptors
+                .get(plan.descriptor)
+                .map_or(&[][..], |d| &d.entries[..]);
+            observe(plan.limit, entries, plan.outcome(admitted, count));
         }
-        Decision::from_counts(self.descriptors, &self.planned, counts)
+        Decision::from_counts(request, &self.planned, counts)
     }
 }
 
@@ -407,8 +414,13 @@ impl Decision {
         decision
     }
 
-    fn from_counts(descriptors: usize, planned: &[Planned<'_>], counts: &[Count]) -> Decision {
-        let mut decision = Decision::unlimited(descriptors);
+    /// The decision from the counts, as envoyproxy/ratelimit's service concludes it
+    /// (`shouldRateLimitWorker` in its `src/service/ratelimit.go`): OVER_LIMIT when a window
+    /// that is neither in shadow nor in quota mode is exceeded, or when every quota group of the
+    /// request is exhausted.
+    fn from_counts(request: &Request<'_>, planned: &[Planned<'_>], counts: &[Count]) -> Decision {
+        let mut decision = Decision::unlimited(request.descriptors.len());
+        let quota = QuotaGroups::of(request, planned, counts);
         for (plan, count) in planned.iter().zip(counts) {
             let limit = u64::from(plan.limit.requests_per_unit);
             let report = WindowReport {
@@ -424,10 +436,17 @@ impl Decision {
                 over_limit: count.over_limit,
                 shadow_mode: plan.limit.shadow_mode,
             };
-            if !report.shadow_mode {
-                decision.over_limit |= report.over_limit;
-                if report.over_limit {
-                    decision.retry_after = decision.retry_after.max(Some(report.reset_in));
+            let speaks_for_request = if plan.limit.quota_mode {
+                quota.speaks_for_request(plan.descriptor)
+            } else {
+                !report.shadow_mode
+            };
+            if speaks_for_request {
+                if !plan.limit.quota_mode {
+                    decision.over_limit |= report.over_limit;
+                    if report.over_limit {
+                        decision.retry_after = decision.retry_after.max(Some(report.reset_in));
+                    }
                 }
                 if binds_more(&report, decision.headline.as_ref()) {
                     decision.headline = Some(report.clone());
@@ -447,7 +466,110 @@ impl Decision {
                 out.report = Some(report);
             }
         }
+        if let Some(wait) = quota.refusal() {
+            decision.over_limit = true;
+            decision.retry_after = decision.retry_after.max(Some(wait));
+        }
         decision
+    }
+}
+
+/// The quota groups of one request: quota-mode descriptors grouped by the model they are for
+/// (the `backend_name` and `model_name_override` entries), or each by its own entries when it
+/// names no model, as envoyproxy/ratelimit's `quotaGroupKey` groups them. A group is exhausted
+/// when any of its windows is; the request is refused when every group is exhausted, so a
+/// client can fail over to a model that still has quota.
+struct QuotaGroups {
+    /// Per group: exhausted, and when every exhausted window of it has reset.
+    groups: SmallVec<[(String, bool, Duration); 2]>,
+    /// Per request descriptor: its group, if it is in quota mode.
+    group_of: SmallVec<[Option<usize>; 2]>,
+}
+
+impl QuotaGroups {
+    fn of(request: &Request<'_>, planned: &[Planned<'_>], counts: &[Count]) -> QuotaGroups {
+        let mut quota = QuotaGroups {
+            groups: SmallVec::new(),
+            group_of: SmallVec::from_elem(None, request.descriptors.len()),
+        };
+        for (plan, count) in planned.iter().zip(counts) {
+            if !plan.limit.quota_mode {
+                continue;
+            }
+            let Some(descriptor) = request.descriptors.get(plan.descriptor) else {
+                continue;
+            };
+            let key = quota_group_key(&descriptor.entries);
+            let group = match quota.groups.iter().position(|(k, _, _)| *k == key) {
+                Some(group) => group,
+                None => {
+                    quota.groups.push((key, false, Duration::ZERO));
+                    quota.groups.len() - 1
+                }
+            };
+            if let Some(place) = quota.group_of.get_mut(plan.descriptor) {
+                *place = Some(group);
+            }
+            if count.over_limit
+                && let Some((_, exhausted, reset)) = quota.groups.get_mut(group)
+            {
+                *exhausted = true;
+                *reset = (*reset).max(plan.reset_in);
+            }
+        }
+        quota
+    }
+
+    /// When every group is exhausted: how long until the first of them has room again.
+    fn refusal(&self) -> Option<Duration> {
+        let all_exhausted = !self.groups.is_empty() && self.groups.iter().all(|g| g.1);
+        all_exhausted
+            .then(|| self.groups.iter().map(|g| g.2).min())
+            .flatten()
+    }
+
+    /// Whether a quota window of `descriptor` speaks for the request's headers: those of groups
+    /// that still have room, or all of them once every group is exhausted.
+    fn speaks_for_request(&self, descriptor: usize) -> bool {
+        let group = self.group_of.get(descriptor).copied().flatten();
+        let exhausted = group
+            .and_then(|g| self.groups.get(g))
+            .is_some_and(|g| g.1);
+        !exhausted || self.refusal().is_some()
+    }
+}
+
+/// The quota group a descriptor belongs to.
+fn quota_group_key(entries: &[(&str, &str)]) -> String {
+    let find = |key: &str| entries.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
+    let backend = find("backend_name").unwrap_or_default();
+    let model = find("model_name_override").unwrap_or_default();
+    if !backend.is_empty() || !model.is_empty() {
+        return format!("model\u{0}{backend}\u{0}{model}");
+    }
+    let mut key = String::from("entries");
+    for (k, v) in entries {
+        key.push('\u{0}');
+        key.push_str(k);
+        key.push('\u{0}');
+        key.push_str(v);
+    }
+    key
+}
+
+/// The counter key of `descriptor` for `limit`'s rule: its entries, with the pattern in place
+/// of the value at every level that shares one counter (`share_threshold`).
+fn counter_key(domain: &str, descriptor: &Descriptor<'_>, limit: &Limit) -> CounterKey {
+    let entries = descriptor.entries.iter().copied();
+    match &limit.shared_values {
+        None => CounterKey::new(domain, entries),
+        Some(shared) => {
+            let entries = entries.enumerate().map(|(i, (key, value))| {
+                let pattern = shared.get(i).and_then(|p| p.as_deref());
+                (key, pattern.unwrap_or(value))
+            });
+            CounterKey::new(domain, entries)
+        }
     }
 }
 

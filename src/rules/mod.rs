@@ -9,6 +9,7 @@ mod wildcard;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use matcher::Entry;
@@ -37,6 +38,64 @@ pub struct RuleEntry {
     pub source: PathBuf,
     /// `None`: `unlimited`.
     pub limit: Option<Limit>,
+    /// How this rule's metrics are named when they carry request values.
+    pub naming: MetricNaming,
+}
+
+/// How a rule's metric series are named: from the rule path alone (the default), or with the
+/// request's values where `detailed_metric` or `value_to_metric` asks for them, as
+/// envoyproxy/ratelimit builds its stat keys (`GetLimit` in its `src/config/config_impl.go`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetricNaming {
+    /// `detailed_metric: true` on the rule's node: every level carries the request's value.
+    pub detailed: bool,
+    /// One per level of the rule path.
+    pub levels: Vec<MetricLevel>,
+}
+
+/// One level of a rule path, for naming metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricLevel {
+    pub key: String,
+    /// The level as the static path names it (`key_value`, `key_prefix*` or `key`).
+    pub segment: String,
+    /// `value_to_metric: true` on a wildcard or key-only node: the request's value replaces
+    /// the pattern (or stands beside the bare key).
+    pub value_to_metric: bool,
+    /// `share_threshold: true`: the pattern stays, whatever the request's value.
+    pub shared: bool,
+}
+
+impl MetricNaming {
+    /// Whether some request value goes into this rule's metric names.
+    pub fn uses_values(&self) -> bool {
+        self.levels
+            .iter()
+            .any(|level| !level.shared && (self.detailed || level.value_to_metric))
+    }
+
+    /// The rule path with the request's values put in where the rule asks for them; `values`
+    /// are the request descriptor's values, one per level.
+    pub fn path<'v>(&self, values: impl IntoIterator<Item = &'v str>) -> Vec<String> {
+        self.levels
+            .iter()
+            .zip(values)
+            .map(|(level, value)| {
+                if level.shared {
+                    level.segment.clone()
+                } else if self.detailed {
+                    // envoyproxy/ratelimit writes `key_value` here even for an empty value.
+                    format!("{}_{value}", level.key)
+                } else if level.value_to_metric && !value.is_empty() {
+                    format!("{}_{value}", level.key)
+                } else if level.value_to_metric {
+                    level.key.clone()
+                } else {
+                    level.segment.clone()
+                }
+            })
+            .collect()
+    }
 }
 
 impl RuleSet {
@@ -76,32 +135,61 @@ impl RuleSet {
         domains.sort_by(|a, b| a.name.cmp(&b.name));
         domains
     }
+
+    /// Every domain's load-time warnings, domain by domain.
+    pub fn warnings(&self) -> Vec<&str> {
+        self.domains()
+            .into_iter()
+            .flat_map(|d| d.warnings.iter().map(String::as_str))
+            .collect()
+    }
 }
 
-/// Appends the rules at and below `level` to `out`, numbering their limits.
+/// Appends the rules at and below `level` to `out`, numbering their limits and telling each
+/// which levels of its path share one counter (`share_threshold`).
 fn list_rules(
     domain: &str,
     source: &Path,
     level: &mut Children,
-    path: &mut Vec<String>,
+    path: &mut Vec<MetricLevel>,
     out: &mut Vec<RuleEntry>,
 ) {
     for node in level.nodes_mut() {
-        path.push(match &node.value {
-            NodeValue::Any => node.key.clone(),
-            value => format!("{}_{}", node.key, value.as_str()),
+        path.push(MetricLevel {
+            key: node.key.clone(),
+            segment: match &node.value {
+                NodeValue::Any => node.key.clone(),
+                value => format!("{}_{}", node.key, value.as_str()),
+            },
+            value_to_metric: node.value_to_metric && !matches!(node.value, NodeValue::Exact(_)),
+            shared: node.share_threshold,
         });
+        let shared_values: Option<Arc<[Option<String>]>> =
+            path.iter().any(|level| level.shared).then(|| {
+                path.iter()
+                    .map(|level| {
+                        let pattern = level.segment.strip_prefix(level.key.as_str());
+                        let pattern = pattern.and_then(|p| p.strip_prefix('_'));
+                        pattern.filter(|_| level.shared).map(str::to_string)
+                    })
+                    .collect()
+            });
         let entry = |limit| RuleEntry {
             domain: domain.to_string(),
-            path: path.clone(),
+            path: path.iter().map(|level| level.segment.clone()).collect(),
             source: source.to_path_buf(),
             limit,
+            naming: MetricNaming {
+                detailed: node.detailed_metric,
+                levels: path.clone(),
+            },
         };
         match &mut node.policy {
             Some(Policy::Unlimited) => out.push(entry(None)),
             Some(Policy::Limited(limits)) => {
-                for limit in limits {
+                for limit in limits.iter_mut() {
                     limit.id = Some(out.len());
+                    limit.shared_values = shared_values.clone();
                     out.push(entry(Some(limit.clone())));
                 }
             }
@@ -116,10 +204,15 @@ fn list_rules(
 #[derive(Debug)]
 pub struct Domain {
     pub name: String,
+    /// The file's top-level `name` (Envoy Gateway names its `RateLimitConfig` resources), for
+    /// listings; it plays no part in matching.
+    pub config_name: Option<String>,
     /// The file this domain was loaded from, for messages and listings.
     pub source: PathBuf,
     /// The top level of the descriptor tree.
     pub root: Children,
+    /// What in the file loads but is very likely a mistake, as `file:line:column: message`.
+    pub warnings: Vec<String>,
 }
 
 /// One node of the descriptor tree: a `key` (and maybe a `value`) with its limits and children.
@@ -131,6 +224,14 @@ pub struct Node {
     /// only leads to deeper nodes.
     pub policy: Option<Policy>,
     pub children: Children,
+    /// `detailed_metric`: this node's metrics carry the request's values at every level.
+    pub detailed_metric: bool,
+    /// `value_to_metric`: on a wildcard or key-only node, metrics carry the request's value
+    /// at this level.
+    pub value_to_metric: bool,
+    /// `share_threshold` (wildcard nodes only): every value that matches the pattern counts
+    /// on one counter, as envoyproxy/ratelimit puts the pattern in its cache key.
+    pub share_threshold: bool,
 }
 
 /// How a node's `value` matches an entry's value.
@@ -263,6 +364,12 @@ pub struct Limit {
     pub replaces: Vec<String>,
     /// Counted and reported, never enforced.
     pub shadow_mode: bool,
+    /// `quota_mode`: over this limit, the request is refused only when every quota group of
+    /// the request is over too (see `limiter`).
+    pub quota_mode: bool,
+    /// For each level of the rule path, the pattern that stands for the request's value in the
+    /// counter key (`share_threshold`); `None` when no level shares. Set by [`RuleSet::new`].
+    pub shared_values: Option<Arc<[Option<String>]>>,
     /// Its place in [`RuleSet::rules`], given by [`RuleSet::new`]; `None` for a limit that
     /// came with the request (Envoy's per-descriptor `limit`).
     pub id: Option<usize>,

@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::{ArcSwap, Guard};
 
-use crate::metrics::{Metrics, RuleCounters};
+use crate::metrics::{Metrics, RuleMetrics};
 use crate::rules::RuleSet;
 
 /// One installed rule set, with what goes with it.
@@ -18,7 +18,7 @@ pub struct Snapshot {
     /// [`crate::config::Sources::hash`] of the files it came from.
     pub hash: String,
     /// Per-rule metrics, indexed by [`crate::rules::Limit::id`].
-    pub counters: Vec<Option<RuleCounters>>,
+    pub counters: Vec<Option<RuleMetrics>>,
 }
 
 /// The current [`Snapshot`], and the metrics that reloads report to.
@@ -63,7 +63,10 @@ fn snapshot(rules: RuleSet, hash: String, metrics: &Metrics) -> Snapshot {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     metrics.config_loaded(&hash, rules.rules().len(), now);
-    let counters = metrics.rule_counters(&rules);
+    for warning in rules.warnings() {
+        tracing::warn!("{warning}");
+    }
+    let counters = metrics.rule_metrics(&rules);
     Snapshot {
         rules,
         hash,

@@ -28,6 +28,8 @@ pub struct RlsService {
     settings: Arc<ResponseSettings>,
     /// Record every decision in the metrics (`--decision-metrics`).
     record: bool,
+    /// `--shadow-mode`: every answer is OK; limits are counted and reported as if enforced.
+    shadow_mode: bool,
 }
 
 impl RlsService {
@@ -37,7 +39,17 @@ impl RlsService {
             limiter,
             settings: Arc::new(settings),
             record: true,
+            shadow_mode: false,
         }
+    }
+
+    /// Global shadow mode (envoyproxy/ratelimit's `SHADOW_MODE`): every limit is counted and
+    /// reported exactly as if enforced, and every answer is OK; the metrics count what would
+    /// have been refused (`shadow_mode`, `ratelimit_service_global_shadow_mode`).
+    pub fn in_shadow_mode(mut self, on: bool) -> Self {
+        self.shadow_mode = on;
+        self.rules.metrics().set_global_shadow_mode(on);
+        self
     }
 
     /// Stops recording decisions in the metrics (the per-rule counters, the answer counts and
@@ -72,8 +84,8 @@ impl RlsService {
         let snapshot = self.rules.current();
         let decision = self
             .limiter
-            .decide_observed(&snapshot.rules, &request, now, |limit, outcome| {
-                self.record_window(&snapshot, limit, outcome)
+            .decide_observed(&snapshot.rules, &request, now, |limit, entries, outcome| {
+                self.record_window(&snapshot, limit, entries, outcome)
             })
             .instrument(span.clone())
             .await;
@@ -98,8 +110,8 @@ impl RlsService {
         // `None` only in Redis mode, which returned above.
         let decision =
             self.limiter
-                .decide_now(&snapshot.rules, &request, now, |limit, outcome| {
-                    self.record_window(&snapshot, limit, outcome)
+                .decide_now(&snapshot.rules, &request, now, |limit, entries, outcome| {
+                    self.record_window(&snapshot, limit, entries, outcome)
                 })?;
         Some(self.finish(decision, started, &span))
     }
@@ -111,10 +123,19 @@ impl RlsService {
         started: Option<Instant>,
         span: &tracing::Span,
     ) -> Result<Answer, Status> {
-        let decision = match decision {
+        let mut decision = match decision {
             Ok(decision) => decision,
             Err(error) => return self.refused(status_of_store_error(error), started),
         };
+        if self.shadow_mode && decision.over_limit {
+            // As envoyproxy/ratelimit does: the statuses still say which descriptor is over
+            // and the headers what is left; only the overall answer lets the request through.
+            decision.over_limit = false;
+            decision.retry_after = None;
+            if started.is_some() {
+                self.rules.metrics().global_shadow_mode_answer();
+            }
+        }
         let over_limit = decision.over_limit;
         if let Some(started) = started {
             let metrics = self.rules.metrics();
@@ -135,11 +156,18 @@ impl RlsService {
         Err(status)
     }
 
-    fn record_window(&self, snapshot: &Snapshot, limit: &Limit, outcome: WindowOutcome) {
+    fn record_window(
+        &self,
+        snapshot: &Snapshot,
+        limit: &Limit,
+        entries: &[(&str, &str)],
+        mut outcome: WindowOutcome,
+    ) {
         if self.record
-            && let Some(Some(counters)) = limit.id.and_then(|id| snapshot.counters.get(id))
+            && let Some(Some(metrics)) = limit.id.and_then(|id| snapshot.counters.get(id))
         {
-            counters.record(outcome);
+            outcome.shadow_mode |= self.shadow_mode;
+            metrics.record(entries, outcome);
         }
     }
 }
