@@ -123,7 +123,10 @@ async fn rlconfig(State(admin): State<Admin>) -> Response {
         if rule.domain != domain {
             domain = &rule.domain;
             let _ = write!(text, "# domain {domain}: {}", rule.source.display());
-            let config_name = snapshot.rules.domain(domain).and_then(|d| d.config_name.as_ref());
+            let config_name = snapshot
+                .rules
+                .domain(domain)
+                .and_then(|d| d.config_name.as_ref());
             if let Some(name) = config_name {
                 let _ = write!(text, " (name {name})");
             }

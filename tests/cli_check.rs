@@ -51,8 +51,15 @@ fn each_broken_file_is_refused_with_its_place_and_reason() {
             "bad_unlimited_with_unit.yaml:7:13: a limit with `unlimited: true` must not have a `unit`",
         ),
         (
-            "bad_not_supported.yaml",
-            "bad_not_supported.yaml:4:5: `detailed_metric: true` is not supported yet",
+            "bad_share_threshold.yaml",
+            r#"bad_share_threshold.yaml:5:5: `share_threshold: true` needs a wildcard `value` (such as "files/*")"#,
+        ),
+        (
+            "bad_types.yaml",
+            "bad_types.yaml:5:18: `shadow_mode` must be true or false\n\
+             bad_types.yaml:6:15: `metadata` must be a mapping\n\
+             bad_types.yaml:9:18: `descriptors` must be a list\n\
+             bad_types.yaml:8:5: missing field `key`",
         ),
         (
             "bad_several.yaml",
@@ -67,6 +74,29 @@ fn each_broken_file_is_refused_with_its_place_and_reason() {
         assert_eq!(stdout, "", "{file}: nothing on stdout");
         assert_eq!(stderr.trim_end(), expected, "{file}");
     }
+}
+
+#[test]
+fn likely_mistakes_that_envoyproxy_ratelimit_loads_load_with_a_warning() {
+    let (code, stdout, stderr) = check(Path::new("warn_mistakes.yaml"));
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout, "warn_mistakes.yaml: OK (1 domain: careless)\n");
+    assert_eq!(
+        stderr,
+        "warning: warn_mistakes.yaml:4:17: no `requests_per_unit`: read as 0, which refuses every request\n\
+         warning: warn_mistakes.yaml:6:17: `unlimited: true` ignores `requests_per_unit`: this limit never limits\n"
+    );
+}
+
+#[test]
+fn files_in_envoy_gateways_shape_load_without_a_word() {
+    let (code, stdout, stderr) = check(Path::new("envoy-gateway-shape"));
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stderr, "");
+    assert_eq!(
+        stdout,
+        "envoy-gateway-shape: OK (4 domains: default/eg/files, default/eg/http, default/eg/models, default/eg/shadow)\n"
+    );
 }
 
 #[test]

@@ -283,7 +283,7 @@ fn limit(reader: &mut Reader<'_>, node: &MarkedYaml<'_>, flags: &NodeFlags) -> O
     };
     // envoyproxy/ratelimit reads a missing count as 0, which blocks every request.
     let written = fields.iter().any(|f| f.name == "requests_per_unit");
-    let Some(requests_per_unit) = requests_per_unit.or_else(|| {
+    let requests_per_unit = requests_per_unit.or_else(|| {
         if written {
             return None;
         }
@@ -292,9 +292,7 @@ fn limit(reader: &mut Reader<'_>, node: &MarkedYaml<'_>, flags: &NodeFlags) -> O
             "no `requests_per_unit`: read as 0, which refuses every request",
         );
         Some(0)
-    }) else {
-        return None;
-    };
+    })?;
     let window = match Window::try_new(unit, multiplier) {
         Ok(window) => window,
         Err(InvalidWindow::ZeroMultiplier) => {

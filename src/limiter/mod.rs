@@ -179,7 +179,8 @@ impl Limiter {
         request: &Request<'_>,
         now: Duration,
     ) -> Result<Decision, StoreError> {
-        self.decide_observed(rules, request, now, |_, _, _| {}).await
+        self.decide_observed(rules, request, now, |_, _, _| {})
+            .await
     }
 
     /// [`Limiter::decide_observed`] at once, in memory mode, where nothing waits (no future
@@ -304,7 +305,9 @@ impl<'l> Plan<'l> {
                     continue;
                 }
                 let key = *key.get_or_insert_with(|| {
-                    batch.keys.push(counter_key(request.domain, descriptor, limit));
+                    batch
+                        .keys
+                        .push(counter_key(request.domain, descriptor, limit));
                     batch.keys.len() - 1
                 });
                 let seconds = limit.window.seconds();
@@ -327,10 +330,7 @@ impl<'l> Plan<'l> {
                 });
             }
         }
-        Plan {
-            planned,
-            batch,
-        }
+        Plan { planned, batch }
     }
 
     /// The decision from the store's counts, telling `observe` what each window saw (with the
@@ -532,9 +532,7 @@ impl QuotaGroups {
     /// that still have room, or all of them once every group is exhausted.
     fn speaks_for_request(&self, descriptor: usize) -> bool {
         let group = self.group_of.get(descriptor).copied().flatten();
-        let exhausted = group
-            .and_then(|g| self.groups.get(g))
-            .is_some_and(|g| g.1);
+        let exhausted = group.and_then(|g| self.groups.get(g)).is_some_and(|g| g.1);
         !exhausted || self.refusal().is_some()
     }
 }

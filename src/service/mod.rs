@@ -108,11 +108,12 @@ impl RlsService {
         let _entered = span.enter();
         let snapshot = self.rules.load();
         // `None` only in Redis mode, which returned above.
-        let decision =
-            self.limiter
-                .decide_now(&snapshot.rules, &request, now, |limit, entries, outcome| {
-                    self.record_window(&snapshot, limit, entries, outcome)
-                })?;
+        let decision = self.limiter.decide_now(
+            &snapshot.rules,
+            &request,
+            now,
+            |limit, entries, outcome| self.record_window(&snapshot, limit, entries, outcome),
+        )?;
         Some(self.finish(decision, started, &span))
     }
 

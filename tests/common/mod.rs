@@ -40,6 +40,18 @@ impl TestServer {
             ratelimitd::config::parse_domain(std::path::Path::new("test.yaml"), rules_yaml)
                 .unwrap_or_else(|errors| panic!("test rules do not load: {errors:?}"));
         let rules = ratelimitd::rules::RuleSet::new(vec![domain]);
+        TestServer::start_rules(rules, settings).await
+    }
+
+    /// Serves the rule file or directory `path` (relative to the crate).
+    pub async fn start_path(path: &str, settings: Settings) -> TestServer {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+        let rules = ratelimitd::config::load(&path)
+            .unwrap_or_else(|errors| panic!("test rules do not load: {errors}"));
+        TestServer::start_rules(rules, settings).await
+    }
+
+    pub async fn start_rules(rules: ratelimitd::rules::RuleSet, settings: Settings) -> TestServer {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind a free port");
