@@ -482,15 +482,15 @@ impl Decision {
 struct QuotaGroups {
     /// Per group: exhausted, and when every exhausted window of it has reset.
     groups: SmallVec<[(String, bool, Duration); 2]>,
-    /// Per request descriptor: its group, if it is in quota mode.
-    group_of: SmallVec<[Option<usize>; 2]>,
+    /// `(descriptor, group)` for each quota-mode window; empty for most requests.
+    group_of: SmallVec<[(usize, usize); 2]>,
 }
 
 impl QuotaGroups {
     fn of(request: &Request<'_>, planned: &[Planned<'_>], counts: &[Count]) -> QuotaGroups {
         let mut quota = QuotaGroups {
             groups: SmallVec::new(),
-            group_of: SmallVec::from_elem(None, request.descriptors.len()),
+            group_of: SmallVec::new(),
         };
         for (plan, count) in planned.iter().zip(counts) {
             if !plan.limit.quota_mode {
@@ -507,9 +507,7 @@ impl QuotaGroups {
                     quota.groups.len() - 1
                 }
             };
-            if let Some(place) = quota.group_of.get_mut(plan.descriptor) {
-                *place = Some(group);
-            }
+            quota.group_of.push((plan.descriptor, group));
             if count.over_limit
                 && let Some((_, exhausted, reset)) = quota.groups.get_mut(group)
             {
@@ -531,8 +529,12 @@ impl QuotaGroups {
     /// Whether a quota window of `descriptor` speaks for the request's headers: those of groups
     /// that still have room, or all of them once every group is exhausted.
     fn speaks_for_request(&self, descriptor: usize) -> bool {
-        let group = self.group_of.get(descriptor).copied().flatten();
-        let exhausted = group.and_then(|g| self.groups.get(g)).is_some_and(|g| g.1);
+        let exhausted = self
+            .group_of
+            .iter()
+            .find(|(d, _)| *d == descriptor)
+            .and_then(|(_, g)| self.groups.get(*g))
+            .is_some_and(|g| g.1);
         !exhausted || self.refusal().is_some()
     }
 }
