@@ -3,7 +3,10 @@
 //! [`Limiter::decide`] takes one rules snapshot and one validated [`Request`]; it finds each
 //! descriptor's limits, drops those that another limit `replaces`, counts every remaining
 //! window in one all-or-nothing call to the store, and says for each descriptor, and for the
-//! request as a whole, which window binds. It knows nothing of gRPC: `service` maps the
+//! request as a whole, which window binds. Shadow-mode and quota-mode windows are counted but
+//! never refuse in the store; quota-mode ones refuse together, when every quota group of the
+//! request is exhausted ([`QuotaGroups`]). A `share_threshold` level puts its pattern in the
+//! counter key in place of the value. It knows nothing of gRPC: `service` maps the
 //! [`Decision`] to Envoy's response.
 //!
 //! The store is the only part that differs between backends: [`MemoryStore`] in process, or

@@ -488,3 +488,78 @@ impl Unit {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{MetricLevel, MetricNaming};
+
+    fn level(key: &str, segment: &str, value_to_metric: bool, shared: bool) -> MetricLevel {
+        MetricLevel {
+            key: key.to_string(),
+            segment: segment.to_string(),
+            value_to_metric,
+            shared,
+        }
+    }
+
+    #[test]
+    fn metric_names_take_request_values_only_where_the_rule_asks() {
+        let route = level("route", "route_r1", false, false);
+        let any_user = level("user", "user", true, false);
+        let files = level("path", "path_files/*", false, true);
+        let docs = level("path", "path_docs/*", true, false);
+        let naming = |detailed, levels: &[&MetricLevel]| MetricNaming {
+            detailed,
+            levels: levels.iter().map(|l| (*l).clone()).collect(),
+        };
+        let table: [(MetricNaming, [&str; 2], [&str; 2], bool); 6] = [
+            // Nothing asked: the rule path.
+            (
+                naming(false, &[&route, &level("k", "k", false, false)]),
+                ["r1", "v"],
+                ["route_r1", "k"],
+                false,
+            ),
+            // value_to_metric on a key-only and on a wildcard level.
+            (
+                naming(false, &[&route, &any_user]),
+                ["r1", "alice"],
+                ["route_r1", "user_alice"],
+                true,
+            ),
+            (
+                naming(false, &[&docs, &route]),
+                ["docs/a", "r1"],
+                ["path_docs/a", "route_r1"],
+                true,
+            ),
+            (
+                naming(false, &[&route, &any_user]),
+                ["r1", ""],
+                ["route_r1", "user"],
+                true,
+            ),
+            // detailed_metric: every level carries the request's value, shared ones their pattern.
+            (
+                naming(true, &[&route, &any_user]),
+                ["r1", ""],
+                ["route_r1", "user_"],
+                true,
+            ),
+            (
+                naming(true, &[&files, &any_user]),
+                ["files/a", "bob"],
+                ["path_files/*", "user_bob"],
+                true,
+            ),
+        ];
+        for (naming, values, expected, uses_values) in table {
+            assert_eq!(naming.path(values), expected, "{naming:?}");
+            assert_eq!(naming.uses_values(), uses_values, "{naming:?}");
+        }
+        assert!(
+            !naming(true, &[&files]).uses_values(),
+            "a shared level keeps its pattern"
+        );
+    }
+}
