@@ -306,7 +306,8 @@ async fn a_shadow_mode_rule_counts_and_never_refuses() {
 
 /// envoyproxy/ratelimit's quota mode: a quota-mode descriptor over its limit does not refuse
 /// the request while another quota group (model) still has quota; the request is refused when
-/// a descriptor in normal mode is over, or every quota group is.
+/// a descriptor in normal mode is over, or every quota group is. A request refused by its only
+/// quota group consumes nothing.
 #[tokio::test]
 async fn quota_mode_refuses_only_when_every_model_is_exhausted() {
     let server = TestServer::start_path(SHAPE, Settings::default()).await;
@@ -349,7 +350,9 @@ async fn quota_mode_refuses_only_when_every_model_is_exhausted() {
                     "normal within, the only model exhausted",
                     vec![chat(), claude()],
                 ),
-                ("normal over", vec![chat(), chat()]),
+                // ... and took nothing: the route still has its 2.
+                ("normal within both", vec![chat(), chat()]),
+                ("normal over", vec![chat()]),
             ];
             let mut rows = Vec::new();
             for (name, descriptors) in steps {
@@ -361,7 +364,7 @@ async fn quota_mode_refuses_only_when_every_model_is_exhausted() {
     })
     .await;
     use Code::{Ok, OverLimit as Over};
-    let expected: [(&str, Code, Vec<Code>); 7] = [
+    let expected: [(&str, Code, Vec<Code>); 8] = [
         ("both models have quota", Ok, vec![Ok, Ok]),
         ("tenant and model buckets have room", Ok, vec![Ok, Ok]),
         (
@@ -376,7 +379,8 @@ async fn quota_mode_refuses_only_when_every_model_is_exhausted() {
             Over,
             vec![Ok, Over],
         ),
-        ("normal over", Over, vec![Ok, Over]),
+        ("normal within both", Ok, vec![Ok, Ok]),
+        ("normal over", Over, vec![Over]),
     ];
     for (row, want) in table.into_iter().zip(expected) {
         assert_eq!(row, want);

@@ -3,9 +3,9 @@
 //! [`Limiter::decide`] takes one rules snapshot and one validated [`Request`]; it finds each
 //! descriptor's limits, drops those that another limit `replaces`, counts every remaining
 //! window in one all-or-nothing call to the store, and says for each descriptor, and for the
-//! request as a whole, which window binds. Shadow-mode and quota-mode windows are counted but
-//! never refuse in the store; quota-mode ones refuse together, when every quota group of the
-//! request is exhausted ([`QuotaGroups`]). A `share_threshold` level puts its pattern in the
+//! request as a whole, which window binds. Shadow-mode windows are counted but never refuse;
+//! quota-mode ones refuse together, when every quota group of the request is exhausted
+//! ([`QuotaGroups`]). A `share_threshold` level puts its pattern in the
 //! counter key in place of the value. It knows nothing of gRPC: `service` maps the
 //! [`Decision`] to Envoy's response.
 //!
@@ -294,6 +294,22 @@ impl<'l> Plan<'l> {
         } else {
             HashSet::new()
         };
+        let is_replaced =
+            |limit: &Limit| replaces && limit.name.as_deref().is_some_and(|n| replaced.contains(n));
+        // Quota-mode windows refuse only together, across the request's quota groups (see
+        // `QuotaGroups`), so in general the store must not refuse on them. With one group, its
+        // windows refuse like any other: then the store refuses, and a refused request moves
+        // nothing. Only a request of several groups, all exhausted, is refused after counting.
+        let one_quota_group = {
+            let mut groups = applied
+                .iter()
+                .zip(&request.descriptors)
+                .filter(|(a, _)| a.limits().iter().any(|l| l.quota_mode && !is_replaced(l)))
+                .map(|(_, descriptor)| quota_group_key(&descriptor.entries));
+            groups
+                .next()
+                .is_some_and(|first| groups.all(|other| other == first))
+        };
         let windows = applied.iter().map(|a| a.limits().len()).sum();
         let mut planned: SmallVec<[Planned<'l>; 4]> = SmallVec::with_capacity(windows);
         let mut batch = Batch {
@@ -304,7 +320,7 @@ impl<'l> Plan<'l> {
             let mut key = None;
             let hits = request.hits_of(descriptor);
             for limit in applied.limits() {
-                if replaces && limit.name.as_deref().is_some_and(|n| replaced.contains(n)) {
+                if is_replaced(limit) {
                     continue;
                 }
                 let key = *key.get_or_insert_with(|| {
@@ -321,9 +337,7 @@ impl<'l> Plan<'l> {
                     window_index: position.index,
                     requests_per_unit: limit.requests_per_unit,
                     hits,
-                    // Quota-mode windows never refuse in the store: whether they refuse is
-                    // decided across the request's quota groups (see `Decision::from_counts`).
-                    enforced: !limit.shadow_mode && !limit.quota_mode,
+                    enforced: !limit.shadow_mode && (!limit.quota_mode || one_quota_group),
                 });
                 planned.push(Planned {
                     descriptor: i,
