@@ -22,51 +22,8 @@ use std::time::Duration;
 use dashmap::DashMap;
 use smallvec::SmallVec;
 
-use super::key::CounterKey;
+use super::store::{Batch, Count, Counts, Increment, StoreError, is_over};
 use super::window;
-
-/// One request's counters: the descriptor keys, and one increment per window. Inline for
-/// requests of up to two descriptors and four windows, so a typical batch is not allocated.
-#[derive(Debug, Default)]
-pub struct Batch {
-    pub keys: SmallVec<[CounterKey; 2]>,
-    pub increments: SmallVec<[Increment; 4]>,
-}
-
-/// One [`Count`] per increment of a [`Batch`], in order.
-pub type Counts = SmallVec<[Count; 4]>;
-
-/// One counter's change in a request.
-#[derive(Debug)]
-pub struct Increment {
-    /// Index of the descriptor's key in [`Batch::keys`].
-    pub key: usize,
-    /// The window's length in seconds: with the key, it names the counter.
-    pub window_seconds: u32,
-    /// The window number that `now` falls in.
-    pub window_index: u32,
-    pub requests_per_unit: u32,
-    /// 0 checks without counting: over when the counter has already reached its limit.
-    pub hits: u64,
-    /// `false` for shadow-mode limits: counted, never blocking.
-    pub enforced: bool,
-}
-
-/// What one counter says after a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Count {
-    /// The count after this request (or, if the request was refused, the count it left alone).
-    pub value: u64,
-    /// This counter's limit is exceeded by the request.
-    pub over_limit: bool,
-}
-
-/// Why a request could not be counted.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum StoreError {
-    #[error("the counter table is full ({0} keys); raise --max-counters")]
-    Full(usize),
-}
 
 /// The in-memory counter store.
 pub struct MemoryStore {
@@ -131,12 +88,7 @@ impl Counter {
         loop {
             let (at, count) = Counter::count_in(state, index);
             let after = count.saturating_add(hits);
-            let over = if hits == 0 {
-                count >= u64::from(limit)
-            } else {
-                after > u64::from(limit)
-            };
-            if over {
+            if is_over(after, hits, limit) {
                 return Err(count);
             }
             if hits == 0 {
@@ -358,11 +310,7 @@ impl MemoryStore {
                 Op::Peek
             };
             let value = self.on_counter(batch, inc, op)?.unwrap_or_default().1;
-            let over_limit = if inc.hits == 0 {
-                value >= u64::from(inc.requests_per_unit)
-            } else {
-                value > u64::from(inc.requests_per_unit)
-            };
+            let over_limit = is_over(value, inc.hits, inc.requests_per_unit);
             counts[i] = Count { value, over_limit };
         }
         Ok((admitted, counts))
@@ -426,9 +374,20 @@ impl MemoryStore {
     }
 }
 
+impl super::store::CounterStore for MemoryStore {
+    /// At once: nothing in memory waits.
+    fn count(
+        &self,
+        batch: &Batch,
+    ) -> impl std::future::Future<Output = Result<(bool, Counts), StoreError>> + Send {
+        std::future::ready(self.apply(batch))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::limiter::CounterKey;
 
     /// A batch of one descriptor key with `windows` as (window seconds, limit, hits, index).
     fn batch(name: &str, windows: &[(u32, u32, u64, u32)]) -> Batch {
@@ -548,10 +507,10 @@ mod tests {
     fn a_full_table_refuses_new_keys_but_serves_known_ones() {
         let store = MemoryStore::new(1);
         store.apply(&batch("a", &[(60, 5, 1, 1)])).expect("room");
-        assert_eq!(
+        assert!(matches!(
             store.apply(&batch("b", &[(60, 5, 1, 1)])),
             Err(StoreError::Full(1))
-        );
+        ));
         assert!(store.apply(&batch("a", &[(60, 5, 1, 1)])).is_ok());
     }
 

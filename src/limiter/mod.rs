@@ -10,14 +10,18 @@
 //! [`Decision`] to Envoy's response.
 //!
 //! The store is the only part that differs between backends: [`MemoryStore`] in process, or
-//! [`RedisStore`] (see [`OnBackendError`] for what happens when Redis fails). Both take the same
-//! [`Batch`] and give back the same counts, so the decision around them does not change.
+//! [`RedisStore`] wrapped in its failure policy ([`Shared`], see [`OnBackendError`]). Both keep
+//! the store contract ([`store`]): the same [`Batch`] in, the same counts out, so the decision
+//! around them does not change. A decision is one path, plan → count → conclude; in memory the
+//! count is made at once ([`Limiter::decide_now`]), with Redis it is awaited.
 
 mod key;
 mod memory;
 pub mod redis;
 mod redis_batcher;
+mod redis_script;
 mod shared;
+pub mod store;
 pub mod window;
 
 use std::collections::HashSet;
@@ -27,9 +31,10 @@ use std::time::Duration;
 use smallvec::SmallVec;
 
 pub use key::CounterKey;
-pub use memory::{Batch, Count, Counts, Increment, MemoryStore, StoreError};
+pub use memory::MemoryStore;
 pub use redis::{BackendError, RedisStore, Target};
-pub use shared::{BackendState, OnBackendError, Shared};
+pub use shared::{BackendState, Counted, OnBackendError, Shared};
+pub use store::{Batch, Count, CounterStore, Counts, Increment, StoreError};
 
 use crate::rules::{Entry, Limit, Policy, RuleSet, Unit, Window};
 
@@ -115,11 +120,16 @@ pub struct WindowOutcome {
     pub shadow_mode: bool,
 }
 
-/// Decides requests against rules, counting in a store: process memory, or Redis with the
-/// memory store as its fallback.
+/// Decides requests against rules, counting in a store: process memory, or Redis with its
+/// failure policy.
 pub struct Limiter {
-    store: MemoryStore,
-    shared: Option<Shared>,
+    store: Store,
+}
+
+/// Where a limiter counts.
+enum Store {
+    Memory(MemoryStore),
+    Redis(Shared),
 }
 
 /// The limits that apply to one descriptor, before `replaces`.
@@ -151,8 +161,7 @@ impl Limiter {
     /// Counting in `store` (memory).
     pub fn new(store: MemoryStore) -> Limiter {
         Limiter {
-            store,
-            shared: None,
+            store: Store::Memory(store),
         }
     }
 
@@ -160,19 +169,24 @@ impl Limiter {
     /// away.
     pub fn shared(redis: Arc<RedisStore>, on_error: OnBackendError, store: MemoryStore) -> Limiter {
         Limiter {
-            store,
-            shared: Some(Shared::new(redis, on_error)),
+            store: Store::Redis(Shared::new(redis, on_error, store)),
         }
     }
 
     /// The in-process store (in Redis mode, the fallback of `--on-backend-error local`).
     pub fn store(&self) -> &MemoryStore {
-        &self.store
+        match &self.store {
+            Store::Memory(store) => store,
+            Store::Redis(shared) => shared.local(),
+        }
     }
 
     /// Redis and its state, in Redis mode.
     pub fn backend(&self) -> Option<(&Shared, &BackendState)> {
-        self.shared.as_ref().map(|s| (s, s.state()))
+        match &self.store {
+            Store::Memory(_) => None,
+            Store::Redis(shared) => Some((shared, shared.state())),
+        }
     }
 
     /// Decides `request` at `now` (time since the Unix epoch).
@@ -195,18 +209,15 @@ impl Limiter {
         now: Duration,
         observe: impl FnMut(&Limit, &[(&str, &str)], WindowOutcome),
     ) -> Option<Result<Decision, StoreError>> {
-        if self.shared.is_some() {
+        let Store::Memory(store) = &self.store else {
             return None;
-        }
+        };
         let Some(applied) = applied(rules, request) else {
             return Some(Ok(Decision::unknown_domain(request.descriptors.len())));
         };
         let plan = Plan::new(&applied, request, now);
-        Some(
-            self.store
-                .apply(&plan.batch)
-                .map(|(admitted, counts)| plan.conclude(request, admitted, &counts, observe)),
-        )
+        let counted = store.apply(&plan.batch).map(|(a, c)| Counted::Counts(a, c));
+        Some(counted.map(|counted| plan.conclude(request, counted, observe)))
     }
 
     /// [`Limiter::decide`], telling `observe` what each counted window saw.
@@ -221,21 +232,11 @@ impl Limiter {
             return Ok(Decision::unknown_domain(request.descriptors.len()));
         };
         let plan = Plan::new(&applied, request, now);
-        let descriptors = request.descriptors.len();
-        let (admitted, counts) = match &self.shared {
-            None => self.store.apply(&plan.batch)?,
-            Some(shared) => match shared.count(&plan.batch).await {
-                Some(counted) => counted,
-                None => match shared.on_error {
-                    OnBackendError::Local => self.store.apply(&plan.batch)?,
-                    OnBackendError::Allow => return Ok(Decision::unlimited(descriptors)),
-                    OnBackendError::Deny => {
-                        return Ok(Decision::denied(descriptors, &plan.planned));
-                    }
-                },
-            },
+        let counted = match &self.store {
+            Store::Memory(store) => store.apply(&plan.batch).map(|(a, c)| Counted::Counts(a, c)),
+            Store::Redis(shared) => shared.count(&plan.batch).await,
         };
-        Ok(plan.conclude(request, admitted, &counts, observe))
+        Ok(plan.conclude(request, counted?, observe))
     }
 }
 
@@ -355,18 +356,23 @@ impl<'l> Plan<'l> {
     fn conclude(
         &self,
         request: &Request<'_>,
-        admitted: bool,
-        counts: &[Count],
+        counted: Counted,
         mut observe: impl FnMut(&Limit, &[(&str, &str)], WindowOutcome),
     ) -> Decision {
-        for (plan, count) in self.planned.iter().zip(counts) {
+        let descriptors = request.descriptors.len();
+        let (admitted, counts) = match counted {
+            Counted::Counts(admitted, counts) => (admitted, counts),
+            Counted::Allowed => return Decision::unlimited(descriptors),
+            Counted::Denied => return Decision::denied(descriptors, &self.planned),
+        };
+        for (plan, count) in self.planned.iter().zip(&counts) {
             let entries = request
                 .descriptors
                 .get(plan.descriptor)
                 .map_or(&[][..], |d| &d.entries[..]);
             observe(plan.limit, entries, plan.outcome(admitted, count));
         }
-        Decision::from_counts(request, &self.planned, counts)
+        Decision::from_counts(request, &self.planned, &counts)
     }
 }
 
@@ -378,16 +384,15 @@ impl Planned<'_> {
         } else {
             count.value
         };
-        let limit = u64::from(self.limit.requests_per_unit);
         WindowOutcome {
             before,
             hits: self.hits,
             requests_per_unit: self.limit.requests_per_unit,
-            over_limit: if self.hits == 0 {
-                before >= limit
-            } else {
-                before + self.hits > limit
-            },
+            over_limit: store::is_over(
+                before.saturating_add(self.hits),
+                self.hits,
+                self.limit.requests_per_unit,
+            ),
             shadow_mode: self.limit.shadow_mode,
         }
     }

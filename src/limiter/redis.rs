@@ -1,17 +1,18 @@
 //! Counters in Redis or Redis Cluster, shared by every ratelimitd replica that points at it.
 //!
-//! One request is one round trip: a Lua script increments every counter of the request and,
-//! if an enforced one has no room, takes the increments back before anyone can see them (so,
-//! as in memory, a refused request moves nothing); it sets each new key's expiry to the end of
-//! its window in the same step (so a key never outlives its window, nor exists without one).
+//! One request is one round trip: the Lua script (`redis_script.rs`) increments every counter
+//! of the request and, if an enforced one has no room, takes the increments back before anyone
+//! can see them (so, as in memory, a refused request moves nothing); it sets each new key's
+//! expiry to the end of its window in the same step (so a key never outlives its window, nor
+//! exists without one).
 //!
 //! Keys are short, to keep Redis small: `{H}S:I`, where `H` is 16 base64url characters of a
 //! BLAKE3 hash of the counter key (domain and descriptor entries), `S` the window length in
 //! seconds and `I` the window number modulo 100 (a key lives one window, so this only guards
 //! against clocks a little apart). The braces are a Cluster hash tag: all windows of one
 //! descriptor live in one slot and go in one script. In Cluster mode the descriptors of one
-//! request go out in parallel, one script each; if one refuses after another has counted, the
-//! counted hits are taken back.
+//! request go out in parallel, one script each; if one refuses after another has counted, every
+//! hit the others counted is taken back (shadow ones too, as memory never counts them).
 //!
 //! With one Redis, concurrent decisions are sent together: `redis_batcher` puts every decision
 //! queued while the previous call was out into one script call (each request still counted
@@ -30,22 +31,10 @@ use redis::{RedisError, Script};
 use tokio::sync::{OnceCell, mpsc, oneshot};
 
 use super::redis_batcher::{self, Job};
-use super::{Batch, Count, Counts, Increment};
+use super::redis_script::{Answer, SCRIPT, key_args};
+use super::store::{Batch, Count, CounterStore, Counts, Increment, StoreError, is_over};
 
-/// Why Redis could not count a request.
-#[derive(Debug, thiserror::Error)]
-pub enum BackendError {
-    #[error("not connected to Redis yet")]
-    NotConnected,
-    #[error("Redis did not answer within {0:?}")]
-    Timeout(Duration),
-    #[error("Redis: {0}")]
-    Redis(#[from] RedisError),
-    #[error("Redis answered something unexpected: {0}")]
-    Unexpected(String),
-    #[error("Redis: {0}")]
-    Batch(String),
-}
+pub use super::redis_script::BackendError;
 
 /// Why a `--backend` address was refused.
 #[derive(Debug, thiserror::Error)]
@@ -133,45 +122,6 @@ pub struct RedisStore {
     release: Script,
 }
 
-/// Counts each key in turn and, at the first enforced one without room, takes back what it
-/// counted and stops: atomic, so nobody sees the hits that were taken back, and a request
-/// within its limits costs one INCRBY per key (and an EXPIREAT for a new key).
-/// ARGV per key: hits, limit, enforced (1/0), expiry (Unix seconds: the window's end).
-/// Returns {admitted, first over (1-based, 0: none), value of each key}.
-const COUNT_SCRIPT: &str = r"
-local values = {}
-for i = 1, #KEYS do
-  local at = (i - 1) * 4
-  local hits = tonumber(ARGV[at + 1])
-  local value
-  if hits > 0 then
-    value = redis.call('INCRBY', KEYS[i], hits)
-    if value == hits then
-      redis.call('EXPIREAT', KEYS[i], ARGV[at + 4])
-    end
-  else
-    value = tonumber(redis.call('GET', KEYS[i]) or '0')
-  end
-  values[i] = value
-  if ARGV[at + 3] == '1' then
-    local limit = tonumber(ARGV[at + 2])
-    if (hits == 0 and value >= limit) or (hits > 0 and value > limit) then
-      for j = 1, i do
-        local taken = tonumber(ARGV[(j - 1) * 4 + 1])
-        if taken > 0 then
-          values[j] = redis.call('DECRBY', KEYS[j], taken)
-        end
-      end
-      for j = i + 1, #KEYS do
-        values[j] = tonumber(redis.call('GET', KEYS[j]) or '0')
-      end
-      return {0, i, unpack(values)}
-    end
-  end
-end
-return {1, 0, unpack(values)}
-";
-
 /// Takes back hits counted by a script whose request another slot refused. ARGV: hits per key.
 const RELEASE_SCRIPT: &str = r"
 for i = 1, #KEYS do
@@ -195,7 +145,7 @@ impl RedisStore {
             target,
             timeout,
             connection: OnceCell::new(),
-            count: Script::new(COUNT_SCRIPT),
+            count: Script::new(SCRIPT),
             release: Script::new(RELEASE_SCRIPT),
         });
         let connecting = Arc::clone(&store);
@@ -283,18 +233,7 @@ impl RedisStore {
                 let (reply, answer) = oneshot::channel();
                 let job = Job {
                     keys: batch.increments.iter().map(|inc| tags.key(inc)).collect(),
-                    args: batch
-                        .increments
-                        .iter()
-                        .map(|inc| {
-                            [
-                                inc.hits,
-                                u64::from(inc.requests_per_unit),
-                                u64::from(inc.enforced),
-                                window_end(inc),
-                            ]
-                        })
-                        .collect(),
+                    args: batch.increments.iter().map(key_args).collect(),
                     reply,
                 };
                 jobs.send(job)
@@ -354,16 +293,16 @@ impl RedisStore {
         batch: &Batch,
         group: &[usize],
     ) -> Result<Answer, BackendError> {
+        // One request: the script's list of requests holds just this one.
         let mut invocation = self.count.prepare_invoke();
+        invocation.arg(1).arg(group.len());
         let mut tags = KeyTags::new(batch);
         for &i in group {
             let inc = &batch.increments[i];
-            invocation
-                .key(tags.key(inc))
-                .arg(inc.hits)
-                .arg(inc.requests_per_unit)
-                .arg(u8::from(inc.enforced))
-                .arg(window_end(inc));
+            invocation.key(tags.key(inc));
+            for arg in key_args(inc) {
+                invocation.arg(arg);
+            }
         }
         let reply: Vec<i64> = invocation.invoke_async(connection).await?;
         Answer::read(&reply, group.len())
@@ -379,7 +318,7 @@ impl RedisStore {
         let mut tags = KeyTags::new(batch);
         for &i in group {
             let inc = &batch.increments[i];
-            if inc.enforced && inc.hits > 0 {
+            if inc.hits > 0 {
                 invocation.key(tags.key(inc)).arg(inc.hits);
             }
         }
@@ -388,37 +327,8 @@ impl RedisStore {
     }
 }
 
-/// One script's answer for one request.
-pub(super) struct Answer {
-    admitted: bool,
-    /// Index in the group of the first enforced counter without room.
-    first_over: Option<usize>,
-    values: Vec<u64>,
-}
-
-impl Answer {
-    pub(super) fn read(reply: &[i64], keys: usize) -> Result<Answer, BackendError> {
-        let [admitted, first_over, values @ ..] = reply else {
-            return Err(BackendError::Unexpected(format!("{reply:?}")));
-        };
-        if values.len() != keys {
-            return Err(BackendError::Unexpected(format!("{reply:?}")));
-        }
-        Ok(Answer {
-            admitted: *admitted == 1,
-            first_over: usize::try_from(*first_over)
-                .ok()
-                .and_then(|i| i.checked_sub(1)),
-            values: values
-                .iter()
-                .map(|v| u64::try_from(*v).unwrap_or(0))
-                .collect(),
-        })
-    }
-}
-
 /// The counts of every increment, as the memory store reports them: an enforced counter that
-/// refused is over; a shadow-mode counter is over when its count passed its limit.
+/// refused is over; another is over when its count is past its limit.
 fn counts_of(batch: &Batch, answers: &[(Vec<usize>, Answer)]) -> (bool, Counts) {
     let admitted = answers.iter().all(|(_, a)| a.admitted);
     let mut counts = Counts::from_elem(
@@ -432,18 +342,15 @@ fn counts_of(batch: &Batch, answers: &[(Vec<usize>, Answer)]) -> (bool, Counts) 
         for (place, (&i, &value)) in group.iter().zip(&answer.values).enumerate() {
             let inc = &batch.increments[i];
             // A counter this request incremented, in a request refused elsewhere, is back.
-            let value = if answer.admitted && !admitted && inc.enforced {
+            let value = if answer.admitted && !admitted {
                 value.saturating_sub(inc.hits)
             } else {
                 value
             };
-            let limit = u64::from(inc.requests_per_unit);
             let over_limit = if inc.enforced {
                 answer.first_over == Some(place)
-            } else if inc.hits == 0 {
-                value >= limit
             } else {
-                value > limit
+                is_over(value, inc.hits, inc.requests_per_unit)
             };
             counts[i] = Count { value, over_limit };
         }
@@ -499,9 +406,10 @@ fn tag_of(counter_key: &[u8]) -> Tag {
     tag
 }
 
-/// When the increment's window ends, in Unix seconds: the key's expiry.
-fn window_end(inc: &Increment) -> u64 {
-    (u64::from(inc.window_index) + 1) * u64::from(inc.window_seconds)
+impl CounterStore for RedisStore {
+    async fn count(&self, batch: &Batch) -> Result<(bool, Counts), StoreError> {
+        Ok(self.apply(batch).await?)
+    }
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use redis::Script;
 use redis::aio::ConnectionManager;
 use tokio::sync::{mpsc, oneshot};
 
-use super::redis::{Answer, BackendError};
+use super::redis_script::{Answer, BackendError, SCRIPT};
 
 /// The most requests in one call: bounds the script's run time, during which Redis serves
 /// nobody else.
@@ -31,65 +31,9 @@ pub struct Job {
     pub reply: oneshot::Sender<Result<Answer, BackendError>>,
 }
 
-/// ARGV: the number of requests, then per request its number of keys and, per key, hits,
-/// limit, enforced, expiry. KEYS: every request's keys, in order. Returns, per request,
-/// admitted, first over (1-based, 0: none) and the value of each of its keys.
-const BATCH_SCRIPT: &str = r"
-local out = {}
-local k = 0
-local a = 2
-for r = 1, tonumber(ARGV[1]) do
-  local n = tonumber(ARGV[a])
-  a = a + 1
-  local values = {}
-  local first_over = 0
-  for i = 1, n do
-    local at = a + (i - 1) * 4
-    local key = KEYS[k + i]
-    local hits = tonumber(ARGV[at])
-    local value
-    if hits > 0 then
-      value = redis.call('INCRBY', key, hits)
-      if value == hits then
-        redis.call('EXPIREAT', key, ARGV[at + 3])
-      end
-    else
-      value = tonumber(redis.call('GET', key) or '0')
-    end
-    values[i] = value
-    if ARGV[at + 2] == '1' then
-      local limit = tonumber(ARGV[at + 1])
-      if (hits == 0 and value >= limit) or (hits > 0 and value > limit) then
-        first_over = i
-        break
-      end
-    end
-  end
-  if first_over > 0 then
-    for j = 1, first_over do
-      local taken = tonumber(ARGV[a + (j - 1) * 4])
-      if taken > 0 then
-        values[j] = redis.call('DECRBY', KEYS[k + j], taken)
-      end
-    end
-    for j = first_over + 1, n do
-      values[j] = tonumber(redis.call('GET', KEYS[k + j]) or '0')
-    end
-  end
-  out[#out + 1] = first_over == 0 and 1 or 0
-  out[#out + 1] = first_over
-  for i = 1, n do
-    out[#out + 1] = values[i]
-  end
-  k = k + n
-  a = a + 4 * n
-end
-return out
-";
-
 /// Loads the script into Redis, so that the first decisions do not wait for it.
 pub async fn preload(connection: &mut ConnectionManager) -> redis::RedisResult<()> {
-    Script::new(BATCH_SCRIPT).load_async(connection).await?;
+    Script::new(SCRIPT).load_async(connection).await?;
     Ok(())
 }
 
@@ -101,7 +45,7 @@ pub fn start(connection: ConnectionManager) -> mpsc::Sender<Job> {
 }
 
 async fn run(mut connection: ConnectionManager, mut queue: mpsc::Receiver<Job>) {
-    let script = Script::new(BATCH_SCRIPT);
+    let script = Script::new(SCRIPT);
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_REQUESTS);
     while let Some(first) = queue.recv().await {
         batch.push(first);

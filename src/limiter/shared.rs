@@ -1,5 +1,6 @@
-//! Counting in Redis with a fallback: the failure policy (`--on-backend-error`) and the state
-//! of the backend (up or down, errors, fallbacks, outages) that health, metrics and logs show.
+//! Counting in Redis with a fallback: the failure policy (`--on-backend-error`), wrapped around
+//! the Redis store, and the state of the backend (up or down, errors, fallbacks, outages) that
+//! health, metrics and logs show.
 //!
 //! After a failure, requests skip Redis and go straight to the policy, so that they answer at
 //! once instead of after a timeout each; one request every [`RETRY_EVERY`] tries Redis again,
@@ -9,22 +10,42 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::{BackendError, Batch, Counts, RedisStore};
+use super::memory::MemoryStore;
+use super::redis::RedisStore;
+use super::store::{Batch, CounterStore, Counts, StoreError};
 
 /// Counting in Redis, and what to do when it fails.
 pub struct Shared {
     pub redis: Arc<RedisStore>,
     pub on_error: OnBackendError,
+    /// Where `OnBackendError::Local` counts while Redis is away.
+    local: MemoryStore,
     state: BackendState,
 }
 
+/// What counting with a fallback gives: counts, from Redis or from the local store, or the
+/// policy's answer when it counts nowhere.
+pub enum Counted {
+    Counts(bool, Counts),
+    /// `--on-backend-error allow`: admit, uncounted.
+    Allowed,
+    /// `--on-backend-error deny`: refuse every limited descriptor, uncounted.
+    Denied,
+}
+
 impl Shared {
-    pub fn new(redis: Arc<RedisStore>, on_error: OnBackendError) -> Shared {
+    pub fn new(redis: Arc<RedisStore>, on_error: OnBackendError, local: MemoryStore) -> Shared {
         Shared {
             redis,
             on_error,
+            local,
             state: BackendState::default(),
         }
+    }
+
+    /// The store that counts while Redis is away (`--on-backend-error local`).
+    pub fn local(&self) -> &MemoryStore {
+        &self.local
     }
 
     pub fn state(&self) -> &BackendState {
@@ -108,7 +129,7 @@ impl BackendState {
         }
     }
 
-    fn failed(&self, error: &BackendError, policy: OnBackendError) {
+    fn failed(&self, error: &StoreError, policy: OnBackendError) {
         self.errors.fetch_add(1, Ordering::Relaxed);
         self.retry_at_ms.store(
             self.elapsed_ms() + RETRY_EVERY.as_millis() as u64,
@@ -122,18 +143,27 @@ impl BackendState {
 }
 
 impl Shared {
-    /// Counts in Redis; `None` when it failed (or is known down), after recording it.
-    pub(super) async fn count(&self, batch: &Batch) -> Option<(bool, Counts)> {
+    /// Counts in Redis; when it fails (or is known down), answers by the failure policy, after
+    /// recording it.
+    pub(super) async fn count(&self, batch: &Batch) -> Result<Counted, StoreError> {
         if self.state.should_try() {
-            match self.redis.apply(batch).await {
-                Ok(counted) => {
+            match self.redis.count(batch).await {
+                Ok((admitted, counts)) => {
                     self.state.succeeded();
-                    return Some(counted);
+                    return Ok(Counted::Counts(admitted, counts));
                 }
-                Err(error) => self.state.failed(&error, self.on_error),
+                Err(error) if error.is_transient() => self.state.failed(&error, self.on_error),
+                Err(error) => return Err(error),
             }
         }
         self.state.fallbacks.fetch_add(1, Ordering::Relaxed);
-        None
+        match self.on_error {
+            OnBackendError::Local => {
+                let (admitted, counts) = self.local.apply(batch)?;
+                Ok(Counted::Counts(admitted, counts))
+            }
+            OnBackendError::Allow => Ok(Counted::Allowed),
+            OnBackendError::Deny => Ok(Counted::Denied),
+        }
     }
 }

@@ -1,0 +1,143 @@
+//! The one Lua script that counts in Redis, its answer, and Redis's errors.
+//!
+//! One script serves one Redis and Redis Cluster alike: it counts a list of requests, each all
+//! or nothing, one after another. The batcher (`redis_batcher`) sends the requests queued for one
+//! Redis together; in Cluster mode each call holds one request's counters of one slot. The
+//! "over its limit" rule is `is_over` below, the Lua twin of `store::is_over`.
+
+use redis::RedisError;
+
+use super::store::{Increment, StoreError};
+
+/// ARGV: the number of requests, then per request its number of keys and, per key, hits,
+/// limit, enforced (1/0), expiry (Unix seconds: the window's end). KEYS: every request's keys,
+/// in order. Returns, per request: admitted (1/0), first over (1-based, 0: none) and the value
+/// of each of its keys.
+///
+/// Per request: each key is incremented in turn (a new key gets its expiry in the same step),
+/// and at the first enforced one that is over, everything this request counted is taken back
+/// and the rest only read: atomic, so nobody sees hits that were taken back. A request within
+/// its limits costs one INCRBY per key.
+pub const SCRIPT: &str = r"
+local function is_over(value, hits, limit)
+  if hits == 0 then
+    return value >= limit
+  end
+  return value > limit
+end
+
+local out = {}
+local k = 0
+local a = 2
+for r = 1, tonumber(ARGV[1]) do
+  local n = tonumber(ARGV[a])
+  a = a + 1
+  local values = {}
+  local first_over = 0
+  for i = 1, n do
+    local at = a + (i - 1) * 4
+    local key = KEYS[k + i]
+    local hits = tonumber(ARGV[at])
+    local value
+    if hits > 0 then
+      value = redis.call('INCRBY', key, hits)
+      if value == hits then
+        redis.call('EXPIREAT', key, ARGV[at + 3])
+      end
+    else
+      value = tonumber(redis.call('GET', key) or '0')
+    end
+    values[i] = value
+    if ARGV[at + 2] == '1' and is_over(value, hits, tonumber(ARGV[at + 1])) then
+      first_over = i
+      break
+    end
+  end
+  if first_over > 0 then
+    for j = 1, first_over do
+      local taken = tonumber(ARGV[a + (j - 1) * 4])
+      if taken > 0 then
+        values[j] = redis.call('DECRBY', KEYS[k + j], taken)
+      end
+    end
+    for j = first_over + 1, n do
+      values[j] = tonumber(redis.call('GET', KEYS[k + j]) or '0')
+    end
+  end
+  out[#out + 1] = first_over == 0 and 1 or 0
+  out[#out + 1] = first_over
+  for i = 1, n do
+    out[#out + 1] = values[i]
+  end
+  k = k + n
+  a = a + 4 * n
+end
+return out
+";
+
+/// A key's ARGV in [`SCRIPT`]: hits, limit, enforced, expiry.
+pub fn key_args(inc: &Increment) -> [u64; 4] {
+    [
+        inc.hits,
+        u64::from(inc.requests_per_unit),
+        u64::from(inc.enforced),
+        window_end(inc),
+    ]
+}
+
+/// When the increment's window ends, in Unix seconds: the key's expiry.
+pub fn window_end(inc: &Increment) -> u64 {
+    (u64::from(inc.window_index) + 1) * u64::from(inc.window_seconds)
+}
+
+/// Why Redis could not count a request.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("not connected to Redis yet")]
+    NotConnected,
+    #[error("Redis did not answer within {0:?}")]
+    Timeout(std::time::Duration),
+    #[error("Redis: {0}")]
+    Redis(#[from] RedisError),
+    #[error("Redis answered something unexpected: {0}")]
+    Unexpected(String),
+    #[error("Redis: {0}")]
+    Batch(String),
+}
+
+/// Every Redis failure is the store's, not the request's: the failure policy decides.
+impl From<BackendError> for StoreError {
+    fn from(error: BackendError) -> StoreError {
+        StoreError::Unavailable(Box::new(error))
+    }
+}
+
+/// The script's answer for one request.
+pub struct Answer {
+    pub admitted: bool,
+    /// Index in the request of the first enforced counter without room.
+    pub first_over: Option<usize>,
+    pub values: Vec<u64>,
+}
+
+impl Answer {
+    /// One request's part of a reply, which has `keys` keys.
+    pub fn read(reply: &[i64], keys: usize) -> Result<Answer, BackendError> {
+        let [admitted, first_over, values @ ..] = reply else {
+            return Err(BackendError::Unexpected(format!("{reply:?}")));
+        };
+        if values.len() != keys {
+            return Err(BackendError::Unexpected(format!("{reply:?}")));
+        }
+        Ok(Answer {
+            admitted: *admitted == 1,
+            first_over: usize::try_from(*first_over)
+                .ok()
+                .and_then(|i| i.checked_sub(1)),
+            values: values
+                .iter()
+                .map(|v| u64::try_from(*v).unwrap_or(0))
+                .collect(),
+        })
+    }
+}
