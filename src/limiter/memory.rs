@@ -265,10 +265,15 @@ impl MemoryStore {
                 }
             };
             match (admitted, outcome) {
-                (false, outcome) => counts.push(Count {
-                    value: outcome.map_or_else(|current| current, |(_, count)| count),
-                    over_limit: false,
-                }),
+                (false, outcome) => {
+                    // Only read: over if its hits would not have fitted either.
+                    let value = outcome.map_or_else(|current| current, |(_, count)| count);
+                    let after = value.saturating_add(inc.hits);
+                    counts.push(Count {
+                        value,
+                        over_limit: is_over(after, inc.hits, inc.requests_per_unit),
+                    });
+                }
                 (true, Ok((at, after))) => {
                     reserved.push((i, at));
                     counts.push(Count {

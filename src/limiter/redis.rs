@@ -327,8 +327,9 @@ impl RedisStore {
     }
 }
 
-/// The counts of every increment, as the memory store reports them: an enforced counter that
-/// refused is over; another is over when its count is past its limit.
+/// The counts of every increment, as the memory store reports them: an enforced counter is over
+/// when it refused, or, read after the refusing one, when its hits would not have fitted
+/// either; another is over when its count is past its limit.
 fn counts_of(batch: &Batch, answers: &[(Vec<usize>, Answer)]) -> (bool, Counts) {
     let admitted = answers.iter().all(|(_, a)| a.admitted);
     let mut counts = Counts::from_elem(
@@ -347,10 +348,17 @@ fn counts_of(batch: &Batch, answers: &[(Vec<usize>, Answer)]) -> (bool, Counts) 
             } else {
                 value
             };
-            let over_limit = if inc.enforced {
-                answer.first_over == Some(place)
-            } else {
-                is_over(value, inc.hits, inc.requests_per_unit)
+            let over_limit = match answer.first_over {
+                // After the refusing counter the script only read: over if the hits would not
+                // have fitted either, as in memory.
+                Some(first) if inc.enforced && place > first => is_over(
+                    value.saturating_add(inc.hits),
+                    inc.hits,
+                    inc.requests_per_unit,
+                ),
+                Some(first) if inc.enforced => place == first,
+                _ if inc.enforced => false,
+                _ => is_over(value, inc.hits, inc.requests_per_unit),
             };
             counts[i] = Count { value, over_limit };
         }

@@ -49,8 +49,9 @@ pub struct Increment {
 pub struct Count {
     /// The count after this request (or, if the request was refused, the count it left alone).
     pub value: u64,
-    /// This counter's limit is exceeded by the request: for an enforced counter, it is the one
-    /// that refused; for another, its count is over its limit.
+    /// This counter's limit is exceeded by the request: an enforced counter whose hits do not
+    /// fit (the one that refused, and any other that would not have taken its hits either); a
+    /// counter that never refuses whose count is over its limit.
     pub over_limit: bool,
 }
 
