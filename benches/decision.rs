@@ -13,17 +13,18 @@ use std::sync::Arc;
 mod seed_request;
 use seed_request::seed_request;
 
+use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use prost::Message;
 use ratelimitd::limiter::{Limiter, MemoryStore};
 use ratelimitd::metrics::Metrics;
-use ratelimitd::service::{Answer, LiveRules, ResponseSettings, RlsService};
+use ratelimitd::service::{Answer, Decided, LiveRules, ResponseSettings, RlsService};
 
 /// The same allocator as ratelimitd (see `ratelimitd::allocator`).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn service() -> (RlsService, Arc<Limiter>) {
+fn service() -> (Arc<RlsService>, Arc<Limiter>) {
     let rules = ratelimitd::config::load(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config")))
         .unwrap_or_else(|e| panic!("config/ loads: {e}"));
     let limiter = Arc::new(Limiter::new(MemoryStore::new(10_000_000)));
@@ -34,16 +35,14 @@ fn service() -> (RlsService, Arc<Limiter>) {
         Arc::clone(&limiter),
         ResponseSettings::default(),
     );
-    (service, limiter)
+    (Arc::new(service), limiter)
 }
 
-/// The value of a future that completes at its first poll, as a decision in memory does: no
-/// runtime in the measurement.
-fn ready<T>(future: impl std::future::Future<Output = T>) -> T {
-    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
-    match std::pin::pin!(future).poll(&mut context) {
-        std::task::Poll::Ready(value) => value,
-        std::task::Poll::Pending => panic!("a decision in memory waited"),
+/// The answer of a decision in memory, which is made at once: no future, no runtime.
+fn ready(decided: Decided) -> Result<Answer, tonic::Status> {
+    match decided {
+        Decided::Now(answer) => answer,
+        Decided::Later(_) => panic!("a decision in memory waited"),
     }
 }
 
@@ -52,9 +51,9 @@ fn decision(c: &mut Criterion) {
     let mut group = c.benchmark_group("decision");
 
     let (hot, _) = service();
-    let hot_request = seed_request("hot-key").encode_to_vec();
+    let hot_request = Bytes::from(seed_request("hot-key").encode_to_vec());
     for _ in 0..100 {
-        let _ = ready(hot.should_rate_limit(&hot_request));
+        let _ = ready(hot.decide(hot_request.clone()));
     }
     // Each iteration reads the request's bytes (as tonic hands them over), decides, and
     // encodes the answer (as tonic would) into a buffer that is reused.
@@ -67,22 +66,22 @@ fn decision(c: &mut Criterion) {
         out.len()
     };
     group.bench_function("hot key (over limit)", |b| {
-        b.iter(|| answer(ready(hot.should_rate_limit(&hot_request))))
+        b.iter(|| answer(ready(hot.decide(hot_request.clone()))))
     });
 
     let (wide, wide_limiter) = service();
     const KEYS: usize = 1_000_000;
-    let requests: Vec<Vec<u8>> = (0..KEYS)
-        .map(|i| seed_request(&format!("key-{i}")).encode_to_vec())
+    let requests: Vec<Bytes> = (0..KEYS)
+        .map(|i| Bytes::from(seed_request(&format!("key-{i}")).encode_to_vec()))
         .collect();
     for request in &requests {
-        let _ = ready(wide.should_rate_limit(request));
+        let _ = ready(wide.decide(request.clone()));
     }
     let mut next = 0;
     group.bench_function("1M keys (2 live windows each)", |b| {
         b.iter(|| {
             next = (next + 7919) % KEYS;
-            answer(ready(wide.should_rate_limit(&requests[next])))
+            answer(ready(wide.decide(requests[next].clone())))
         })
     });
 

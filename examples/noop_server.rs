@@ -20,7 +20,7 @@ use ratelimitd::proto::rate_limit_response::Code;
 use ratelimitd::proto::rate_limit_service_server::{RateLimitService, RateLimitServiceServer};
 use ratelimitd::proto::{RateLimitRequest, RateLimitResponse};
 use ratelimitd::rules::{Unit, Window};
-use ratelimitd::server::MAX_REQUEST_BYTES;
+use ratelimitd::service::MAX_REQUEST_BYTES;
 use ratelimitd::service::{Answer, ResponseSettings};
 use tonic::{Request, Response, Status};
 

@@ -26,8 +26,7 @@ use tokio::net::TcpListener;
 use tonic::Code;
 
 use crate::proto;
-use crate::server::MAX_REQUEST_BYTES;
-use crate::service::{Answer, RlsService};
+use crate::service::{Answer, MAX_REQUEST_BYTES, RlsService};
 
 /// Why the admin server could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -164,7 +163,7 @@ async fn json(State(admin): State<Admin>, body: Bytes) -> Response {
         Ok(request) => request,
         Err(message) => return plain(StatusCode::BAD_REQUEST, &message),
     };
-    let answer = match admin.service.should_rate_limit(&request).await {
+    let answer = match admin.service.decide(request.into()).answer().await {
         Ok(answer) => answer,
         Err(status) => {
             let code = match status.code() {

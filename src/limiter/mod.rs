@@ -604,3 +604,207 @@ fn binds_more(report: &WindowReport, current: Option<&WindowReport>) -> bool {
     let key = |r: &WindowReport| (r.over_limit, std::cmp::Reverse(r.remaining), r.reset_in);
     key(report) > key(current)
 }
+
+#[cfg(test)]
+mod tests {
+    //! The decision core on its own: rules, a request, a fixed instant, the memory store; no
+    //! socket, no clock.
+    #![allow(clippy::unwrap_used)]
+
+    use std::path::Path;
+    use std::time::Duration;
+
+    use smallvec::smallvec;
+
+    use super::{Decision, Descriptor, Limiter, MemoryStore, Request};
+    use crate::rules::{RuleSet, Unit};
+
+    const RULES: &str = r#"
+domain: d
+descriptors:
+  - key: user
+    rate_limits:
+      - {unit: minute, requests_per_unit: 3}
+      - {unit: hour, requests_per_unit: 5}
+  - key: plan
+    value: free
+    rate_limit: {unit: minute, requests_per_unit: 1, name: free}
+  - key: plan
+    value: paid
+    rate_limit: {unit: minute, requests_per_unit: 10, replaces: [{name: free}]}
+  - key: watch
+    shadow_mode: true
+    rate_limit: {unit: minute, requests_per_unit: 1}
+  - key: open
+    rate_limit: {unlimited: true}
+"#;
+
+    /// 12:00:30 on some day: 30 s left in the minute, 30 min in the hour.
+    const NOW: Duration = Duration::from_secs(20_000 * 86_400 + 12 * 3_600 + 30);
+
+    fn rules() -> RuleSet {
+        RuleSet::new(vec![
+            crate::config::parse_domain(Path::new("d.yaml"), RULES).unwrap(),
+        ])
+    }
+
+    fn descriptor<'a>(entries: &[(&'a str, &'a str)], hits: Option<u64>) -> Descriptor<'a> {
+        Descriptor {
+            entries: entries.iter().copied().collect(),
+            limit_override: None,
+            hits,
+        }
+    }
+
+    fn decide(limiter: &Limiter, rules: &RuleSet, descriptors: Vec<Descriptor<'_>>) -> Decision {
+        let request = Request {
+            domain: "d",
+            descriptors: descriptors.into_iter().collect(),
+            hits: 1,
+        };
+        limiter
+            .decide_now(rules, &request, NOW, |_, _, _| {})
+            .unwrap()
+            .unwrap()
+    }
+
+    /// (over_limit, remaining, reset seconds) of each descriptor's reported window; `None`
+    /// when nothing applies.
+    fn reports(decision: &Decision) -> Vec<Option<(bool, u32, u64)>> {
+        decision
+            .descriptors
+            .iter()
+            .map(|d| {
+                d.report
+                    .as_ref()
+                    .map(|r| (d.over_limit, r.remaining, r.reset_in.as_secs()))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_tightest_window_is_reported_and_a_refusal_moves_nothing() {
+        let (limiter, rules) = (Limiter::new(MemoryStore::new(100)), rules());
+        let user = || vec![descriptor(&[("user", "u")], None)];
+        let table = [
+            // minute 3, hour 5: the minute binds until it is exhausted
+            (false, Some((false, 2, 30))),
+            (false, Some((false, 1, 30))),
+            (false, Some((false, 0, 30))),
+            // refused by the minute: the exceeded window is reported
+            (true, Some((true, 0, 30))),
+            (true, Some((true, 0, 30))),
+        ];
+        for (i, (over, report)) in table.into_iter().enumerate() {
+            let decision = decide(&limiter, &rules, user());
+            assert_eq!(decision.over_limit, over, "call {}", i + 1);
+            assert_eq!(reports(&decision), [report], "call {}", i + 1);
+        }
+        // The refusals took nothing from the hour: 2 of 5 left, checked without counting.
+        let decision = decide(
+            &limiter,
+            &rules,
+            vec![descriptor(&[("user", "u")], Some(0))],
+        );
+        let headline = decision.headline.unwrap();
+        assert_eq!(
+            (headline.remaining, headline.window.unit()),
+            (0, Unit::Minute)
+        );
+        assert_eq!(decision.retry_after, Some(Duration::from_secs(30)));
+        let hour = Request {
+            domain: "d",
+            descriptors: smallvec![descriptor(&[("user", "u")], Some(0))],
+            hits: 1,
+        };
+        let mut windows = Vec::new();
+        limiter
+            .decide_now(&rules, &hour, NOW, |limit, _, outcome| {
+                windows.push((limit.window.unit(), outcome.before))
+            })
+            .unwrap()
+            .unwrap();
+        assert_eq!(windows, [(Unit::Minute, 3), (Unit::Hour, 3)]);
+    }
+
+    #[test]
+    fn replaces_drops_the_named_limit_uncounted() {
+        let (limiter, rules) = (Limiter::new(MemoryStore::new(100)), rules());
+        let both = || {
+            vec![
+                descriptor(&[("plan", "free")], None),
+                descriptor(&[("plan", "paid")], None),
+            ]
+        };
+        for _ in 0..3 {
+            let decision = decide(&limiter, &rules, both());
+            assert!(!decision.over_limit);
+            assert_eq!(reports(&decision)[0], None, "replaced: no report");
+        }
+        let alone = decide(
+            &limiter,
+            &rules,
+            vec![descriptor(&[("plan", "free")], None)],
+        );
+        assert_eq!(
+            reports(&alone),
+            [Some((false, 0, 30))],
+            "free was never counted"
+        );
+    }
+
+    #[test]
+    fn shadow_mode_counts_and_never_refuses_and_unlimited_counts_nothing() {
+        let (limiter, rules) = (Limiter::new(MemoryStore::new(100)), rules());
+        for call in 1..=3 {
+            let decision = decide(
+                &limiter,
+                &rules,
+                vec![
+                    descriptor(&[("watch", "w")], None),
+                    descriptor(&[("open", "o")], None),
+                    descriptor(&[("nobody", "n")], None),
+                ],
+            );
+            assert!(!decision.over_limit, "call {call}");
+            assert_eq!(decision.retry_after, None);
+            assert_eq!(
+                decision.headline, None,
+                "a shadow window is not the headline"
+            );
+            assert_eq!(
+                reports(&decision),
+                [Some((false, 0, 30)), None, None],
+                "call {call}"
+            );
+        }
+        assert_eq!(limiter.store().len(), 1, "only the shadow rule counted");
+    }
+
+    #[test]
+    fn hits_addend_zero_checks_and_large_hits_are_refused_whole() {
+        let (limiter, rules) = (Limiter::new(MemoryStore::new(100)), rules());
+        let check = decide(
+            &limiter,
+            &rules,
+            vec![descriptor(&[("user", "c")], Some(0))],
+        );
+        assert_eq!(reports(&check), [Some((false, 3, 30))]);
+        let big = decide(
+            &limiter,
+            &rules,
+            vec![descriptor(&[("user", "c")], Some(4))],
+        );
+        assert!(big.over_limit);
+        let after = decide(
+            &limiter,
+            &rules,
+            vec![descriptor(&[("user", "c")], Some(3))],
+        );
+        assert_eq!(
+            reports(&after),
+            [Some((false, 0, 30))],
+            "the 4 took nothing"
+        );
+    }
+}

@@ -19,10 +19,6 @@ use tonic_health::server::HealthReporter;
 use crate::proto;
 pub use rls::RlsRoute;
 
-/// The largest request accepted, in bytes: more than 256 descriptors of long values, and far
-/// less than tonic's 4 MiB default, so a hostile peer can make us buffer only so much.
-pub const MAX_REQUEST_BYTES: usize = 256 * 1024;
-
 /// Why the server could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {

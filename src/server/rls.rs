@@ -15,16 +15,16 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
-use futures_util::future::{BoxFuture, Either};
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Either, Map};
 use tonic::Status;
 use tonic::body::Body;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::{Service, StdError, http};
 use tonic::server::{Grpc, NamedService, UnaryService};
 
-use super::MAX_REQUEST_BYTES;
 use crate::proto;
-use crate::service::{Answer, RlsService};
+use crate::service::{Answer, Decided, MAX_REQUEST_BYTES, RlsService};
 
 /// The one method of the service.
 const SHOULD_RATE_LIMIT: &str = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit";
@@ -74,21 +74,18 @@ where
 struct ShouldRateLimit(Arc<RlsService>);
 
 type Answered = Result<tonic::Response<Answer>, Status>;
+type Waiting = BoxFuture<'static, Result<Answer, Status>>;
 
 impl UnaryService<Bytes> for ShouldRateLimit {
     type Response = Answer;
-    type Future = Either<Ready<Answered>, BoxFuture<'static, Answered>>;
+    type Future = Either<Ready<Answered>, Map<Waiting, fn(Result<Answer, Status>) -> Answered>>;
 
     fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
-        let message = request.into_inner();
-        if let Some(answer) = self.0.decide_now(&message) {
-            return Either::Left(ready(answer.map(tonic::Response::new)));
+        let respond: fn(Result<Answer, Status>) -> Answered = |a| a.map(tonic::Response::new);
+        match self.0.decide(request.into_inner()) {
+            Decided::Now(answer) => Either::Left(ready(respond(answer))),
+            Decided::Later(answer) => Either::Right(answer.map(respond)),
         }
-        let service = Arc::clone(&self.0);
-        Either::Right(Box::pin(async move {
-            let answer = service.should_rate_limit(&message).await;
-            answer.map(tonic::Response::new)
-        }))
     }
 }
 

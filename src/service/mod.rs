@@ -13,6 +13,8 @@ pub mod response;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use tonic::Status;
 use tracing::Instrument;
 
@@ -20,6 +22,11 @@ use crate::limiter::{Decision, Limiter, Request, StoreError, WindowOutcome};
 use crate::rules::Limit;
 pub use live::{LiveRules, Snapshot};
 pub use response::{Answer, DEFAULT_OVER_LIMIT_BODY, HeaderStyle, ResponseSettings};
+
+/// The largest request accepted, in bytes, over gRPC and `/json` alike: more than 256
+/// descriptors of long values, and far less than tonic's 4 MiB default, so a hostile peer can
+/// make us buffer only so much.
+pub const MAX_REQUEST_BYTES: usize = 256 * 1024;
 
 /// The decision service: rules, limiter and response settings.
 pub struct RlsService {
@@ -67,14 +74,26 @@ impl RlsService {
         &self.limiter
     }
 
-    /// Decides one encoded `RateLimitRequest`, counting wherever the limiter counts.
+    /// Decides one encoded `RateLimitRequest`, counting wherever the limiter counts: the one
+    /// entry point, for gRPC and `/json` alike. In memory the answer is made at once, with no
+    /// future; with Redis it comes later, from a future that waits for Redis.
     ///
     /// At debug level, each decision is a span with the domain and the outcome (never a
     /// descriptor value: API keys are secrets).
-    pub async fn should_rate_limit(&self, message: &[u8]) -> Result<Answer, Status> {
-        if let Some(answer) = self.decide_now(message) {
-            return answer;
+    pub fn decide(self: &Arc<Self>, message: Bytes) -> Decided {
+        match self.decide_now(&message) {
+            Some(answer) => Decided::Now(answer),
+            None => {
+                let service = Arc::clone(self);
+                Decided::Later(Box::pin(
+                    async move { service.decide_later(&message).await },
+                ))
+            }
         }
+    }
+
+    /// The decision when it must wait for the store (Redis).
+    async fn decide_later(&self, message: &[u8]) -> Result<Answer, Status> {
         let started = self.record.then(Instant::now);
         let (request, now) = match read(message) {
             Ok(read) => read,
@@ -93,9 +112,9 @@ impl RlsService {
         self.finish(decision, started, &span)
     }
 
-    /// [`RlsService::should_rate_limit`] at once, when counting in memory (where nothing
-    /// waits); `None` when counting in Redis.
-    pub fn decide_now(&self, message: &[u8]) -> Option<Result<Answer, Status>> {
+    /// The decision at once, when counting in memory (where nothing waits); `None` when
+    /// counting in Redis.
+    fn decide_now(&self, message: &[u8]) -> Option<Result<Answer, Status>> {
         if self.limiter.backend().is_some() {
             return None;
         }
@@ -169,6 +188,22 @@ impl RlsService {
         {
             outcome.shadow_mode |= self.shadow_mode;
             metrics.record(entries, outcome);
+        }
+    }
+}
+
+/// An answer, at once or to wait for.
+pub enum Decided {
+    Now(Result<Answer, Status>),
+    Later(BoxFuture<'static, Result<Answer, Status>>),
+}
+
+impl Decided {
+    /// The answer, waiting for it if it comes later.
+    pub async fn answer(self) -> Result<Answer, Status> {
+        match self {
+            Decided::Now(answer) => answer,
+            Decided::Later(answer) => answer.await,
         }
     }
 }
