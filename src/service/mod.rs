@@ -193,6 +193,8 @@ impl RlsService {
 }
 
 /// An answer, at once or to wait for.
+// `Now` is the hot path in memory: boxing its answer would allocate on every decision.
+#[allow(clippy::large_enum_variant)]
 pub enum Decided {
     Now(Result<Answer, Status>),
     Later(BoxFuture<'static, Result<Answer, Status>>),
