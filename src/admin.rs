@@ -84,11 +84,11 @@ async fn healthcheck(State(admin): State<Admin>) -> Response {
     }
     // Still serving while Redis is down, by the failure policy: say so.
     match admin.service.limiter().backend() {
-        Some((shared, state)) if !state.is_up() => (
+        Some(backend) if !backend.up => (
             StatusCode::OK,
             format!(
                 "OK\nbackend: Redis down, answering by --on-backend-error {}\n",
-                shared.on_error.name()
+                backend.policy.name()
             ),
         )
             .into_response(),
@@ -98,7 +98,7 @@ async fn healthcheck(State(admin): State<Admin>) -> Response {
 
 async fn metrics(State(admin): State<Admin>) -> Response {
     let limiter = admin.service.limiter();
-    let backend = limiter.backend().map(|(_, state)| state);
+    let backend = limiter.backend();
     let text = admin
         .service
         .rules()

@@ -3,11 +3,15 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use ratelimitd::limiter::OnBackendError;
-use ratelimitd::service::HeaderStyle;
+use ratelimitd::app::{Backend, Settings};
+use ratelimitd::limiter::redis::BadAddress;
+use ratelimitd::limiter::{OnBackendError, Target};
+use ratelimitd::reload::ReloadSettings;
+use ratelimitd::service::{HeaderStyle, ResponseSettings};
 
 #[derive(Debug, Parser)]
 #[command(name = "ratelimitd", version, about = "Rate-limit decisions for Envoy")]
@@ -103,6 +107,41 @@ pub struct Serve {
     pub shutdown_delay: u64,
     #[command(flatten)]
     pub log: Log,
+}
+
+impl Serve {
+    /// What `app::serve` needs, from the flags; refuses a `--backend` it cannot read.
+    pub fn settings(&self) -> Result<Settings, BadAddress> {
+        let backend = if self.backend == "memory" {
+            Backend::Memory
+        } else {
+            Backend::Redis {
+                target: Target::parse(&self.backend)?,
+                timeout: Duration::from_millis(self.backend_timeout_ms),
+                on_error: self.on_backend_error.into(),
+            }
+        };
+        Ok(Settings {
+            response: ResponseSettings {
+                header_style: self.header_style.into(),
+                over_limit_body: Some(self.over_limit_body.clone()).filter(|b| !b.is_empty()),
+                over_limit_content_type: self.over_limit_content_type.clone(),
+            },
+            max_counters: self.max_counters,
+            drain_timeout: Duration::from_secs(self.drain_timeout),
+            shutdown_delay: Duration::from_secs(self.shutdown_delay),
+            decision_metrics: self.decision_metrics,
+            max_metric_values: self.max_metric_values,
+            shadow_mode: self.shadow_mode,
+            backend,
+            reload: Some(ReloadSettings {
+                path: self.config.clone(),
+                poll_interval: Duration::from_millis(self.reload_poll_ms),
+                on_sighup: true,
+            }),
+            ..Settings::default()
+        })
+    }
 }
 
 #[derive(Debug, clap::Args)]

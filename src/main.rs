@@ -17,10 +17,7 @@ use clap::Parser;
 use tokio::net::TcpListener;
 
 use cli::{Cli, Command, LogFormat};
-use ratelimitd::app::{self, Backend, InitialRules, Listeners, Settings};
-use ratelimitd::limiter::Target;
-use ratelimitd::reload::ReloadSettings;
-use ratelimitd::service::ResponseSettings;
+use ratelimitd::app::{self, InitialRules, Listeners};
 use ratelimitd::{config, probe};
 
 fn main() -> ExitCode {
@@ -97,15 +94,7 @@ fn run_health(health: &cli::Health) -> ExitCode {
 }
 
 fn run_serve(serve: cli::Serve) -> anyhow::Result<()> {
-    let backend = if serve.backend == "memory" {
-        Backend::Memory
-    } else {
-        Backend::Redis {
-            target: Target::parse(&serve.backend)?,
-            timeout: Duration::from_millis(serve.backend_timeout_ms),
-            on_error: serve.on_backend_error.into(),
-        }
-    };
+    let settings = serve.settings()?;
     let sources = config::read(&serve.config);
     let initial = sources
         .and_then(|sources| {
@@ -117,26 +106,6 @@ fn run_serve(serve: cli::Serve) -> anyhow::Result<()> {
         })
         .map_err(|errors| anyhow::anyhow!("{errors}"))
         .with_context(|| format!("cannot load the rules in {}", serve.config.display()))?;
-    let settings = Settings {
-        response: ResponseSettings {
-            header_style: serve.header_style.into(),
-            over_limit_body: Some(serve.over_limit_body).filter(|b| !b.is_empty()),
-            over_limit_content_type: serve.over_limit_content_type,
-        },
-        max_counters: serve.max_counters,
-        drain_timeout: Duration::from_secs(serve.drain_timeout),
-        shutdown_delay: Duration::from_secs(serve.shutdown_delay),
-        decision_metrics: serve.decision_metrics,
-        max_metric_values: serve.max_metric_values,
-        shadow_mode: serve.shadow_mode,
-        backend,
-        reload: Some(ReloadSettings {
-            path: serve.config.clone(),
-            poll_interval: Duration::from_millis(serve.reload_poll_ms),
-            on_sighup: true,
-        }),
-        ..Settings::default()
-    };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
         let grpc = TcpListener::bind(serve.grpc_addr)

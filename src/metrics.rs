@@ -21,9 +21,7 @@ use prometheus::{
     TextEncoder,
 };
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
-use crate::limiter::{BackendState, WindowOutcome};
+use crate::limiter::{BackendSnapshot, WindowOutcome};
 use crate::rules::{MetricNaming, RuleSet, Window};
 
 /// Above this share of a limit, hits count as `near_limit` (envoyproxy/ratelimit's default).
@@ -346,18 +344,18 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric, with the live counter count and, in
     /// Redis mode, the backend's state.
-    pub fn render(&self, counters_in_memory: usize, backend: Option<&BackendState>) -> String {
+    pub fn render(&self, counters_in_memory: usize, backend: Option<BackendSnapshot>) -> String {
         self.counters_in_memory
             .set(i64::try_from(counters_in_memory).unwrap_or(i64::MAX));
         if let Some(backend) = backend {
-            self.backend_up.set(i64::from(backend.is_up()));
-            let catch_up = |counter: &IntCounter, total: &AtomicU64| {
-                let total = total.load(Ordering::Relaxed);
+            self.backend_up.set(i64::from(backend.up));
+            // The limiter keeps the totals; these counters follow them.
+            let catch_up = |counter: &IntCounter, total: u64| {
                 counter.inc_by(total.saturating_sub(counter.get()));
             };
-            catch_up(&self.backend_errors, &backend.errors);
-            catch_up(&self.backend_fallbacks, &backend.fallbacks);
-            catch_up(&self.backend_outages, &backend.outages);
+            catch_up(&self.backend_errors, backend.errors);
+            catch_up(&self.backend_fallbacks, backend.fallbacks);
+            catch_up(&self.backend_outages, backend.outages);
         } else {
             self.backend_up.set(1);
         }

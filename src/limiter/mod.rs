@@ -33,7 +33,7 @@ use smallvec::SmallVec;
 pub use key::CounterKey;
 pub use memory::MemoryStore;
 pub use redis::{BackendError, RedisStore, Target};
-pub use shared::{BackendState, Counted, OnBackendError, Shared};
+pub use shared::{BackendSnapshot, Counted, OnBackendError, Shared};
 pub use store::{Batch, Count, CounterStore, Counts, Increment, StoreError};
 
 use crate::rules::{Entry, Limit, Policy, RuleSet, Unit, Window};
@@ -181,11 +181,11 @@ impl Limiter {
         }
     }
 
-    /// Redis and its state, in Redis mode.
-    pub fn backend(&self) -> Option<(&Shared, &BackendState)> {
+    /// Redis's state now, in Redis mode.
+    pub fn backend(&self) -> Option<BackendSnapshot> {
         match &self.store {
             Store::Memory(_) => None,
-            Store::Redis(shared) => Some((shared, shared.state())),
+            Store::Redis(shared) => Some(shared.snapshot()),
         }
     }
 

@@ -48,8 +48,16 @@ impl Shared {
         &self.local
     }
 
-    pub fn state(&self) -> &BackendState {
-        &self.state
+    /// The backend's state now.
+    pub fn snapshot(&self) -> BackendSnapshot {
+        let read = |n: &AtomicU64| n.load(Ordering::Relaxed);
+        BackendSnapshot {
+            up: self.state.is_up(),
+            policy: self.on_error,
+            errors: read(&self.state.errors),
+            fallbacks: read(&self.state.fallbacks),
+            outages: read(&self.state.outages),
+        }
     }
 }
 
@@ -75,6 +83,21 @@ impl OnBackendError {
     }
 }
 
+/// Whether Redis is answering, and what happened so far: what the limiter publishes for health
+/// and metrics, read at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendSnapshot {
+    pub up: bool,
+    /// What answers while Redis is down.
+    pub policy: OnBackendError,
+    /// Requests Redis failed to count.
+    pub errors: u64,
+    /// Requests answered by the failure policy.
+    pub fallbacks: u64,
+    /// Periods during which Redis was down.
+    pub outages: u64,
+}
+
 /// Whether Redis is answering, for health, metrics and logs.
 #[derive(Default)]
 pub struct BackendState {
@@ -82,12 +105,9 @@ pub struct BackendState {
     /// While down, requests skip Redis until this (milliseconds since `started`).
     retry_at_ms: AtomicU64,
     started: std::sync::OnceLock<Instant>,
-    /// Requests Redis failed to count.
-    pub errors: AtomicU64,
-    /// Requests answered by the failure policy.
-    pub fallbacks: AtomicU64,
-    /// Periods during which Redis was down.
-    pub outages: AtomicU64,
+    errors: AtomicU64,
+    fallbacks: AtomicU64,
+    outages: AtomicU64,
 }
 
 /// While Redis is down, one request in this period tries it again; the others go straight to
