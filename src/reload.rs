@@ -7,10 +7,13 @@
 //!   container overlays) and for a watch that went stale when a symlink moved;
 //! - SIGHUP, which reloads even when nothing seems to have changed.
 //!
-//! Files are read first and parsed only when their hash differs from the last one seen, so
-//! neither the poll nor unrelated events in the parent directory cost a parse or move a
-//! metric. A refused load keeps the running rules, logs every error with file:line:column and
-//! counts `config_load_error` once per distinct bad state.
+//! A look costs a `stat` per file: the files are read only when a name, size, modification time
+//! or inode changed (or on SIGHUP), then hashed, and parsed only when the hash differs from the
+//! last one seen, so neither the poll nor unrelated events in the parent directory cost a read,
+//! a parse or a metric. Reading, parsing and installing run on a thread of their own, never on
+//! the runtime's workers, so a big rule file never holds up a decision: the running rules
+//! decide until the new ones are swapped in. A refused load keeps the running rules, logs every
+//! error with file:line:column and counts `config_load_error` once per distinct bad state.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -36,6 +39,14 @@ pub struct ReloadSettings {
 
 /// Events often come in bursts (an editor's truncate then write): wait this long for the rest.
 const SETTLE: Duration = Duration::from_millis(50);
+
+/// Even when no file seems to have changed, read them all this often: a filesystem whose
+/// modification times are coarse could hide an edit of the same size within the same tick.
+const READ_AT_LEAST_EVERY: Duration = Duration::from_secs(60);
+
+/// The reload thread's stack: the rule files' nesting is bounded (`config::limits`), so this is
+/// far more than reading them takes.
+const RELOAD_STACK: usize = 16 * 1024 * 1024;
 
 /// The reload task; stops when dropped.
 pub struct Reloader(tokio::task::JoinHandle<()>);
@@ -66,7 +77,11 @@ async fn run(
     let mut poll = tokio::time::interval(settings.poll_interval);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     poll.tick().await;
-    let mut last_seen = loaded_hash;
+    let mut seen = Seen {
+        files: None,
+        hash: loaded_hash,
+    };
+    let mut last_read = tokio::time::Instant::now();
     loop {
         let forced = tokio::select! {
             Some(()) = changed.recv() => {
@@ -80,23 +95,63 @@ async fn run(
                 true
             }
         };
-        if attempt(&settings.path, &live, &mut last_seen, forced) {
-            // After a symlink swap the old watch follows the old target: watch afresh.
-            _watcher = watch(&settings.path, changed_tx.clone());
+        let files = config::fingerprint(&settings.path);
+        let due = last_read.elapsed() >= READ_AT_LEAST_EVERY;
+        if !forced && !due && files.is_some() && files == seen.files {
+            continue;
+        }
+        seen.files = files;
+        last_read = tokio::time::Instant::now();
+        let (path, rules) = (settings.path.clone(), Arc::clone(&live));
+        let hash = seen.hash.clone();
+        match on_reload_thread(move || attempt(&path, &rules, hash, forced)).await {
+            Some(Some(hash)) => {
+                seen.hash = hash;
+                // After a symlink swap the old watch follows the old target: watch afresh.
+                _watcher = watch(&settings.path, changed_tx.clone());
+            }
+            Some(None) => {}
+            None => seen.files = None,
         }
     }
 }
 
-/// Reads the rules and installs them if they changed (or if `forced`). Returns whether the
-/// files differed from the last ones seen.
-fn attempt(path: &Path, live: &LiveRules, last_seen: &mut String, forced: bool) -> bool {
+/// What the reloader last saw of the files.
+struct Seen {
+    files: Option<config::Fingerprint>,
+    /// The hash of their contents (or of why they could not be read).
+    hash: String,
+}
+
+/// Runs `work` on a thread of its own and waits for it; `None` if no thread could be started
+/// (then the next look tries again).
+async fn on_reload_thread<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    let (done, result) = tokio::sync::oneshot::channel();
+    let started = std::thread::Builder::new()
+        .name("ratelimitd-reload".into())
+        .stack_size(RELOAD_STACK)
+        .spawn(move || {
+            let _ = done.send(work());
+        });
+    if let Err(error) = started {
+        tracing::warn!(%error, "cannot start the reload thread; trying again at the next look");
+        return None;
+    }
+    result.await.ok()
+}
+
+/// Reads the rules and installs them if they changed from `last_seen` (or if `forced`).
+/// Returns the new hash when the files differed from the last ones seen.
+fn attempt(path: &Path, live: &LiveRules, last_seen: String, forced: bool) -> Option<String> {
     let read = config::read(path);
     let seen = match &read {
         Ok(sources) => sources.hash(),
         Err(errors) => format!("unreadable: {errors}"),
     };
-    if !forced && seen == *last_seen {
-        return false;
+    if !forced && seen == last_seen {
+        return None;
     }
     let parsed = read.and_then(|sources| sources.parse().map(|rules| (rules, sources.hash())));
     match parsed {
@@ -113,8 +168,7 @@ fn attempt(path: &Path, live: &LiveRules, last_seen: &mut String, forced: bool) 
             );
         }
     }
-    *last_seen = seen;
-    true
+    Some(seen)
 }
 
 /// Watches `path` (its entries, if a directory) and its parent directory; `None` if the

@@ -138,3 +138,93 @@ fn a_missing_path_is_an_error_not_a_panic() {
         "{stderr}"
     );
 }
+
+/// `depth` nested descriptor levels, each with a limit at the bottom.
+fn nested_rules(depth: usize) -> String {
+    let mut text = String::from("domain: deep\ndescriptors:\n");
+    for level in 0..depth {
+        let pad = "  ".repeat(2 * level);
+        text.push_str(&format!("{pad}- key: k{level}\n"));
+        if level + 1 < depth {
+            text.push_str(&format!("{pad}  descriptors:\n"));
+        } else {
+            text.push_str(&format!(
+                "{pad}  rate_limit: {{unit: second, requests_per_unit: 1}}\n"
+            ));
+        }
+    }
+    text
+}
+
+#[test]
+fn files_past_the_limits_are_refused_by_check_and_at_start_alike() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cases = [
+        (
+            "deep.yaml",
+            nested_rules(2_500),
+            "deep.yaml:257:511: the YAML nests deeper than 256 mappings and lists",
+        ),
+        (
+            "levels.yaml",
+            nested_rules(65),
+            "levels.yaml:130:255: descriptors nest deeper than 64 levels: Envoy sends at most 64 entries in a descriptor, so this node could never match",
+        ),
+    ];
+    for (name, text, expected) in cases {
+        let file = dir.path().join(name);
+        std::fs::write(&file, text).expect("write");
+        let (code, stdout, stderr) = check(&file);
+        let expected = format!("{}/{expected}", dir.path().display());
+        assert_eq!((code, stdout.as_str()), (1, ""), "{name}");
+        assert_eq!(stderr.trim_end(), expected, "{name}");
+        // `serve` refuses the same file with the same message, before it listens.
+        let serve = Command::new(env!("CARGO_BIN_EXE_ratelimitd"))
+            .args([
+                "serve",
+                "--grpc-addr",
+                "127.0.0.1:0",
+                "--http-addr",
+                "127.0.0.1:0",
+            ])
+            .arg("--config")
+            .arg(&file)
+            .output()
+            .expect("the ratelimitd binary runs");
+        assert_eq!(serve.status.code(), Some(1), "{name}");
+        let stderr = String::from_utf8_lossy(&serve.stderr);
+        assert!(stderr.contains(&expected), "{name}: {stderr}");
+    }
+    // 64 levels is the most a descriptor can have: it loads.
+    let file = dir.path().join("ok.yaml");
+    std::fs::write(&file, nested_rules(64)).expect("write");
+    assert_eq!(check(&file).0, 0);
+}
+
+#[test]
+fn a_dangling_symlink_or_a_loop_is_an_error_not_a_missing_domain() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let rule = "domain: kept\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, requests_per_unit: 1}\n";
+    std::fs::write(dir.path().join("kept.yaml"), rule).expect("write");
+    let dangling = dir.path().join("gone.yaml");
+    std::os::unix::fs::symlink(dir.path().join("nowhere.yaml"), &dangling).expect("symlink");
+    let (code, _, stderr) = check(dir.path());
+    assert_eq!(code, 1);
+    assert!(
+        stderr.starts_with(&format!(
+            "{}:1:1: cannot read: No such file or directory",
+            dangling.display()
+        )),
+        "{stderr}"
+    );
+    std::fs::remove_file(&dangling).expect("remove");
+    let (a, b) = (dir.path().join("a.yaml"), dir.path().join("b.yaml"));
+    std::os::unix::fs::symlink(&b, &a).expect("symlink");
+    std::os::unix::fs::symlink(&a, &b).expect("symlink");
+    let (code, _, stderr) = check(dir.path());
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("cannot read: Too many levels of symbolic links"),
+        "{stderr}"
+    );
+}

@@ -351,3 +351,59 @@ fn logs_never_carry_an_api_key_at_info_and_name_the_outcome_at_debug() {
         }
     }
 }
+
+#[test]
+fn a_file_past_the_limits_or_a_broken_link_is_refused_on_reload_and_the_rules_stay() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("mega-api.yaml"), seed_rules()).unwrap();
+    let rl = Ratelimitd::start_with(dir.path(), 0, &["--reload-poll-ms", "200"]);
+    let key = fresh_key("limits");
+    let before = rlconfig(&rl);
+    let mut errors = 0.0;
+    let mut refused = |what: &str, needle: &str| {
+        errors += 1.0;
+        wait_until(Duration::from_secs(10), what, || {
+            (loads(&rl).1 == errors).then_some(())
+        });
+        let warning = rl.log.wait_for(needle, Duration::from_secs(5));
+        assert!(warning.contains("rules not reloaded"), "{what}: {warning}");
+        assert_eq!(rlconfig(&rl), before, "{what}: the running rules stay");
+    };
+    // Descriptors nested 2,500 levels deep beside the rules: refused, and the server lives.
+    let mut deep = String::from("domain: deep\ndescriptors:\n");
+    for level in 0..2_500 {
+        let pad = "  ".repeat(2 * level);
+        deep.push_str(&format!("{pad}- key: k{level}\n{pad}  descriptors:\n"));
+    }
+    let deep_file = dir.path().join("deep.yaml");
+    std::fs::write(&deep_file, deep).unwrap();
+    refused(
+        "the deep file",
+        "the YAML nests deeper than 256 mappings and lists",
+    );
+    assert_eq!(
+        decide(&rl, &key, "bulk").1,
+        "10",
+        "serving, with the old rules"
+    );
+    std::fs::remove_file(&deep_file).unwrap();
+
+    // A dangling link, then a symlink loop: errors, and mega-api keeps limiting.
+    let dangling = dir.path().join("gone.yaml");
+    std::os::unix::fs::symlink(dir.path().join("nowhere.yaml"), &dangling).unwrap();
+    refused("a dangling link", "gone.yaml:1:1: cannot read");
+    std::fs::remove_file(&dangling).unwrap();
+    let (a, b) = (dir.path().join("a.yaml"), dir.path().join("b.yaml"));
+    std::os::unix::fs::symlink(&b, &a).unwrap();
+    std::os::unix::fs::symlink(&a, &b).unwrap();
+    refused("a symlink loop", "Too many levels of symbolic links");
+    within_one_window_blocking(60, || {
+        let key = fresh_key("still-limited");
+        for remaining in (0..10).rev() {
+            let answer = decide(&rl, &key, "bulk");
+            assert_eq!(answer, (200, "10".into(), remaining.to_string()));
+        }
+        assert_eq!(decide(&rl, &key, "bulk").0, 429, "still limited at 10");
+    });
+    rl.stop();
+}

@@ -90,6 +90,18 @@ pub enum ConfigErrorKind {
     ReplacesItself(String),
     #[error("`share_threshold: true` needs a wildcard `value` (such as \"files/*\")")]
     ShareThresholdWithoutWildcard,
+    #[error("the file is {0} bytes, more than the {max} allowed", max = super::limits::MAX_FILE_BYTES)]
+    FileTooBig(u64),
+    #[error("the YAML nests deeper than {0} mappings and lists")]
+    TooDeep(usize),
+    #[error("more than {0} YAML nodes (aliases counted as what they repeat)")]
+    TooManyNodes(u64),
+    #[error(
+        "descriptors nest deeper than {0} levels: Envoy sends at most {0} entries in a descriptor, so this node could never match"
+    )]
+    DescriptorsTooDeep(usize),
+    #[error("more than {0} descriptors in one file")]
+    TooManyDescriptors(usize),
 }
 
 fn value_text(value: &str) -> String {

@@ -8,6 +8,7 @@
 //! files' [`Sources::hash`] whether anything changed before parsing.
 
 mod error;
+pub mod limits;
 mod validate;
 mod yaml;
 
@@ -36,6 +37,14 @@ pub fn read(path: &Path) -> Result<Sources, ConfigErrors> {
     let mut errors = Vec::new();
     let mut texts = Vec::with_capacity(files.len());
     for file in files {
+        // Refused before reading it: a huge file must not be read into memory to be refused.
+        if let Ok(metadata) = fs::metadata(&file)
+            && metadata.len() > limits::MAX_FILE_BYTES
+        {
+            let kind = ConfigErrorKind::FileTooBig(metadata.len());
+            errors.push(ConfigError::in_file(&file, kind));
+            continue;
+        }
         match fs::read_to_string(&file) {
             Ok(text) => texts.push((file, text)),
             Err(e) => errors.push(ConfigError::in_file(&file, ConfigErrorKind::Io(e))),
@@ -114,10 +123,31 @@ pub fn parse_domain(file: &Path, text: &str) -> Result<Domain, Vec<ConfigError>>
     }
 }
 
+/// What the rule files under a path look like from outside: name, size, modification time and
+/// inode of each. Equal fingerprints mean the files need not be read again (a reload polls
+/// with this, and reads and hashes only when it changed); a change of any is worth a read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fingerprint(Vec<(PathBuf, u64, i64, i64, u64)>);
+
+/// The files' [`Fingerprint`]; `None` when they cannot even be listed or looked at (then reading
+/// them says why).
+pub fn fingerprint(path: &Path) -> Option<Fingerprint> {
+    use std::os::unix::fs::MetadataExt;
+    let files = rule_files(path).ok()?;
+    let mut stats = Vec::with_capacity(files.len());
+    for file in files {
+        let m = fs::metadata(&file).ok()?;
+        stats.push((file, m.len(), m.mtime(), m.mtime_nsec(), m.ino()));
+    }
+    Some(Fingerprint(stats))
+}
+
 /// The rule files under `path`, sorted by name so that loads are repeatable.
 ///
 /// Hidden entries are skipped: Kubernetes mounts a ConfigMap as `..data` symlinks beside the
-/// visible files, and editors leave `.swp` files.
+/// visible files, and editors leave `.swp` files. A rule file that cannot be opened (a dangling
+/// symlink, a symlink loop, no permission) is an error, never skipped: its domain must not
+/// disappear without a word.
 fn rule_files(path: &Path) -> Result<Vec<PathBuf>, ConfigError> {
     let metadata =
         fs::metadata(path).map_err(|e| ConfigError::in_file(path, ConfigErrorKind::Io(e)))?;
@@ -132,11 +162,16 @@ fn rule_files(path: &Path) -> Result<Vec<PathBuf>, ConfigError> {
         let file = entry.path();
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        let is_rule_file = !name.starts_with('.')
-            && (name.ends_with(".yaml") || name.ends_with(".yml"))
-            && fs::metadata(&file).map(|m| m.is_file()).unwrap_or(false);
-        if is_rule_file {
-            files.push(file);
+        let named_as_rules =
+            !name.starts_with('.') && (name.ends_with(".yaml") || name.ends_with(".yml"));
+        if !named_as_rules {
+            continue;
+        }
+        match fs::metadata(&file) {
+            Ok(metadata) if metadata.is_file() => files.push(file),
+            // A directory named `*.yaml` holds no rules of its own.
+            Ok(_) => {}
+            Err(e) => return Err(ConfigError::in_file(&file, ConfigErrorKind::Io(e))),
         }
     }
     if files.is_empty() {

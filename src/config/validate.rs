@@ -12,6 +12,7 @@ use saphyr::MarkedYaml;
 use saphyr_parser::Span;
 
 use super::error::ConfigErrorKind;
+use super::limits::{MAX_DESCRIPTOR_DEPTH, MAX_DESCRIPTORS};
 use super::yaml::{Field, Reader, is_null};
 use crate::rules::{
     Children, Domain, DuplicateNode, InvalidWindow, Limit, Node, NodeValue, Policy, Unit, Wildcard,
@@ -64,7 +65,23 @@ pub fn domain(reader: &mut Reader<'_>, root: &MarkedYaml<'_>) -> Option<Domain> 
 
 fn descriptors(reader: &mut Reader<'_>, field: &Field<'_, '_>) -> Children {
     let mut children = Children::default();
+    if reader.depth >= MAX_DESCRIPTOR_DEPTH {
+        reader.error(
+            field.name_span,
+            ConfigErrorKind::DescriptorsTooDeep(MAX_DESCRIPTOR_DEPTH),
+        );
+        return children;
+    }
+    reader.depth += 1;
     for item in reader.sequence(field).into_iter().flatten() {
+        reader.descriptors += 1;
+        if reader.descriptors > MAX_DESCRIPTORS {
+            reader.error(
+                item.span,
+                ConfigErrorKind::TooManyDescriptors(MAX_DESCRIPTORS),
+            );
+            break;
+        }
         let Some(node) = descriptor(reader, item) else {
             continue;
         };
@@ -73,6 +90,7 @@ fn descriptors(reader: &mut Reader<'_>, field: &Field<'_, '_>) -> Children {
             reader.error(item.span, ConfigErrorKind::DuplicateNode { key, value });
         }
     }
+    reader.depth -= 1;
     children
 }
 

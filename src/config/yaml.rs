@@ -14,6 +14,7 @@ use super::error::{ConfigError, ConfigErrorKind, Location};
 
 /// Parses `text` into one YAML document.
 pub fn parse<'t>(file: &Path, text: &'t str) -> Result<MarkedYaml<'t>, ConfigError> {
+    super::limits::scan(file, text)?;
     let mut loader: YamlLoader<'t, MarkedYaml<'t>> = YamlLoader::default();
     loader.early_parse(false);
     let mut parser = Parser::new_from_str(text);
@@ -56,6 +57,9 @@ pub struct Reader<'a> {
     /// Things that load, as in envoyproxy/ratelimit, but are very likely mistakes:
     /// `file:line:column: message`.
     pub warnings: Vec<String>,
+    /// How deep the descriptor being read is, and how many have been read.
+    pub depth: usize,
+    pub descriptors: usize,
 }
 
 impl<'a> Reader<'a> {
@@ -64,6 +68,8 @@ impl<'a> Reader<'a> {
             file,
             errors: Vec::new(),
             warnings: Vec::new(),
+            depth: 0,
+            descriptors: 0,
         }
     }
 
