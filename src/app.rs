@@ -8,13 +8,13 @@
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::admin::{self, Admin, AdminError};
-use crate::limiter::{Limiter, MemoryStore, OnBackendError, RedisStore, Target};
+use crate::limiter::{Limiter, MemoryStore, OnBackendError, RedisStore, Target, clock};
 use crate::metrics::{Metrics, MetricsError};
 use crate::reload::{self, ReloadSettings};
 use crate::rules::RuleSet;
@@ -134,6 +134,8 @@ pub async fn serve(
         .as_ref()
         .map(display_addr)
         .unwrap_or_default();
+    // Anchor the decision clock now (see `limiter::clock`).
+    let _ = clock::now();
     let hash = initial.hash.clone();
     let metrics = Arc::new(Metrics::new()?.with_max_metric_values(settings.max_metric_values));
     let live = Arc::new(LiveRules::new(
@@ -259,10 +261,7 @@ impl Sweeper {
             let mut ticks = tokio::time::interval(every);
             loop {
                 ticks.tick().await;
-                let Ok(now) = SystemTime::now().duration_since(UNIX_EPOCH) else {
-                    continue;
-                };
-                let removed = limiter.store().sweep(now);
+                let removed = limiter.store().sweep(clock::now());
                 tracing::trace!(removed, live = limiter.store().len(), "swept counters");
             }
         }))

@@ -109,6 +109,8 @@ fn batch(test: &str, counters: &[Spec<'_>]) -> Batch {
             key,
             window_seconds,
             window_index,
+            // What the window has left, as the limiter computes it.
+            expires_in_ms: left_ms(window_seconds, window_index),
             requests_per_unit,
             hits,
             enforced,
@@ -124,6 +126,14 @@ async fn count(subject: &impl Subject, test: &str, counters: &[Spec<'_>]) -> (bo
         .await
         .unwrap_or_else(|e| panic!("{test}: the store counts: {e}"));
     (admitted, counts.to_vec())
+}
+
+/// Milliseconds left in window `index` of `seconds` by the real clock; 30 s for a window that
+/// has already ended (a caller whose clock is behind).
+fn left_ms(seconds: u32, index: u32) -> u64 {
+    let end = Duration::from_secs((u64::from(index) + 1) * u64::from(seconds));
+    let left = end.saturating_sub(now()).as_millis() as u64;
+    if left == 0 { 30_000 } else { left }
 }
 
 fn c(value: u64, over_limit: bool) -> Count {
@@ -288,6 +298,19 @@ async fn counters_go_when_their_window_ends(s: &impl Subject, t: &str) {
     assert_eq!(s.kept(0, end).await, 0, "{t}: gone after {end:?}");
 }
 
+/// A caller whose clock is an hour behind still counts: its counters live as long as its window
+/// has left, never expire at once.
+async fn a_caller_whose_clock_is_behind_still_counts(s: &impl Subject, t: &str) {
+    let behind = index(now() - Duration::from_secs(3_600), 60);
+    for expected in 1..=3 {
+        assert_eq!(
+            count(s, t, &[("a", 60, behind, 5, 1, true)]).await,
+            (true, vec![c(expected, false)]),
+            "{t}"
+        );
+    }
+}
+
 /// Many descriptors in one request (in a Cluster: many slots) count together.
 async fn many_descriptors_count_together(s: &impl Subject, t: &str) {
     let i = index(now(), 60);
@@ -331,6 +354,8 @@ async fn run_contract(subject: &impl Subject, store: &str) {
     a_new_window_starts_from_zero(subject, &t).await;
     let t = test("many");
     many_descriptors_count_together(subject, &t).await;
+    let t = test("clock-behind");
+    a_caller_whose_clock_is_behind_still_counts(subject, &t).await;
 }
 
 #[tokio::test]

@@ -405,6 +405,7 @@ mod tests {
                         key: 0,
                         window_seconds,
                         window_index,
+                        expires_in_ms: 60_000,
                         requests_per_unit,
                         hits,
                         enforced: true,

@@ -15,6 +15,7 @@
 //! around them does not change. A decision is one path, plan → count → conclude; in memory the
 //! count is made at once ([`Limiter::decide_now`]), with Redis it is awaited.
 
+pub mod clock;
 mod key;
 mod memory;
 pub mod redis;
@@ -336,6 +337,9 @@ impl<'l> Plan<'l> {
                     key,
                     window_seconds: seconds,
                     window_index: position.index,
+                    expires_in_ms: u64::try_from(position.reset_in.as_millis())
+                        .unwrap_or(u64::MAX)
+                        .max(1),
                     requests_per_unit: limit.requests_per_unit,
                     hits,
                     enforced: !limit.shadow_mode && (!limit.quota_mode || one_quota_group),

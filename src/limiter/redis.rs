@@ -461,6 +461,7 @@ mod tests {
                 key: 0,
                 window_seconds: seconds,
                 window_index: index,
+                expires_in_ms: 1_000,
                 requests_per_unit: 60,
                 hits: 1,
                 enforced: true,

@@ -10,7 +10,9 @@ use redis::RedisError;
 use super::store::{Increment, StoreError};
 
 /// ARGV: the number of requests, then per request its number of keys and, per key, hits,
-/// limit, enforced (1/0), expiry (Unix seconds: the window's end). KEYS: every request's keys,
+/// limit, enforced (1/0), expiry (milliseconds: what the window has left, by the caller's
+/// clock; relative, so a caller whose clock is behind cannot expire a key at once). KEYS: every
+/// request's keys,
 /// in order. Returns, per request: admitted (1/0), first over (1-based, 0: none) and the value
 /// of each of its keys.
 ///
@@ -42,7 +44,7 @@ for r = 1, tonumber(ARGV[1]) do
     if hits > 0 then
       value = redis.call('INCRBY', key, hits)
       if value == hits then
-        redis.call('EXPIREAT', key, ARGV[at + 3])
+        redis.call('PEXPIRE', key, ARGV[at + 3])
       end
     else
       value = tonumber(redis.call('GET', key) or '0')
@@ -81,13 +83,8 @@ pub fn key_args(inc: &Increment) -> [u64; 4] {
         inc.hits,
         u64::from(inc.requests_per_unit),
         u64::from(inc.enforced),
-        window_end(inc),
+        inc.expires_in_ms,
     ]
-}
-
-/// When the increment's window ends, in Unix seconds: the key's expiry.
-pub fn window_end(inc: &Increment) -> u64 {
-    (u64::from(inc.window_index) + 1) * u64::from(inc.window_seconds)
 }
 
 /// Why Redis could not count a request.

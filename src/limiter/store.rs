@@ -36,6 +36,10 @@ pub struct Increment {
     pub window_seconds: u32,
     /// The window number that `now` falls in.
     pub window_index: u32,
+    /// How long the window has left, in milliseconds (at least 1): a store that expires
+    /// counters (Redis) keeps this one that long. Relative, so that a caller whose clock is off
+    /// cannot set an expiry in the past and lose the counter at once.
+    pub expires_in_ms: u64,
     pub requests_per_unit: u32,
     /// 0 checks without counting: over when the counter has already reached its limit.
     pub hits: u64,

@@ -11,14 +11,14 @@ pub mod request;
 pub mod response;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use tonic::Status;
 use tracing::Instrument;
 
-use crate::limiter::{Decision, Limiter, Request, StoreError, WindowOutcome};
+use crate::limiter::{Decision, Limiter, Request, StoreError, WindowOutcome, clock};
 use crate::rules::Limit;
 pub use live::{LiveRules, Snapshot};
 pub use response::{Answer, DEFAULT_OVER_LIMIT_BODY, HeaderStyle, ResponseSettings};
@@ -223,10 +223,7 @@ fn decision_span(request: &Request<'_>) -> tracing::Span {
 /// The request read from `message`, and the time it is decided at (since the Unix epoch).
 fn read(message: &[u8]) -> Result<(Request<'_>, Duration), Status> {
     let request = request::parse(message)?;
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_err(|_| Status::internal("the system clock is before 1970"))?;
-    Ok((request, now))
+    Ok((request, clock::now()))
 }
 
 /// The gRPC code as its name in the protocol (`INVALID_ARGUMENT`), for metrics and logs.
