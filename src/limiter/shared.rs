@@ -2,9 +2,11 @@
 //! the Redis store, and the state of the backend (up or down, errors, fallbacks, outages) that
 //! health, metrics and logs show.
 //!
-//! After a failure, requests skip Redis and go straight to the policy, so that they answer at
-//! once instead of after a timeout each; one request every [`RETRY_EVERY`] tries Redis again,
-//! and its success ends the outage.
+//! One failed call is not an outage: the request it was for is answered by the policy, and the
+//! next ones try Redis again. Only [`TRIP_AFTER`] failures in a row, with no success between,
+//! make an outage; then requests skip Redis and go straight to the policy, so that they answer
+//! at once instead of after a timeout each, and one request every [`RETRY_EVERY`] tries Redis
+//! again: its success ends the outage, so a recovered Redis counts again within milliseconds.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -102,6 +104,8 @@ pub struct BackendSnapshot {
 #[derive(Default)]
 pub struct BackendState {
     down: AtomicBool,
+    /// Failures since the last success.
+    failures_in_a_row: AtomicU64,
     /// While down, requests skip Redis until this (milliseconds since `started`).
     retry_at_ms: AtomicU64,
     started: std::sync::OnceLock<Instant>,
@@ -110,9 +114,16 @@ pub struct BackendState {
     outages: AtomicU64,
 }
 
+/// Failures in a row that make an outage. Consecutive failures rather than an error rate: a
+/// Redis that answers in microseconds and once misses the 10 ms deadline on a busy machine is
+/// noise, and tripping on it sent every request of the next half second to the policy (with
+/// `local`, up to a whole limit admitted again); three misses with no success between are a
+/// Redis that does not answer, and cost three timeouts to notice.
+pub const TRIP_AFTER: u64 = 3;
+
 /// While Redis is down, one request in this period tries it again; the others go straight to
 /// the failure policy, so that they answer at once instead of after a timeout each.
-const RETRY_EVERY: Duration = Duration::from_millis(500);
+const RETRY_EVERY: Duration = Duration::from_millis(10);
 
 impl BackendState {
     pub fn is_up(&self) -> bool {
@@ -144,6 +155,7 @@ impl BackendState {
     }
 
     fn succeeded(&self) {
+        self.failures_in_a_row.store(0, Ordering::Relaxed);
         if self.down.swap(false, Ordering::Relaxed) {
             tracing::warn!("Redis answers again: counting there again");
         }
@@ -151,6 +163,11 @@ impl BackendState {
 
     fn failed(&self, error: &StoreError, policy: OnBackendError) {
         self.errors.fetch_add(1, Ordering::Relaxed);
+        let in_a_row = self.failures_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
+        if in_a_row < TRIP_AFTER {
+            tracing::debug!(%error, in_a_row, "Redis failed one call: answered by the policy");
+            return;
+        }
         self.retry_at_ms.store(
             self.elapsed_ms() + RETRY_EVERY.as_millis() as u64,
             Ordering::Relaxed,
