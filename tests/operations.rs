@@ -407,3 +407,52 @@ fn a_file_past_the_limits_or_a_broken_link_is_refused_on_reload_and_the_rules_st
     });
     rl.stop();
 }
+
+#[test]
+fn decisions_go_on_while_a_big_rule_file_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("mega-api.yaml"), seed_rules()).unwrap();
+    let rl = Ratelimitd::start_with(dir.path(), 0, &["--reload-poll-ms", "200"]);
+    // 100,000 per-customer overrides (about 10 MB): seconds of parsing.
+    let mut big = String::from("domain: big\ndescriptors:\n");
+    for i in 0..100_000 {
+        big.push_str(&format!(
+            "  - key: api_key\n    value: customer-{i:09}\n    rate_limit: {{unit: minute, requests_per_unit: {}}}\n",
+            100 + i % 900
+        ));
+    }
+    let staged = dir.path().join(".big.yaml.tmp");
+    std::fs::write(&staged, big).unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let http = rl.http_addr.clone();
+    let probe = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut slowest = Duration::ZERO;
+            let mut calls = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && calls < 1_000_000 {
+                let started = Instant::now();
+                let (status, _) = post_json(&http, &seed_json("probe", "default"));
+                assert!(status == 200 || status == 429, "answered: {status}");
+                slowest = slowest.max(started.elapsed());
+                calls += 1;
+            }
+            (slowest, calls)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let renamed = Instant::now();
+    std::fs::rename(&staged, dir.path().join("big.yaml")).unwrap();
+    let loaded = rl.log.wait_for("rules reloaded", Duration::from_secs(120));
+    assert!(loaded.contains("\"rules\":100007"), "{loaded}");
+    let load = renamed.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (slowest, calls) = probe.join().unwrap();
+    assert!(calls > 10, "decisions were made during the load: {calls}");
+    // A decision that waited for the load would have taken about as long as the load.
+    assert!(
+        slowest < Duration::from_secs(1) && slowest * 2 < load,
+        "slowest decision {slowest:?} during a load of {load:?}"
+    );
+    rl.stop();
+}
