@@ -194,14 +194,15 @@ fn plain(code: StatusCode, message: &str) -> Response {
         .into_response()
 }
 
-/// proto3 JSON for the RLS messages, from the same descriptors that reflection serves.
-struct JsonCodec {
+/// proto3 JSON for the RLS messages, from the same descriptors that reflection serves (public
+/// for the fuzz target of `/json`).
+pub struct JsonCodec {
     request: MessageDescriptor,
     response: MessageDescriptor,
 }
 
 impl JsonCodec {
-    fn new() -> Result<JsonCodec, AdminError> {
+    pub fn new() -> Result<JsonCodec, AdminError> {
         let pool = DescriptorPool::decode(proto::FILE_DESCRIPTOR_SET)
             .map_err(|e| AdminError::Descriptors(e.to_string()))?;
         let message = |name: &str| {
@@ -215,7 +216,7 @@ impl JsonCodec {
     }
 
     /// The request in JSON, as protobuf bytes (what gRPC would have carried).
-    fn request(&self, body: &[u8]) -> Result<Vec<u8>, String> {
+    pub fn request(&self, body: &[u8]) -> Result<Vec<u8>, String> {
         let mut input = serde_json::Deserializer::from_slice(body);
         let message = DynamicMessage::deserialize(self.request.clone(), &mut input)
             .and_then(|message| input.end().map(|()| message))
