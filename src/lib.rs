@@ -4,8 +4,9 @@
 //!
 //! - [`rules`]: the rule tree, immutable once built, and the descriptor matcher.
 //! - [`config`]: YAML rule files → [`rules::RuleSet`], with file:line:column errors.
-//! - [`limiter`]: windows, counter keys and the counter stores (process memory; Redis or Redis
-//!   Cluster with a failure policy); turns a matched request into a decision.
+//! - [`limiter`]: the decision core (plan, count, conclude), windows, the clock, counter keys,
+//!   and the store contract with its stores (process memory; Redis or Redis Cluster wrapped in
+//!   a failure policy).
 //! - [`service`]: deciding Envoy's `ShouldRateLimit`: the request read in place from its bytes,
 //!   the call into the limiter, and the answer with its headers and body, encoded by hand.
 //! - [`metrics`]: the Prometheus metrics, with per-rule counters resolved once per load.
@@ -19,7 +20,8 @@
 //!
 //! `config` → `rules` ← `limiter`; `service` uses `rules`, `limiter` and `proto`; `server` uses
 //! `service`; `admin` uses `service` and `metrics`; `app` uses them all. `config`, `rules` and
-//! `limiter` never name tonic or prost.
+//! `limiter` never name tonic or prost (`scripts/test` checks it). docs/architecture.md walks
+//! one decision through them.
 
 pub mod admin;
 pub mod allocator;
