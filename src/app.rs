@@ -41,6 +41,9 @@ pub struct Settings {
     pub max_metric_values: usize,
     /// Global shadow mode: limits counted and reported as if enforced, every answer OK.
     pub shadow_mode: bool,
+    /// Replicas counting in the same Redis: while Redis is away, a replica counting locally
+    /// takes one share in this many of what Redis said was left.
+    pub replicas: u32,
     /// Where to look for new rules; `None`: the rules never change.
     pub reload: Option<ReloadSettings>,
     /// Where counters live.
@@ -70,6 +73,7 @@ impl Default for Settings {
             decision_metrics: true,
             max_metric_values: crate::metrics::DEFAULT_MAX_METRIC_VALUES,
             shadow_mode: false,
+            replicas: 1,
             reload: None,
             backend: Backend::Memory,
         }
@@ -159,7 +163,7 @@ pub async fn serve(
                     "Redis not reachable yet: answering by --on-backend-error until it is"
                 );
             }
-            Limiter::shared(redis, *on_error, memory)
+            Limiter::shared(redis, *on_error, memory, settings.replicas)
         }
     });
     let _sweeper = Sweeper::start(Arc::clone(&limiter), settings.sweep_interval);

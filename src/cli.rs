@@ -95,6 +95,10 @@ pub struct Serve {
         default_value = "application/json"
     )]
     pub over_limit_content_type: String,
+    /// Replicas counting in the same Redis: while Redis is away, `--on-backend-error local`
+    /// admits one share in this many of what Redis last said was left for each counter.
+    #[arg(long, env = "RATELIMITD_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub replicas: u32,
     /// The most counters kept in memory; past it, new keys get UNAVAILABLE until windows end.
     #[arg(long, env = "RATELIMITD_MAX_COUNTERS", default_value_t = 10_000_000)]
     pub max_counters: usize,
@@ -133,6 +137,7 @@ impl Serve {
             decision_metrics: self.decision_metrics,
             max_metric_values: self.max_metric_values,
             shadow_mode: self.shadow_mode,
+            replicas: self.replicas,
             backend,
             reload: Some(ReloadSettings {
                 path: self.config.clone(),

@@ -368,3 +368,86 @@ async fn a_redis_that_stops_answering_is_waited_for_only_the_timeout() {
     assert!(counted, "Redis counts again once it answers");
     rl.stop();
 }
+
+/// While Redis is away, a replica counting locally admits only its share of what Redis last
+/// said was left, not a whole limit from zero; when Redis answers again, what it admitted is
+/// written back, so the window as a whole never admits more than the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counting_locally_takes_a_share_of_what_is_left_and_writes_it_back() {
+    let redis = RedisServer::start();
+    let rules = rules_dir();
+    // Two replicas count in this Redis (the other is idle here): this one's share is half.
+    let rl = replica(
+        rules.path(),
+        &redis.url(),
+        &[
+            "--on-backend-error",
+            "local",
+            // Generous, so that Redis answers every call before it is stopped, even on a busy
+            // machine: the share is computed from what Redis said.
+            "--backend-timeout-ms",
+            "200",
+            "--replicas",
+            "2",
+        ],
+    );
+    let client = Client::connect(format!("http://{}", rl.addr))
+        .await
+        .unwrap();
+    let pid = redis.process.child.id().to_string();
+    let signal = move |name: &str| {
+        let status = std::process::Command::new("kill")
+            .args([name, pid.as_str()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    let (before, during, after) = within_one_window(60, |_| {
+        let mut client = client.clone();
+        let signal = signal.clone();
+        let log = &rl.log;
+        async move {
+            let key = fresh_key("share");
+            let admitted =
+                |answer: (Result<i32, tonic::Code>, Duration)| answer.0 == Ok(Code::Ok as i32);
+            let mut before = 0;
+            for _ in 0..20 {
+                before += u32::from(admitted(timed(&mut client, &key).await));
+            }
+            // Redis said 20 of 50: 30 left, this replica's share 15.
+            signal("-STOP");
+            let mut during = 0;
+            for _ in 0..30 {
+                during += u32::from(admitted(timed(&mut client, &key).await));
+            }
+            signal("-CONT");
+            // The first answer from Redis again starts the write-back: call until it has landed.
+            let mut after = 0;
+            let mut written_back = false;
+            for _ in 0..200 {
+                after += u32::from(admitted(timed(&mut client, &key).await));
+                let lines = log.all(Duration::from_millis(20));
+                if lines.iter().any(|l| l.contains("written back to Redis")) {
+                    written_back = true;
+                    break;
+                }
+            }
+            assert!(written_back, "the local hits were written back");
+            for _ in 0..40 {
+                after += u32::from(admitted(timed(&mut client, &key).await));
+            }
+            (before, during, after)
+        }
+    })
+    .await;
+    assert_eq!(before, 20);
+    assert_eq!(during, 15, "one share of the 30 left, not 50 from zero");
+    // Calls that timed out while Redis was stopped may still run there once it resumes: they
+    // count twice, so at most a few fewer are admitted, never more.
+    let total = before + during + after;
+    assert!(
+        (47..=50).contains(&total),
+        "admitted {total} of 50 in the window"
+    );
+    rl.stop();
+}

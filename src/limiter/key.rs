@@ -48,6 +48,11 @@ impl CounterKey {
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
     }
+
+    /// A key as [`CounterKey::as_bytes`] gave it (from a store that kept it).
+    pub(crate) fn from_bytes(bytes: &[u8]) -> CounterKey {
+        CounterKey(SmallVec::from_slice(bytes))
+    }
 }
 
 fn len_size(n: usize) -> usize {

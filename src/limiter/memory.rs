@@ -22,6 +22,7 @@ use std::time::Duration;
 use dashmap::DashMap;
 use smallvec::SmallVec;
 
+use super::key::CounterKey;
 use super::store::{Batch, Count, Counts, Increment, StoreError, is_over};
 use super::window;
 
@@ -122,6 +123,25 @@ impl Counter {
         }
     }
 
+    /// Raises the count in window `index` to at least `value` (what another store said).
+    fn raise_to(&self, index: u32, value: u64) {
+        let mut state = self.0.load(Ordering::Acquire);
+        loop {
+            let (at, count) = Counter::count_in(state, index);
+            if at != index || count >= value {
+                return;
+            }
+            let next = pack(at, value);
+            match self
+                .0
+                .compare_exchange_weak(state, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return,
+                Err(actual) => state = actual,
+            }
+        }
+    }
+
     /// Gives back a reservation made in window `index`; nothing if that window has ended.
     fn release(&self, index: u32, hits: u64) {
         let mut state = self.0.load(Ordering::Acquire);
@@ -171,6 +191,28 @@ impl Counters {
         }
     }
 
+    /// Each counter as (window seconds, window index, count).
+    fn each(&self) -> Vec<(u32, u32, u64)> {
+        let inline = self
+            .seconds
+            .iter()
+            .zip(&self.states)
+            .filter(|(s, _)| **s != 0);
+        let more = self
+            .more
+            .as_deref()
+            .into_iter()
+            .flatten()
+            .map(|(s, c)| (s, c));
+        inline
+            .chain(more)
+            .map(|(seconds, counter)| {
+                let (index, count) = unpack(counter.0.load(Ordering::Acquire));
+                (*seconds, index, count)
+            })
+            .collect()
+    }
+
     /// Whether every counter's window has ended by `now`.
     fn all_ended(&self, now: Duration) -> bool {
         let inline = self
@@ -214,6 +256,11 @@ impl MemoryStore {
             live: AtomicUsize::new(0),
             max_keys,
         }
+    }
+
+    /// The most keys it holds.
+    pub fn max_keys(&self) -> usize {
+        self.max_keys
     }
 
     /// Live descriptor keys (entries not yet swept); each holds a counter per window length.
@@ -356,6 +403,50 @@ impl MemoryStore {
         }
         let counter = entry.get(inc.window_seconds);
         Ok(counter.map_or(Ok((inc.window_index, 0)), |c| run(inc, c, &op)))
+    }
+
+    /// The count of one counter in window `index`; 0 when there is none.
+    pub fn peek(&self, key: &CounterKey, window_seconds: u32, index: u32) -> u64 {
+        self.entries
+            .get(key.as_bytes())
+            .and_then(|entry| entry.get(window_seconds).map(|c| c.peek(index)))
+            .unwrap_or(0)
+    }
+
+    /// Raises each counter of `batch` to at least its count in `counts` (what Redis answered),
+    /// making counters it lacks while the table has room.
+    pub fn mirror(&self, batch: &Batch, counts: &[Count]) {
+        for (inc, count) in batch.increments.iter().zip(counts) {
+            let mut peek = Increment { hits: 0, ..*inc };
+            peek.enforced = false;
+            // Creates the counter (an add of 0 hits), then raises it.
+            if self.on_counter(batch, &peek, Op::Add).is_err() {
+                return;
+            }
+            if let Some(entry) = self.entries.get(batch.keys[inc.key].as_bytes())
+                && let Some(counter) = entry.get(inc.window_seconds)
+            {
+                counter.raise_to(inc.window_index, count.value);
+            }
+        }
+    }
+
+    /// Removes every counter, and gives back those of windows not ended by `now` as (key,
+    /// window seconds, window index, count), counts above 0 only.
+    pub fn drain(&self, now: Duration) -> Vec<(CounterKey, u32, u32, u64)> {
+        let mut out = Vec::new();
+        let mut removed = 0;
+        self.entries.retain(|key, counters| {
+            for (seconds, index, count) in counters.each() {
+                if count > 0 && index >= window::position(now, seconds).index {
+                    out.push((CounterKey::from_bytes(key), seconds, index, count));
+                }
+            }
+            removed += 1;
+            false
+        });
+        self.live.fetch_sub(removed, Ordering::Relaxed);
+        out
     }
 
     /// Removes the keys whose windows have all ended before `now`, and gives the table's spare

@@ -167,10 +167,15 @@ impl Limiter {
     }
 
     /// Counting in Redis; `store` holds the counters of `OnBackendError::Local` while Redis is
-    /// away.
-    pub fn shared(redis: Arc<RedisStore>, on_error: OnBackendError, store: MemoryStore) -> Limiter {
+    /// away, of which this replica takes one share in `replicas`.
+    pub fn shared(
+        redis: Arc<RedisStore>,
+        on_error: OnBackendError,
+        store: MemoryStore,
+        replicas: u32,
+    ) -> Limiter {
         Limiter {
-            store: Store::Redis(Shared::new(redis, on_error, store)),
+            store: Store::Redis(Shared::new(redis, on_error, store, replicas)),
         }
     }
 

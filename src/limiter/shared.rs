@@ -2,6 +2,11 @@
 //! the Redis store, and the state of the backend (up or down, errors, fallbacks, outages) that
 //! health, metrics and logs show.
 //!
+//! With `--on-backend-error local`, the local store mirrors what Redis last said of each counter,
+//! and a replica counting locally admits at most its share of what Redis said was left (the
+//! rest divided by `--replicas`), never a whole limit from zero; the hits it admitted are
+//! written back to Redis once, when Redis answers again.
+//!
 //! One failed call is not an outage: the request it was for is answered by the policy, and the
 //! next ones try Redis again. Only [`TRIP_AFTER`] failures in a row, with no success between,
 //! make an outage; then requests skip Redis and go straight to the policy, so that they answer
@@ -12,16 +17,22 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use super::clock;
 use super::memory::MemoryStore;
 use super::redis::RedisStore;
-use super::store::{Batch, CounterStore, Counts, StoreError};
+use super::store::{Batch, Count, CounterStore, Counts, Increment, StoreError};
 
 /// Counting in Redis, and what to do when it fails.
 pub struct Shared {
     pub redis: Arc<RedisStore>,
     pub on_error: OnBackendError,
-    /// Where `OnBackendError::Local` counts while Redis is away.
+    /// With `OnBackendError::Local`: what Redis last said of each counter.
     local: MemoryStore,
+    /// With `OnBackendError::Local`: the hits admitted here while Redis was away, each counter
+    /// bounded by this replica's share; written back to Redis when it answers again.
+    outage: Arc<MemoryStore>,
+    /// The replicas counting in this Redis (`--replicas`): a replica's share of what is left.
+    replicas: u32,
     state: BackendState,
 }
 
@@ -36,11 +47,18 @@ pub enum Counted {
 }
 
 impl Shared {
-    pub fn new(redis: Arc<RedisStore>, on_error: OnBackendError, local: MemoryStore) -> Shared {
+    pub fn new(
+        redis: Arc<RedisStore>,
+        on_error: OnBackendError,
+        local: MemoryStore,
+        replicas: u32,
+    ) -> Shared {
         Shared {
             redis,
             on_error,
+            outage: Arc::new(MemoryStore::new(local.max_keys())),
             local,
+            replicas: replicas.max(1),
             state: BackendState::default(),
         }
     }
@@ -60,6 +78,88 @@ impl Shared {
             fallbacks: read(&self.state.fallbacks),
             outages: read(&self.state.outages),
         }
+    }
+}
+
+impl Shared {
+    /// Counts `batch` here while Redis is away: each counter may take this replica's share of
+    /// what Redis last said was left, `ceil((limit - count) / replicas)`, on top of that count.
+    fn count_locally(&self, batch: &Batch) -> Result<(bool, Counts), StoreError> {
+        let replicas = u64::from(self.replicas);
+        let seeds: Vec<u64> = batch
+            .increments
+            .iter()
+            .map(|inc| {
+                let key = &batch.keys[inc.key];
+                self.local.peek(key, inc.window_seconds, inc.window_index)
+            })
+            .collect();
+        let shares = Batch {
+            keys: batch.keys.clone(),
+            increments: batch
+                .increments
+                .iter()
+                .zip(&seeds)
+                .map(|(inc, seed)| {
+                    let left = u64::from(inc.requests_per_unit).saturating_sub(*seed);
+                    Increment {
+                        requests_per_unit: u32::try_from(left.div_ceil(replicas))
+                            .unwrap_or(u32::MAX),
+                        ..*inc
+                    }
+                })
+                .collect(),
+        };
+        let (admitted, counts) = self.outage.apply(&shares)?;
+        let counts = counts
+            .iter()
+            .zip(&seeds)
+            .map(|(count, seed)| Count {
+                value: seed.saturating_add(count.value),
+                over_limit: count.over_limit,
+            })
+            .collect();
+        Ok((admitted, counts))
+    }
+
+    /// Adds the hits admitted here during the outage to Redis, once, in the background; the
+    /// windows that ended meanwhile are dropped (Redis has dropped them too).
+    fn write_back(&self) {
+        let now = clock::now();
+        let held = self.outage.drain(now);
+        if held.is_empty() {
+            return;
+        }
+        let mut batch = Batch::default();
+        for (key, window_seconds, window_index, hits) in held {
+            let end = std::time::Duration::from_secs(
+                (u64::from(window_index) + 1) * u64::from(window_seconds),
+            );
+            let left = end.saturating_sub(now);
+            if left.is_zero() {
+                continue;
+            }
+            batch.keys.push(key);
+            batch.increments.push(Increment {
+                key: batch.keys.len() - 1,
+                window_seconds,
+                window_index,
+                expires_in_ms: u64::try_from(left.as_millis()).unwrap_or(u64::MAX).max(1),
+                requests_per_unit: u32::MAX,
+                hits,
+                enforced: false,
+            });
+        }
+        let redis = Arc::clone(&self.redis);
+        tokio::spawn(async move {
+            let counters = batch.increments.len();
+            match redis.count(&batch).await {
+                Ok(_) => tracing::info!(counters, "hits counted locally written back to Redis"),
+                Err(error) => {
+                    tracing::warn!(%error, counters, "cannot write the local hits back to Redis")
+                }
+            }
+        });
     }
 }
 
@@ -154,11 +254,14 @@ impl BackendState {
                 .is_ok()
     }
 
-    fn succeeded(&self) {
+    /// Records a success; whether it ended an outage.
+    fn succeeded(&self) -> bool {
         self.failures_in_a_row.store(0, Ordering::Relaxed);
-        if self.down.swap(false, Ordering::Relaxed) {
+        let was_down = self.down.swap(false, Ordering::Relaxed);
+        if was_down {
             tracing::warn!("Redis answers again: counting there again");
         }
+        was_down
     }
 
     fn failed(&self, error: &StoreError, policy: OnBackendError) {
@@ -186,7 +289,13 @@ impl Shared {
         if self.state.should_try() {
             match self.redis.count(batch).await {
                 Ok((admitted, counts)) => {
-                    self.state.succeeded();
+                    let was_down = self.state.succeeded();
+                    if self.on_error == OnBackendError::Local {
+                        self.local.mirror(batch, &counts);
+                        if was_down {
+                            self.write_back();
+                        }
+                    }
                     return Ok(Counted::Counts(admitted, counts));
                 }
                 Err(error) if error.is_transient() => self.state.failed(&error, self.on_error),
@@ -196,7 +305,7 @@ impl Shared {
         self.state.fallbacks.fetch_add(1, Ordering::Relaxed);
         match self.on_error {
             OnBackendError::Local => {
-                let (admitted, counts) = self.local.apply(batch)?;
+                let (admitted, counts) = self.count_locally(batch)?;
                 Ok(Counted::Counts(admitted, counts))
             }
             OnBackendError::Allow => Ok(Counted::Allowed),
