@@ -191,6 +191,15 @@ async fn keys_are_gone_from_redis_once_their_window_ends() {
 }
 
 /// A decision's answer and how long it took.
+/// Sends signal `name` (`-STOP`, `-CONT`) to the process `pid` that this test started.
+fn signal(pid: u32, name: &str) {
+    let status = std::process::Command::new("kill")
+        .args([name, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {name} {pid}");
+}
+
 async fn timed(client: &mut Client, value: &str) -> (Result<i32, tonic::Code>, Duration) {
     let started = Instant::now();
     let answer = client
@@ -336,14 +345,8 @@ async fn a_redis_that_stops_answering_is_waited_for_only_the_timeout() {
         timed(&mut client, &fresh_key("before")).await.0,
         Ok(Code::Ok as i32)
     );
-    let pid = redis.process.child.id().to_string();
-    let signal = |name: &str| {
-        let status = std::process::Command::new("kill")
-            .args([name, pid.as_str()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    };
+    let pid = redis.process.child.id();
+    let signal = |name: &str| signal(pid, name);
     // Stopped, not gone: the connection stays open and nothing answers on it.
     signal("-STOP");
     let slow = fresh_key("slow");
@@ -394,17 +397,9 @@ async fn counting_locally_takes_a_share_of_what_is_left_and_writes_it_back() {
     let client = Client::connect(format!("http://{}", rl.addr))
         .await
         .unwrap();
-    let pid = redis.process.child.id().to_string();
-    let signal = move |name: &str| {
-        let status = std::process::Command::new("kill")
-            .args([name, pid.as_str()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    };
+    let pid = redis.process.child.id();
     let (before, during, after) = within_one_window(60, |_| {
         let mut client = client.clone();
-        let signal = signal.clone();
         let log = &rl.log;
         async move {
             let key = fresh_key("share");
@@ -415,12 +410,12 @@ async fn counting_locally_takes_a_share_of_what_is_left_and_writes_it_back() {
                 before += u32::from(admitted(timed(&mut client, &key).await));
             }
             // Redis said 20 of 50: 30 left, this replica's share 15.
-            signal("-STOP");
+            signal(pid, "-STOP");
             let mut during = 0;
             for _ in 0..30 {
                 during += u32::from(admitted(timed(&mut client, &key).await));
             }
-            signal("-CONT");
+            signal(pid, "-CONT");
             // The first answer from Redis again starts the write-back: call until it has landed.
             let mut after = 0;
             let mut written_back = false;
