@@ -12,9 +12,9 @@ mod common;
 
 use std::time::Duration;
 
+use common::fresh_key;
 use common::process::{Envoy, Ratelimitd, Upstream, grpcurl, http_agent, project, wait_until};
 use common::redis::{RedisServer, cli};
-use common::{fresh_key, window_index};
 
 const SEED_BODY: &str = r#"{ "error": { "type": "rate_limit_error", "code": 429, "message": "Rate limit exceeded. Please retry later." } }"#;
 
@@ -150,9 +150,9 @@ impl Trio {
             if attempt > 0 {
                 self.restart_ratelimitd();
             }
-            let before = window_index(60);
+            let run = common::Run::start(60);
             let seen = scenario(self);
-            if window_index(60) == before {
+            if run.stayed_in_one_window() {
                 return seen;
             }
         }

@@ -180,25 +180,68 @@ pub fn fresh_key(prefix: &str) -> String {
 
 /// The number of the `seconds`-long window that now falls in, as ratelimitd counts windows.
 pub fn window_index(seconds: u64) -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
+    window_index_at(SystemTime::now(), seconds)
+}
+
+fn window_index_at(time: SystemTime, seconds: u64) -> u64 {
+    time.duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() / seconds)
         .unwrap_or_default()
 }
 
+/// How far the server's clock (the wall clock read at its start, carried on by the monotonic
+/// clock) may be from this test's wall clock; a run this close to a window's edge is not trusted.
+const CLOCK_MARGIN: Duration = Duration::from_secs(1);
+
+/// When a run started, to tell afterwards whether it stayed inside one window.
+pub struct Run {
+    started: SystemTime,
+    seconds: u64,
+}
+
+impl Run {
+    pub fn start(seconds: u64) -> Run {
+        Run {
+            started: SystemTime::now(),
+            seconds,
+        }
+    }
+
+    /// Whether the run began and ended in one window, with [`CLOCK_MARGIN`] (at most a tenth
+    /// of the window) on each side.
+    pub fn stayed_in_one_window(&self) -> bool {
+        let margin = CLOCK_MARGIN.min(Duration::from_secs(self.seconds) / 10);
+        let from = self.started.checked_sub(margin).unwrap_or(UNIX_EPOCH);
+        let to = SystemTime::now() + margin;
+        window_index_at(from, self.seconds) == window_index_at(to, self.seconds)
+    }
+
+    /// What the run gave back, if it counts; `None` to run again. A run that panicked (an
+    /// assertion failed) across a window's edge runs again; one that panicked inside a single
+    /// window fails the test with its own message.
+    fn outcome<T>(&self, result: std::thread::Result<T>) -> Option<T> {
+        let clean = self.stayed_in_one_window();
+        match result {
+            Ok(observed) if clean => Some(observed),
+            Err(panic) if clean => std::panic::resume_unwind(panic),
+            _ => None,
+        }
+    }
+}
+
 /// Runs `scenario` until one run starts and ends in the same `seconds`-long window (at most 3
-/// runs), and returns what that run observed; the caller asserts on it. So a test never fails
-/// because a window turned over in the middle of it. Each run gets a new attempt number, to
-/// build fresh keys from.
+/// runs), and returns what that run observed. So a test never fails because a window turned
+/// over in the middle of it, even when the scenario asserts as it goes. Each run gets a new
+/// attempt number, to build fresh keys from.
 pub async fn within_one_window<F, Fut, T>(seconds: u64, mut scenario: F) -> T
 where
     F: FnMut(u32) -> Fut,
     Fut: std::future::Future<Output = T>,
 {
     for attempt in 0..3 {
-        let before = window_index(seconds);
-        let observed = scenario(attempt).await;
-        if window_index(seconds) == before {
+        let run = Run::start(seconds);
+        let result = CatchUnwind(Box::pin(scenario(attempt))).await;
+        if let Some(observed) = run.outcome(result) {
             return observed;
         }
     }
@@ -208,13 +251,33 @@ where
 /// [`within_one_window`] for blocking code; each run should use fresh keys of its own.
 pub fn within_one_window_blocking<T>(seconds: u64, mut scenario: impl FnMut() -> T) -> T {
     for _ in 0..3 {
-        let before = window_index(seconds);
-        let observed = scenario();
-        if window_index(seconds) == before {
+        let run = Run::start(seconds);
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(&mut scenario));
+        if let Some(observed) = run.outcome(result) {
             return observed;
         }
     }
     panic!("a {seconds}-second window turned over during each of 3 attempts");
+}
+
+/// A future that turns a panic while it is polled into an `Err`, as `catch_unwind` does for
+/// a closure.
+struct CatchUnwind<Fut>(std::pin::Pin<Box<Fut>>);
+
+impl<Fut: std::future::Future> std::future::Future for CatchUnwind<Fut> {
+    type Output = std::thread::Result<Fut::Output>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let inner = self.0.as_mut();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Ok(std::task::Poll::Ready(value)) => std::task::Poll::Ready(Ok(value)),
+            Err(panic) => std::task::Poll::Ready(Err(panic)),
+        }
+    }
 }
 
 /// Sleeps until just after the next whole second.
