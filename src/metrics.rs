@@ -45,6 +45,7 @@ pub struct Metrics {
     serving: IntGauge,
     backend_up: IntGauge,
     backend_errors: IntCounter,
+    backend_late: IntCounter,
     backend_fallbacks: IntCounter,
     backend_outages: IntCounter,
     global_shadow_mode: IntCounter,
@@ -224,6 +225,10 @@ impl Metrics {
                 "ratelimitd_backend_errors_total",
                 "Requests Redis failed to count (error or timeout).",
             )?,
+            backend_late: counter(
+                "ratelimitd_backend_late_calls_total",
+                "Redis calls slower than --backend-timeout-ms (each a failure in a row; still waited for while Redis is up).",
+            )?,
             backend_fallbacks: counter(
                 "ratelimitd_backend_fallback_decisions_total",
                 "Requests answered by --on-backend-error because Redis failed or was down.",
@@ -354,6 +359,7 @@ impl Metrics {
                 counter.inc_by(total.saturating_sub(counter.get()));
             };
             catch_up(&self.backend_errors, backend.errors);
+            catch_up(&self.backend_late, backend.late);
             catch_up(&self.backend_fallbacks, backend.fallbacks);
             catch_up(&self.backend_outages, backend.outages);
         } else {

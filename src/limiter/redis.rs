@@ -132,6 +132,11 @@ end
 return 1
 ";
 
+/// How long a call may take, in `--backend-timeout-ms`: a call that misses the timeout has
+/// failed (three in a row are an outage), but while Redis is not known to be down its decision
+/// waits for the late answer up to this bound, because only Redis's answer is exact.
+pub const LATE_ANSWER_TIMEOUTS: u32 = 5;
+
 /// How long the client waits to connect before trying again.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Pause between connection attempts while Redis cannot be reached at start.
@@ -155,6 +160,16 @@ impl RedisStore {
 
     pub fn target(&self) -> &Target {
         &self.target
+    }
+
+    /// `--backend-timeout-ms`: a call slower than this has failed.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The longest a call may take: see [`LATE_ANSWER_TIMEOUTS`].
+    pub fn late_bound(&self) -> Duration {
+        self.timeout * LATE_ANSWER_TIMEOUTS
     }
 
     /// Waits until connected, for at most `within`; whether it is.
@@ -201,24 +216,27 @@ impl RedisStore {
             Target::Cluster(nodes) => {
                 let client = ClusterClient::builder(nodes.clone())
                     .connection_timeout(CONNECT_TIMEOUT)
-                    .response_timeout(self.timeout)
+                    .response_timeout(self.late_bound())
                     .retries(0)
                     .build()?;
-                Ok(Connection::Cluster(client.get_async_connection().await?))
+                let mut connection = client.get_async_connection().await?;
+                preload_on_every_master(&mut connection).await?;
+                Ok(Connection::Cluster(connection))
             }
         }
     }
 
-    /// Counts `batch`, all or nothing, within the timeout.
+    /// Counts `batch`, all or nothing, within the [late bound](RedisStore::late_bound).
     pub async fn apply(&self, batch: &Batch) -> Result<(bool, Counts), BackendError> {
         let connection = self
             .connection
             .get()
             .cloned()
             .ok_or(BackendError::NotConnected)?;
-        tokio::time::timeout(self.timeout, self.apply_on(connection, batch))
+        let bound = self.late_bound();
+        tokio::time::timeout(bound, self.apply_on(connection, batch))
             .await
-            .map_err(|_| BackendError::Timeout(self.timeout))?
+            .map_err(|_| BackendError::Timeout(bound))?
     }
 
     async fn apply_on(
@@ -325,6 +343,22 @@ impl RedisStore {
         let _: i64 = invocation.invoke_async(connection).await?;
         Ok(())
     }
+}
+
+/// Loads both scripts on every master, which also opens the connection to each: so that the
+/// first decisions in each slot neither wait for a connection nor load the script.
+async fn preload_on_every_master(connection: &mut ClusterConnection) -> Result<(), RedisError> {
+    use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo};
+    for script in [SCRIPT, RELEASE_SCRIPT] {
+        let mut load = redis::cmd("SCRIPT");
+        load.arg("LOAD").arg(script);
+        let every_master = RoutingInfo::MultiNode((
+            MultipleNodeRoutingInfo::AllMasters,
+            Some(ResponsePolicy::AllSucceeded),
+        ));
+        connection.route_command(load, every_master).await?;
+    }
+    Ok(())
 }
 
 /// The counts of every increment, as the memory store reports them: an enforced counter is over

@@ -7,11 +7,17 @@
 //! rest divided by `--replicas`), never a whole limit from zero; the hits it admitted are
 //! written back to Redis once, when Redis answers again.
 //!
-//! One failed call is not an outage: the request it was for is answered by the policy, and the
-//! next ones try Redis again. Only [`TRIP_AFTER`] failures in a row, with no success between,
-//! make an outage; then requests skip Redis and go straight to the policy, so that they answer
-//! at once instead of after a timeout each, and one request every [`RETRY_EVERY`] tries Redis
-//! again: its success ends the outage, so a recovered Redis counts again within milliseconds.
+//! One slow answer is not a failure, and one failure is not an outage. A call that misses
+//! `--backend-timeout-ms` is late; while Redis is not known to be down, its decision waits for
+//! the answer (up to [`LATE_ANSWER_TIMEOUTS`](super::redis::LATE_ANSWER_TIMEOUTS) timeouts),
+//! because only Redis's answer is exact: on a busy machine a healthy Redis misses a 10 ms
+//! deadline now and then, and answering those by the policy admitted requests Redis refused,
+//! and counted twice some it admitted. An outage is Redis answering nothing at all for
+//! [`SILENT_TIMEOUTS`] timeouts while a call waits, or [`TRIP_AFTER`] failed calls in a row
+//! (errors, or no answer within the late bound): then the decisions still waiting are answered
+//! by the policy at once, later requests skip Redis and go straight to the policy, and one
+//! request every [`RETRY_EVERY`] tries Redis again: its success ends the outage, so a recovered
+//! Redis counts again within milliseconds.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -20,6 +26,7 @@ use std::time::{Duration, Instant};
 use super::clock;
 use super::memory::MemoryStore;
 use super::redis::RedisStore;
+use super::redis_script::BackendError;
 use super::store::{Batch, Count, CounterStore, Counts, Increment, StoreError};
 
 /// Counting in Redis, and what to do when it fails.
@@ -75,6 +82,7 @@ impl Shared {
             up: self.state.is_up(),
             policy: self.on_error,
             errors: read(&self.state.errors),
+            late: read(&self.state.late),
             fallbacks: read(&self.state.fallbacks),
             outages: read(&self.state.outages),
         }
@@ -194,6 +202,8 @@ pub struct BackendSnapshot {
     pub policy: OnBackendError,
     /// Requests Redis failed to count.
     pub errors: u64,
+    /// Calls that missed the timeout (then answered late, or counted in `errors` too).
+    pub late: u64,
     /// Requests answered by the failure policy.
     pub fallbacks: u64,
     /// Periods during which Redis was down.
@@ -209,17 +219,27 @@ pub struct BackendState {
     /// While down, requests skip Redis until this (milliseconds since `started`).
     retry_at_ms: AtomicU64,
     started: std::sync::OnceLock<Instant>,
+    /// Wakes the decisions waiting for late answers when an outage starts.
+    tripped: tokio::sync::Notify,
+    /// Calls Redis answered: whether it said anything while a call waited.
+    answers: AtomicU64,
     errors: AtomicU64,
+    late: AtomicU64,
     fallbacks: AtomicU64,
     outages: AtomicU64,
 }
 
-/// Failures in a row that make an outage. Consecutive failures rather than an error rate: a
-/// Redis that answers in microseconds and once misses the 10 ms deadline on a busy machine is
-/// noise, and tripping on it sent every request of the next half second to the policy (with
-/// `local`, up to a whole limit admitted again); three misses with no success between are a
-/// Redis that does not answer, and cost three timeouts to notice.
+/// Failed calls in a row that make an outage: a call fails by an error (a refused connection
+/// answers at once) or by no answer within the late bound.
 pub const TRIP_AFTER: u64 = 3;
+
+/// How long Redis may answer no call at all while one waits, in `--backend-timeout-ms`, before
+/// that is an outage. Silence, not a count of late calls: every call queued behind one slow
+/// answer is late with it, so on a busy machine one 15 ms pause made dozens of late calls at
+/// once, and counting them tripped an outage that was not one. Three timeouts (30 ms by
+/// default) are longer than a busy machine's pauses and short enough that a Redis that stopped
+/// answering holds decisions only that long.
+pub const SILENT_TIMEOUTS: u32 = 3;
 
 /// While Redis is down, one request in this period tries it again; the others go straight to
 /// the failure policy, so that they answer at once instead of after a timeout each.
@@ -256,6 +276,7 @@ impl BackendState {
 
     /// Records a success; whether it ended an outage.
     fn succeeded(&self) -> bool {
+        self.answers.fetch_add(1, Ordering::Relaxed);
         self.failures_in_a_row.store(0, Ordering::Relaxed);
         let was_down = self.down.swap(false, Ordering::Relaxed);
         if was_down {
@@ -264,19 +285,30 @@ impl BackendState {
         was_down
     }
 
-    fn failed(&self, error: &StoreError, policy: OnBackendError) {
+    /// Records a call that failed: one more failure in a row.
+    fn failed(&self, error: &dyn std::fmt::Display, policy: OnBackendError) {
         self.errors.fetch_add(1, Ordering::Relaxed);
+        self.strike(error, policy);
+    }
+
+    fn strike(&self, error: &dyn std::fmt::Display, policy: OnBackendError) {
         let in_a_row = self.failures_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
         if in_a_row < TRIP_AFTER {
-            tracing::debug!(%error, in_a_row, "Redis failed one call: answered by the policy");
+            tracing::debug!(%error, in_a_row, "Redis failed one call");
             return;
         }
+        self.trip(error, policy);
+    }
+
+    /// Starts an outage, unless one is on.
+    fn trip(&self, error: &dyn std::fmt::Display, policy: OnBackendError) {
         self.retry_at_ms.store(
             self.elapsed_ms() + RETRY_EVERY.as_millis() as u64,
             Ordering::Relaxed,
         );
         if !self.down.swap(true, Ordering::Relaxed) {
             self.outages.fetch_add(1, Ordering::Relaxed);
+            self.tripped.notify_waiters();
             tracing::error!(%error, ?policy, "Redis cannot count: answering by the failure policy until it is back");
         }
     }
@@ -287,7 +319,7 @@ impl Shared {
     /// recording it.
     pub(super) async fn count(&self, batch: &Batch) -> Result<Counted, StoreError> {
         if self.state.should_try() {
-            match self.redis.count(batch).await {
+            match self.ask_redis(batch).await {
                 Ok((admitted, counts)) => {
                     let was_down = self.state.succeeded();
                     if self.on_error == OnBackendError::Local {
@@ -298,7 +330,7 @@ impl Shared {
                     }
                     return Ok(Counted::Counts(admitted, counts));
                 }
-                Err(error) if error.is_transient() => self.state.failed(&error, self.on_error),
+                Err(error) if error.is_transient() => {}
                 Err(error) => return Err(error),
             }
         }
@@ -311,5 +343,66 @@ impl Shared {
             OnBackendError::Allow => Ok(Counted::Allowed),
             OnBackendError::Deny => Ok(Counted::Denied),
         }
+    }
+
+    /// Redis's answer for `batch`, its failure recorded. A call that misses the timeout while
+    /// Redis is not known to be down is waited for until it answers, fails, or reaches its late
+    /// bound, or until an outage starts (then the policy answers at once).
+    async fn ask_redis(&self, batch: &Batch) -> Result<(bool, Counts), StoreError> {
+        let answers_before = self.state.answers.load(Ordering::Relaxed);
+        let started = tokio::time::Instant::now();
+        let call = self.redis.apply(batch);
+        tokio::pin!(call);
+        let timeout = self.redis.timeout();
+        if let Ok(answer) = tokio::time::timeout(timeout, &mut call).await {
+            return self.recorded(answer);
+        }
+        self.state.late.fetch_add(1, Ordering::Relaxed);
+        let late = BackendError::Timeout(timeout);
+        // Woken if an outage starts from here on; checked for one that started already.
+        let tripped = self.state.tripped.notified();
+        tokio::pin!(tripped);
+        tripped.as_mut().enable();
+        if self.state.is_up() {
+            let silence = tokio::time::sleep_until(started + timeout * SILENT_TIMEOUTS);
+            tokio::pin!(silence);
+            let mut heard_since = false;
+            loop {
+                tokio::select! {
+                    answer = &mut call => return self.recorded(answer),
+                    () = &mut tripped => break,
+                    () = &mut silence, if !heard_since => {
+                        if self.state.answers.load(Ordering::Relaxed) != answers_before {
+                            // Redis answered others meanwhile: slow, not gone.
+                            heard_since = true;
+                            continue;
+                        }
+                        let now = tokio::time::Instant::now();
+                        if now.saturating_duration_since(silence.deadline()) >= timeout {
+                            // This timer fired a timeout late: this process was not running, and
+                            // answers may be waiting unread. Listen for one more timeout first.
+                            silence.as_mut().reset(now + timeout);
+                            continue;
+                        }
+                        self.state.trip(&late, self.on_error);
+                        break;
+                    }
+                }
+            }
+        }
+        // A failure in a row like any other: while Redis is down it also puts off the next try.
+        self.state.failed(&late, self.on_error);
+        Err(late.into())
+    }
+
+    /// `answer`, with its failure recorded.
+    fn recorded(
+        &self,
+        answer: Result<(bool, Counts), BackendError>,
+    ) -> Result<(bool, Counts), StoreError> {
+        if let Err(error) = &answer {
+            self.state.failed(error, self.on_error);
+        }
+        Ok(answer?)
     }
 }
