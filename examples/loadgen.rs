@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 
 #[path = "support/lean_client.rs"]
 mod lean_client;
+#[path = "support/reload_bench.rs"]
+mod reload_bench;
 #[path = "support/seed_request.rs"]
 mod seed_request;
 use lean_client::{LeanClient, encoded_request};
@@ -57,6 +59,8 @@ enum Cmd {
     /// CPU instructions per decision (valgrind's callgrind): a measure the machine's noise
     /// does not move.
     Instructions(InstructionsArgs),
+    /// Decision latency while a big rule file loads, and idle CPU with it loaded.
+    Reload(reload_bench::ReloadArgs),
 }
 
 #[derive(clap::Args)]
@@ -159,6 +163,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Cmd::Overhead(args) => compare(args, |_| overhead_lineup())?,
         Cmd::Memory(args) => memory(args)?,
         Cmd::Instructions(args) => instructions(args)?,
+        Cmd::Reload(args) => reload_bench::reload(args)?,
     }
     Ok(())
 }

@@ -13,7 +13,7 @@
 //! when rules are installed), so recording a decision is a handful of atomic additions.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use prometheus::{
@@ -22,7 +22,7 @@ use prometheus::{
 };
 
 use crate::limiter::{BackendSnapshot, WindowOutcome};
-use crate::rules::{MetricNaming, RuleSet, Window};
+use crate::rules::{MetricNaming, RuleEntry, RuleSet, Window};
 
 /// Above this share of a limit, hits count as `near_limit` (envoyproxy/ratelimit's default).
 pub const NEAR_LIMIT_RATIO: f32 = 0.8;
@@ -72,7 +72,43 @@ struct RuleFamilies {
     shadow_mode: IntCounterVec,
 }
 
-/// The metrics of one rule window, resolved once when rules are installed.
+/// The metric series of every rule window of one installed rule set, each registered at its
+/// rule's first hit: a rule set of a million per-customer overrides, most of them idle, costs
+/// neither memory for five series each nor five lines each in every `/metrics` scrape.
+pub struct RuleSeries {
+    metrics: Arc<Metrics>,
+    /// Indexed by [`crate::rules::Limit::id`].
+    series: Vec<OnceLock<Option<RuleMetrics>>>,
+}
+
+impl RuleSeries {
+    /// No series registered yet, for `rules`.
+    pub fn new(metrics: Arc<Metrics>, rules: &RuleSet) -> RuleSeries {
+        RuleSeries {
+            metrics,
+            series: (0..rules.rules().len()).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    /// Records what one window of rule `id` of `rules` (the set these series are for) saw for a
+    /// descriptor with these `(key, value)` entries.
+    pub fn record(
+        &self,
+        rules: &RuleSet,
+        id: usize,
+        entries: &[(&str, &str)],
+        outcome: WindowOutcome,
+    ) {
+        let (Some(slot), Some(entry)) = (self.series.get(id), rules.rules().get(id)) else {
+            return;
+        };
+        if let Some(metrics) = slot.get_or_init(|| self.metrics.rule_metrics(entry)) {
+            metrics.record(entries, outcome);
+        }
+    }
+}
+
+/// The metrics of one rule window, resolved at its first hit.
 pub enum RuleMetrics {
     /// Named by the rule path.
     Fixed(RuleCounters),
@@ -269,43 +305,38 @@ impl Metrics {
 
     /// The metrics of every limit of `rules`, indexed by [`crate::rules::Limit::id`].
     /// Series of a rule that is still there after a reload are the same series.
-    pub fn rule_metrics(&self, rules: &RuleSet) -> Vec<Option<RuleMetrics>> {
-        rules
-            .rules()
-            .iter()
-            .map(|entry| {
-                let limit = entry.limit.as_ref()?;
-                let window = window_label(limit.window);
-                if !entry.naming.uses_values() {
-                    let counters = self.rule.counters(&entry.domain, &entry.path, &window);
-                    return Some(RuleMetrics::Fixed(counters));
-                }
-                let identity = format!(
-                    "{}\u{0}{}\u{0}{window}\u{0}{:?}",
-                    entry.domain,
-                    entry.path.join("."),
-                    entry.naming
-                );
-                let mut known = self
-                    .value_series
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner);
-                let series = known.entry(identity).or_insert_with(|| {
-                    let others = entry.naming.levels.iter().map(|_| OTHER_VALUES);
-                    let other_path = entry.naming.path(others);
-                    Arc::new(ValueSeries {
-                        other: self.rule.counters(&entry.domain, &other_path, &window),
-                        families: self.rule.clone(),
-                        domain: entry.domain.clone(),
-                        window,
-                        naming: entry.naming.clone(),
-                        max: self.max_metric_values,
-                        seen: Mutex::new(HashMap::new()),
-                    })
-                });
-                Some(RuleMetrics::Values(Arc::clone(series)))
+    /// The metrics of one rule window; `None` for a rule without a limit.
+    fn rule_metrics(&self, entry: &RuleEntry) -> Option<RuleMetrics> {
+        let limit = entry.limit.as_ref()?;
+        let window = window_label(limit.window);
+        if !entry.naming.uses_values() {
+            let counters = self.rule.counters(&entry.domain, &entry.path, &window);
+            return Some(RuleMetrics::Fixed(counters));
+        }
+        let identity = format!(
+            "{}\u{0}{}\u{0}{window}\u{0}{:?}",
+            entry.domain,
+            entry.path.join("."),
+            entry.naming
+        );
+        let mut known = self
+            .value_series
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let series = known.entry(identity).or_insert_with(|| {
+            let others = entry.naming.levels.iter().map(|_| OTHER_VALUES);
+            let other_path = entry.naming.path(others);
+            Arc::new(ValueSeries {
+                other: self.rule.counters(&entry.domain, &other_path, &window),
+                families: self.rule.clone(),
+                domain: entry.domain.clone(),
+                window,
+                naming: entry.naming.clone(),
+                max: self.max_metric_values,
+                seen: Mutex::new(HashMap::new()),
             })
-            .collect()
+        });
+        Some(RuleMetrics::Values(Arc::clone(series)))
     }
 
     /// One answered request: its overall code and how long deciding took.

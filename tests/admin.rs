@@ -27,6 +27,9 @@ descriptors:
       - key: plan
         value: free
         rate_limit: {unit: hour, requests_per_unit: 100}
+  - key: k
+    value: idle
+    rate_limit: {unit: minute, requests_per_unit: 5}
 "#;
 
 fn ops(
@@ -124,6 +127,8 @@ async fn metrics_count_known_traffic_exactly() {
         !scrape.contains("SECRET123"),
         "a descriptor value leaked into the metrics"
     );
+    // A rule's series appear at its first hit: an idle override costs no memory and no lines.
+    assert!(!scrape.contains("k_idle"), "{scrape}");
 
     assert_eq!(
         metric(&scrape, "ratelimitd_decisions_total{code=\"OK\"}"),
@@ -154,7 +159,7 @@ async fn metrics_count_known_traffic_exactly() {
         metric(&scrape, "ratelimitd_config_info{hash=\"test\"}"),
         1.0
     );
-    assert_eq!(metric(&scrape, "ratelimitd_config_rules"), 4.0);
+    assert_eq!(metric(&scrape, "ratelimitd_config_rules"), 5.0);
     // plain, weighted, shadow and the user's key: one entry each.
     assert_eq!(metric(&scrape, "ratelimitd_counters_in_memory"), 4.0);
     assert_eq!(metric(&scrape, "ratelimitd_serving"), 1.0);
@@ -268,6 +273,7 @@ async fn healthcheck_and_rlconfig_describe_the_running_server() {
     let expected = "\
 # rules hash test
 # domain ops: test.yaml
+ops.k_idle: unit=MINUTE requests_per_unit=5, shadow_mode: false
 ops.k_plain: unit=MINUTE requests_per_unit=5, shadow_mode: false
 ops.k_shadow: unit=MINUTE requests_per_unit=2, shadow_mode: true
 ops.k_weighted: unit=MINUTE requests_per_unit=5, shadow_mode: false

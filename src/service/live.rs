@@ -5,11 +5,11 @@
 //! and window, not by rule: a rule that survives a reload keeps its counts.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::{ArcSwap, Guard};
 
-use crate::metrics::{Metrics, RuleMetrics};
+use crate::metrics::{Metrics, RuleSeries};
 use crate::rules::RuleSet;
 
 /// One installed rule set, with what goes with it.
@@ -18,7 +18,7 @@ pub struct Snapshot {
     /// [`crate::config::Sources::hash`] of the files it came from.
     pub hash: String,
     /// Per-rule metrics, indexed by [`crate::rules::Limit::id`].
-    pub counters: Vec<Option<RuleMetrics>>,
+    pub counters: RuleSeries,
 }
 
 /// The current [`Snapshot`], and the metrics that reloads report to.
@@ -47,10 +47,14 @@ impl LiveRules {
         self.current.load_full()
     }
 
-    /// Replaces the rules for every request that starts from now on.
+    /// Replaces the rules for every request that starts from now on, and frees the old ones
+    /// on the calling thread (the reload thread), not on whichever request let go of them last:
+    /// freeing a million rules takes tens of milliseconds, which that request would wait.
     pub fn install(&self, rules: RuleSet, hash: String) {
-        self.current
-            .store(Arc::new(snapshot(rules, hash, &self.metrics)));
+        let old = self
+            .current
+            .swap(Arc::new(snapshot(rules, hash, &self.metrics)));
+        drop_when_last(old);
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -58,7 +62,20 @@ impl LiveRules {
     }
 }
 
-fn snapshot(rules: RuleSet, hash: String, metrics: &Metrics) -> Snapshot {
+/// How long [`drop_when_last`] waits for the requests still deciding with old rules. Requests
+/// hold them for one decision; a holder past this (an admin page being written) frees them.
+const OLD_RULES_WAIT: Duration = Duration::from_secs(5);
+
+/// Drops `old` here once no request holds it any more (or after [`OLD_RULES_WAIT`]).
+fn drop_when_last(old: Arc<Snapshot>) {
+    let deadline = Instant::now() + OLD_RULES_WAIT;
+    while Arc::strong_count(&old) > 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    drop(old);
+}
+
+fn snapshot(rules: RuleSet, hash: String, metrics: &Arc<Metrics>) -> Snapshot {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -66,7 +83,7 @@ fn snapshot(rules: RuleSet, hash: String, metrics: &Metrics) -> Snapshot {
     for warning in rules.warnings() {
         tracing::warn!("{warning}");
     }
-    let counters = metrics.rule_metrics(&rules);
+    let counters = RuleSeries::new(Arc::clone(metrics), &rules);
     Snapshot {
         rules,
         hash,

@@ -184,10 +184,12 @@ impl RlsService {
         mut outcome: WindowOutcome,
     ) {
         if self.record
-            && let Some(Some(metrics)) = limit.id.and_then(|id| snapshot.counters.get(id))
+            && let Some(id) = limit.id
         {
             outcome.shadow_mode |= self.shadow_mode;
-            metrics.record(entries, outcome);
+            snapshot
+                .counters
+                .record(&snapshot.rules, id, entries, outcome);
         }
     }
 }
