@@ -145,8 +145,14 @@ pub fn reload(args: ReloadArgs) -> Result<(), Box<dyn std::error::Error>> {
         dmax as f64 / bmax.max(1) as f64,
         drate / brate.max(1.0)
     );
-    let maxima: Vec<String> = during.iter().map(|r| field(r, "max_us").to_string()).collect();
-    println!("the slowest decision of each run during the load, µs: {}", maxima.join(" "));
+    let maxima: Vec<String> = during
+        .iter()
+        .map(|r| field(r, "max_us").to_string())
+        .collect();
+    println!(
+        "the slowest decision of each run during the load, µs: {}",
+        maxima.join(" ")
+    );
     println!(
         "idle, {} s each: {:.3} % of a core with config/ alone, {:.3} % with the big file loaded",
         args.idle,
