@@ -137,19 +137,20 @@ async fn on_reload_thread<T: Send + 'static>(
     result.await.ok()
 }
 
-/// Puts the calling thread (the reload thread) under Linux's `SCHED_IDLE` policy, so that it
-/// runs only on time the deciding threads leave: where ratelimitd has one core (a CPU limit of
-/// 1, or pinned), a load of a big rule file otherwise shares that core in time slices with them,
-/// and decisions waited up to a slice (p99 3 ms, max 13 ms during a 10 MB load). A thread that
-/// cannot be lowered reloads at the normal priority.
+/// Gives the calling thread (the reload thread) the lowest priority of the normal policy (nice
+/// 19), so that the deciding threads preempt it: where ratelimitd has one core (a CPU limit of
+/// 1, or pinned), a load of a big rule file otherwise shares that core with them in time slices,
+/// and decisions waited up to a slice (p99 3 ms, max 13 ms during a 10 MB load). Not
+/// `SCHED_IDLE`: that starves a reload for as long as the machine is busy (the test suite's
+/// reloads stalled under it). A thread that cannot be lowered reloads at the normal priority.
 fn run_in_the_background() {
     use thread_priority::{
         NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy,
         set_thread_priority_and_policy, thread_native_id,
     };
-    let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+    let normal = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Other);
     if let Err(error) =
-        set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, idle)
+        set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, normal)
     {
         tracing::debug!(?error, "the reload thread runs at the normal priority");
     }

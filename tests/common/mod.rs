@@ -219,11 +219,13 @@ impl Run {
     /// What the run gave back, if it counts; `None` to run again. A run that panicked (an
     /// assertion failed) across a window's edge runs again; one that panicked inside a single
     /// window fails the test with its own message.
-    fn outcome<T>(&self, result: std::thread::Result<T>) -> Option<T> {
+    /// The last run's panic is the test's, window or not: a scenario that failed for a reason
+    /// of its own must say so, not "a window turned over".
+    fn outcome<T>(&self, result: std::thread::Result<T>, last: bool) -> Option<T> {
         let clean = self.stayed_in_one_window();
         match result {
             Ok(observed) if clean => Some(observed),
-            Err(panic) if clean => std::panic::resume_unwind(panic),
+            Err(panic) if clean || last => std::panic::resume_unwind(panic),
             _ => None,
         }
     }
@@ -241,7 +243,7 @@ where
     for attempt in 0..3 {
         let run = Run::start(seconds);
         let result = CatchUnwind(Box::pin(scenario(attempt))).await;
-        if let Some(observed) = run.outcome(result) {
+        if let Some(observed) = run.outcome(result, attempt == 2) {
             return observed;
         }
     }
@@ -250,10 +252,10 @@ where
 
 /// [`within_one_window`] for blocking code; each run should use fresh keys of its own.
 pub fn within_one_window_blocking<T>(seconds: u64, mut scenario: impl FnMut() -> T) -> T {
-    for _ in 0..3 {
+    for attempt in 0..3 {
         let run = Run::start(seconds);
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(&mut scenario));
-        if let Some(observed) = run.outcome(result) {
+        if let Some(observed) = run.outcome(result, attempt == 2) {
             return observed;
         }
     }
