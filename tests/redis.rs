@@ -302,6 +302,80 @@ fn redis_stopped_200_ms_mid_load_costs_at_most_one_percent_under_local() {
     }
 }
 
+/// A request with a `hits_addend` of 10^18, sent again and again in the middle of a busy load:
+/// refused as INVALID_ARGUMENT before anything is counted, and nobody else's decision falls to
+/// the failure policy (it once failed the Redis script for every request batched with it, and
+/// marked Redis down).
+#[test]
+fn a_poisoned_hits_addend_is_refused_and_nobody_else_falls_back() {
+    let _turn = one_busy_test_at_a_time();
+    let redis = RedisServer::start();
+    let rules = rules_dir();
+    // A generous timeout: only a failure of Redis's own (a script error) may fall back here,
+    // not a slow answer on a busy machine.
+    let replicas: Vec<Ratelimitd> = (0..3)
+        .map(|_| {
+            replica(
+                rules.path(),
+                &redis.url(),
+                &["--backend-timeout-ms", "1000"],
+            )
+        })
+        .collect();
+    let addrs: Vec<String> = replicas.iter().map(|r| r.addr.clone()).collect();
+    let poison_to = addrs[0].clone();
+    let load = BusyLoad {
+        replicas: &addrs,
+        key: "busy",
+        value: fresh_key("poisoned"),
+        requests: 3_000,
+        in_flight: 16,
+    };
+    let tally = busy_load(load, |_| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let mut client = Client::connect(format!("http://{poison_to}"))
+                .await
+                .unwrap();
+            for _ in 0..20 {
+                let mut poisoned = shared("busy", &fresh_key("poison"));
+                poisoned.descriptors[0].hits_addend =
+                    Some(envoy_types::pb::google::protobuf::UInt64Value {
+                        value: 1_000_000_000_000_000_000,
+                    });
+                let refused = client.should_rate_limit(poisoned).await.unwrap_err();
+                assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+                assert!(refused.message().contains("hits_addend"), "{refused:?}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+    });
+    assert_eq!(
+        tally,
+        Tally {
+            ok: 1_000,
+            over: 2_000,
+            errors: 0
+        }
+    );
+    for replica in &replicas {
+        let scrape = http_get(&replica.http_addr, "/metrics").1;
+        assert_eq!(
+            metric(&scrape, "ratelimitd_backend_fallback_decisions_total"),
+            0.0,
+            "{:?}",
+            backend_metrics(replica)
+        );
+        assert_eq!(metric(&scrape, "ratelimitd_backend_outages_total"), 0.0);
+    }
+    for replica in replicas {
+        replica.stop();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_are_gone_from_redis_once_their_window_ends() {
     let redis = RedisServer::start();

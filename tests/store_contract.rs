@@ -13,7 +13,7 @@ mod common;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ratelimitd::limiter::{
-    Batch, Count, CounterKey, CounterStore, Increment, MemoryStore, RedisStore, Target,
+    Batch, Count, CounterKey, CounterStore, Increment, MemoryStore, RedisStore, StoreError, Target,
 };
 
 use common::redis::{RedisCluster, RedisServer};
@@ -395,4 +395,50 @@ async fn a_redis_cluster_keeps_the_contract() {
     };
     run_contract(&subject, "cluster").await;
     drop(cluster);
+}
+
+/// A request Redis cannot count (here a counter that would overflow: the store takes any hits,
+/// the request reader bounds them) fails alone: the requests batched with it count as usual,
+/// and of its own counters nothing stays counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_redis_cannot_count_fails_alone() {
+    let redis = RedisServer::start();
+    let store = redis_store(&redis.url()).await;
+    let w = index(now(), 3600);
+    let huge = 5_000_000_000_000_000_000_u64;
+    let first = batch("poison", &[("p", 3600, w, u32::MAX, huge, false)]);
+    store
+        .count(&first)
+        .await
+        .expect("one huge add fits in Redis");
+    // Its own `q` first, then `p` again, which would pass i64::MAX.
+    let poisoned = batch(
+        "poison",
+        &[
+            ("q", 3600, w, 10, 1, true),
+            ("p", 3600, w, u32::MAX, huge, false),
+        ],
+    );
+    let normal: Vec<Batch> = (0..50)
+        .map(|i| batch(&format!("normal-{i}"), &[("n", 3600, w, 10, 1, true)]))
+        .collect();
+    let (refused, counted) = tokio::join!(
+        store.count(&poisoned),
+        futures_util::future::join_all(normal.iter().map(|b| store.count(b)))
+    );
+    match refused {
+        Err(error @ StoreError::Refused(_)) => assert!(!error.is_transient()),
+        other => panic!("the poisoned request fails alone: {:?}", other.map(|c| c.0)),
+    }
+    for answer in counted {
+        let (admitted, counts) = answer.expect("a request batched with it counts");
+        assert!(admitted);
+        assert_eq!(counts[0].value, 1);
+    }
+    let check = batch("poison", &[("q", 3600, w, 10, 0, true)]);
+    let (_, counts) = store.count(&check).await.unwrap();
+    assert_eq!(
+        counts[0].value, 0,
+        "the poisoned request's own count was taken back"
+    );
 }

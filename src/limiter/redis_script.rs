@@ -19,13 +19,25 @@ use super::store::{Increment, StoreError};
 /// Per request: each key is incremented in turn (a new key gets its expiry in the same step),
 /// and at the first enforced one that is over, everything this request counted is taken back
 /// and the rest only read: atomic, so nobody sees hits that were taken back. A request within
-/// its limits costs one INCRBY per key.
+/// its limits costs one INCRBY per key. Hits go to Redis as the caller wrote them (strings, never
+/// through Lua's floating-point numbers). A command that fails for one request (a counter that
+/// would overflow, a key holding something else) is caught (`redis.pcall`): that request's
+/// counts are taken back and it alone answers admitted -1, and the requests batched with it
+/// count as usual.
 pub const SCRIPT: &str = r"
 local function is_over(value, hits, limit)
   if hits == 0 then
     return value >= limit
   end
   return value > limit
+end
+
+local function read(key)
+  local value = redis.pcall('GET', key)
+  if type(value) == 'table' then
+    return nil
+  end
+  return tonumber(value or '0')
 end
 
 local out = {}
@@ -36,18 +48,29 @@ for r = 1, tonumber(ARGV[1]) do
   a = a + 1
   local values = {}
   local first_over = 0
+  local failed = false
+  local counted = 0
   for i = 1, n do
     local at = a + (i - 1) * 4
     local key = KEYS[k + i]
     local hits = tonumber(ARGV[at])
     local value
     if hits > 0 then
-      value = redis.call('INCRBY', key, hits)
+      value = redis.pcall('INCRBY', key, ARGV[at])
+      if type(value) == 'table' then
+        failed = true
+        break
+      end
+      counted = i
       if value == hits then
         redis.call('PEXPIRE', key, ARGV[at + 3])
       end
     else
-      value = tonumber(redis.call('GET', key) or '0')
+      value = read(key)
+      if value == nil then
+        failed = true
+        break
+      end
     end
     values[i] = value
     if ARGV[at + 2] == '1' and is_over(value, hits, tonumber(ARGV[at + 1])) then
@@ -55,21 +78,30 @@ for r = 1, tonumber(ARGV[1]) do
       break
     end
   end
-  if first_over > 0 then
-    for j = 1, first_over do
-      local taken = tonumber(ARGV[a + (j - 1) * 4])
-      if taken > 0 then
-        values[j] = redis.call('DECRBY', KEYS[k + j], taken)
+  if failed or first_over > 0 then
+    local upto = failed and counted or first_over
+    for j = 1, upto do
+      local taken = ARGV[a + (j - 1) * 4]
+      if tonumber(taken) > 0 then
+        values[j] = redis.pcall('DECRBY', KEYS[k + j], taken)
       end
     end
-    for j = first_over + 1, n do
-      values[j] = tonumber(redis.call('GET', KEYS[k + j]) or '0')
+    for j = upto + 1, n do
+      values[j] = read(KEYS[k + j]) or 0
     end
   end
-  out[#out + 1] = first_over == 0 and 1 or 0
-  out[#out + 1] = first_over
-  for i = 1, n do
-    out[#out + 1] = values[i]
+  if failed then
+    out[#out + 1] = -1
+    out[#out + 1] = 0
+    for i = 1, n do
+      out[#out + 1] = 0
+    end
+  else
+    out[#out + 1] = first_over == 0 and 1 or 0
+    out[#out + 1] = first_over
+    for i = 1, n do
+      out[#out + 1] = values[i]
+    end
   end
   k = k + n
   a = a + 4 * n
@@ -100,12 +132,19 @@ pub enum BackendError {
     Unexpected(String),
     #[error("Redis: {0}")]
     Batch(String),
+    /// About one request only: Redis could not count it (a counter that would overflow, or a
+    /// key holding something else); the requests batched with it counted as usual.
+    #[error("Redis could not count this request (a counter would overflow or holds no number)")]
+    RequestFailed,
 }
 
-/// Every Redis failure is the store's, not the request's: the failure policy decides.
+/// A Redis failure is the store's (the failure policy decides), except one request's own.
 impl From<BackendError> for StoreError {
     fn from(error: BackendError) -> StoreError {
-        StoreError::Unavailable(Box::new(error))
+        match error {
+            BackendError::RequestFailed => StoreError::Refused(error.to_string()),
+            error => StoreError::Unavailable(Box::new(error)),
+        }
     }
 }
 
@@ -123,6 +162,9 @@ impl Answer {
         let [admitted, first_over, values @ ..] = reply else {
             return Err(BackendError::Unexpected(format!("{reply:?}")));
         };
+        if *admitted == -1 {
+            return Err(BackendError::RequestFailed);
+        }
         if values.len() != keys {
             return Err(BackendError::Unexpected(format!("{reply:?}")));
         }

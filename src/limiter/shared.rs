@@ -400,8 +400,10 @@ impl Shared {
         &self,
         answer: Result<(bool, Counts), BackendError>,
     ) -> Result<(bool, Counts), StoreError> {
-        if let Err(error) = &answer {
-            self.state.failed(error, self.on_error);
+        match &answer {
+            // One request's own failure says nothing about Redis.
+            Err(BackendError::RequestFailed) | Ok(_) => {}
+            Err(error) => self.state.failed(error, self.on_error),
         }
         Ok(answer?)
     }

@@ -75,6 +75,9 @@ pub enum StoreError {
     /// About this request only: it needs a new key and the table is full. Refuse it.
     #[error("the counter table is full ({0} keys); raise --max-counters")]
     Full(usize),
+    /// About this request only: the store could not count it, and counted nothing of it.
+    #[error("{0}")]
+    Refused(String),
     /// The store cannot count now (unreachable, too slow, a broken answer): retry later or fall
     /// back, whatever the request.
     #[error("{0}")]

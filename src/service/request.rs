@@ -24,6 +24,12 @@ pub const MAX_ENTRIES: usize = 64;
 pub const MAX_KEY_BYTES: usize = 1024;
 /// Longest entry value, in bytes (a path or a header value fits).
 pub const MAX_VALUE_BYTES: usize = 8192;
+/// Most hits one descriptor may add (its `hits_addend`): the largest limit a rule can state
+/// (`requests_per_unit` is 32 bits), so more could never be admitted. The request's own
+/// `hits_addend` is 32 bits already. Bounded, a request adds at most 256 × 2³² hits, so no sum
+/// in the stores, in Redis (whose Lua numbers are exact to 2⁵³) or in the metrics can wrap; a
+/// `hits_addend` of 10¹⁸ once made Redis's script fail for every request batched with it.
+pub const MAX_HITS: u64 = u32::MAX as u64;
 
 /// Why a request was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -56,6 +62,8 @@ pub enum RequestError {
     OverrideWithoutUnit(usize),
     #[error("descriptor {0}: is_negative_hits is not supported yet")]
     NegativeHits(usize),
+    #[error("descriptor {0}: hits_addend is more than {MAX_HITS}")]
+    TooManyHits(usize),
 }
 
 impl From<RequestError> for tonic::Status {
@@ -143,6 +151,9 @@ fn descriptor(i: usize, message: &[u8]) -> Result<Descriptor<'_>, RequestError> 
                 let mut fields = Fields(bytes);
                 while let Some(field) = fields.next_field()? {
                     match field {
+                        (1, Value::Varint(n)) if n > MAX_HITS => {
+                            return Err(RequestError::TooManyHits(i));
+                        }
                         (1, Value::Varint(n)) => hits = n,
                         (1, _) => return Err(wrong_type()),
                         _ => {}
@@ -392,6 +403,21 @@ mod tests {
             check(&request("d", vec![negative])),
             Err(RequestError::NegativeHits(0))
         );
+        let hits = |value: u64| {
+            let mut heavy = descriptor(&[("k", "v")]);
+            heavy.hits_addend = Some(UInt64Value { value });
+            request("d", vec![descriptor(&[("a", "b")]), heavy])
+        };
+        assert_eq!(
+            check(&hits(1_000_000_000_000_000_000)),
+            Err(RequestError::TooManyHits(1))
+        );
+        assert_eq!(
+            check(&hits(MAX_HITS + 1)),
+            Err(RequestError::TooManyHits(1))
+        );
+        let most = check(&hits(MAX_HITS)).expect("the most hits a limit can hold");
+        assert_eq!(most.hits_of(&most.descriptors[1]), MAX_HITS);
     }
 
     #[test]
