@@ -29,6 +29,8 @@ mod lean_client;
 mod reload_bench;
 #[path = "support/seed_request.rs"]
 mod seed_request;
+#[path = "support/sweep_bench.rs"]
+mod sweep_bench;
 use lean_client::{LeanClient, encoded_request};
 
 use bytes::Bytes;
@@ -61,6 +63,8 @@ enum Cmd {
     Instructions(InstructionsArgs),
     /// Decision latency while a big rule file loads, and idle CPU with it loaded.
     Reload(reload_bench::ReloadArgs),
+    /// Decision latency across sweeps of ended windows, with millions of live keys.
+    Sweep(sweep_bench::SweepArgs),
 }
 
 #[derive(clap::Args)]
@@ -164,6 +168,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Cmd::Memory(args) => memory(args)?,
         Cmd::Instructions(args) => instructions(args)?,
         Cmd::Reload(args) => reload_bench::reload(args)?,
+        Cmd::Sweep(args) => sweep_bench::sweep(args)?,
     }
     Ok(())
 }

@@ -256,24 +256,39 @@ fn display_addr(listener: &TcpListener) -> String {
         .unwrap_or_default()
 }
 
-/// Removes counters of ended windows on a timer; stops when dropped.
-struct Sweeper(tokio::task::JoinHandle<()>);
+/// Removes counters of ended windows on a timer, on a [background](crate::background) thread;
+/// stops when dropped.
+struct Sweeper {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
 
 impl Sweeper {
     fn start(limiter: Arc<Limiter>, every: Duration) -> Sweeper {
-        Sweeper(tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(every);
-            loop {
-                ticks.tick().await;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let started = crate::background::spawn("ratelimitd-sweep", 256 * 1024, move || {
+            // Wakes often to notice a stop; sweeps every `every`.
+            let nap = every.min(Duration::from_millis(100));
+            let mut next = std::time::Instant::now() + every;
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(nap);
+                if std::time::Instant::now() < next {
+                    continue;
+                }
+                next += every;
                 let removed = limiter.store().sweep(clock::now());
                 tracing::trace!(removed, live = limiter.store().len(), "swept counters");
             }
-        }))
+        });
+        if let Err(error) = started {
+            tracing::error!(%error, "cannot start the sweeper: ended windows stay in memory");
+        }
+        Sweeper { stop }
     }
 }
 
 impl Drop for Sweeper {
     fn drop(&mut self) {
-        self.0.abort();
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }

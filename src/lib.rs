@@ -14,6 +14,7 @@
 //!   bound listener.
 //! - [`admin`]: the HTTP server for operators: `/healthcheck`, `/metrics`, `/rlconfig`, `/json`.
 //! - [`reload`]: re-reads the rule files on change or SIGHUP and installs them.
+//! - [`background`]: low-priority threads for work that must never hold a decision.
 //! - [`probe`]: the client side of `ratelimitd health`.
 //! - [`allocator`]: the allocator settings of the binaries.
 //! - [`app`]: wires settings, rules, store and server, and shuts them down in order.
@@ -26,6 +27,7 @@
 pub mod admin;
 pub mod allocator;
 pub mod app;
+pub mod background;
 pub mod config;
 pub mod limiter;
 pub mod metrics;

@@ -123,37 +123,14 @@ async fn on_reload_thread<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Option<T> {
     let (done, result) = tokio::sync::oneshot::channel();
-    let started = std::thread::Builder::new()
-        .name("ratelimitd-reload".into())
-        .stack_size(RELOAD_STACK)
-        .spawn(move || {
-            run_in_the_background();
-            let _ = done.send(work());
-        });
+    let started = crate::background::spawn("ratelimitd-reload", RELOAD_STACK, move || {
+        let _ = done.send(work());
+    });
     if let Err(error) = started {
         tracing::warn!(%error, "cannot start the reload thread; trying again at the next look");
         return None;
     }
     result.await.ok()
-}
-
-/// Gives the calling thread (the reload thread) the lowest priority of the normal policy (nice
-/// 19), so that the deciding threads preempt it: where ratelimitd has one core (a CPU limit of
-/// 1, or pinned), a load of a big rule file otherwise shares that core with them in time slices,
-/// and decisions waited up to a slice (p99 3 ms, max 13 ms during a 10 MB load). Not
-/// `SCHED_IDLE`: that starves a reload for as long as the machine is busy (the test suite's
-/// reloads stalled under it). A thread that cannot be lowered reloads at the normal priority.
-fn run_in_the_background() {
-    use thread_priority::{
-        NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy,
-        set_thread_priority_and_policy, thread_native_id,
-    };
-    let normal = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Other);
-    if let Err(error) =
-        set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, normal)
-    {
-        tracing::debug!(?error, "the reload thread runs at the normal priority");
-    }
 }
 
 /// Reads the rules and installs them if they changed from `last_seen` (or if `forced`).
