@@ -21,7 +21,7 @@ use prost::Message;
 use ratelimitd::limiter::window::whole_seconds;
 use ratelimitd::limiter::{Decision, DescriptorDecision, WindowReport};
 use ratelimitd::rules::{Unit, Window};
-use ratelimitd::service::request::parse;
+use ratelimitd::service::request::{MAX_HITS, parse};
 use ratelimitd::service::{Answer, HeaderStyle, ResponseSettings};
 
 const UNITS: [Unit; 7] = [
@@ -42,7 +42,7 @@ fn descriptor() -> impl Strategy<Value = RateLimitDescriptor> {
     (
         prop::collection::vec(entry(), 1..5),
         prop::option::of((any::<u32>(), 0..8i32)),
-        prop::option::of(any::<u64>()),
+        prop::option::of(prop_oneof![3 => 0..=MAX_HITS, 1 => any::<u64>()]),
     )
         .prop_map(|(entries, limit, hits)| RateLimitDescriptor {
             entries,
@@ -143,9 +143,13 @@ proptest! {
         let overrides_known = sent.descriptors.iter().all(|d| {
             d.limit.as_ref().is_none_or(|l| (1..=6).contains(&l.unit))
         });
+        let hits_bounded = sent.descriptors.iter().all(|d| {
+            d.hits_addend.as_ref().is_none_or(|h| h.value <= MAX_HITS)
+        });
         let read = parse(&bytes);
-        if !overrides_known {
-            // An override without a unit Envoy can send (UNKNOWN, WEEK) is refused.
+        if !overrides_known || !hits_bounded {
+            // An override without a unit Envoy can send (UNKNOWN, WEEK) is refused, and so is
+            // a descriptor's hits_addend past what any limit can hold.
             prop_assert!(read.is_err());
             return Ok(());
         }
