@@ -314,7 +314,14 @@ impl MemoryStore {
                 Some(outcome) => outcome,
                 None => {
                     current = None;
-                    self.on_counter(batch, inc, op)?
+                    match self.on_counter(batch, inc, op) {
+                        Ok(outcome) => outcome,
+                        Err(error) => {
+                            // A request that cannot be counted moves no counter either.
+                            self.release(batch, &reserved);
+                            return Err(error);
+                        }
+                    }
                 }
             };
             match (admitted, outcome) {
@@ -345,16 +352,10 @@ impl MemoryStore {
         }
         drop(current);
         if !admitted {
-            for (i, at) in reserved {
-                let inc = &batch.increments[i];
-                if inc.hits > 0 {
-                    if let Some(entry) = self.entries.get(batch.keys[inc.key].as_bytes())
-                        && let Some(counter) = entry.get(inc.window_seconds)
-                    {
-                        counter.release(at, inc.hits);
-                    }
-                    counts[i].value = counts[i].value.saturating_sub(inc.hits);
-                }
+            self.release(batch, &reserved);
+            for &(i, _) in &reserved {
+                let hits = batch.increments[i].hits;
+                counts[i].value = counts[i].value.saturating_sub(hits);
             }
         }
         // Shadow-mode counters count what was admitted; they never refuse.
@@ -372,6 +373,19 @@ impl MemoryStore {
             counts[i] = Count { value, over_limit };
         }
         Ok((admitted, counts))
+    }
+
+    /// Takes back the hits `reserved` for these increments of `batch` (index, window index).
+    fn release(&self, batch: &Batch, reserved: &[(usize, u32)]) {
+        for &(i, at) in reserved {
+            let inc = &batch.increments[i];
+            if inc.hits > 0
+                && let Some(entry) = self.entries.get(batch.keys[inc.key].as_bytes())
+                && let Some(counter) = entry.get(inc.window_seconds)
+            {
+                counter.release(at, inc.hits);
+            }
+        }
     }
 
     /// Runs `op` on the increment's counter, creating the counter (and its entry, if the table
@@ -615,6 +629,23 @@ mod tests {
             Err(StoreError::Full(1))
         ));
         assert!(store.apply(&batch("a", &[(60, 5, 1, 1)])).is_ok());
+    }
+
+    #[test]
+    fn a_request_refused_for_a_full_table_moves_no_counter() {
+        let store = MemoryStore::new(1);
+        store.apply(&batch("a", &[(60, 5, 1, 1)])).expect("room");
+        // `a` (known, reserved first) and `b` (new: no room) in one request.
+        let mut both = batch("a", &[(60, 5, 1, 1)]);
+        both.keys
+            .push(CounterKey::new("d", [("k", "b")].into_iter()));
+        both.increments.push(Increment {
+            key: 1,
+            ..both.increments[0]
+        });
+        assert!(matches!(store.apply(&both), Err(StoreError::Full(1))));
+        let a = CounterKey::new("d", [("k", "a")].into_iter());
+        assert_eq!(store.peek(&a, 60, 1), 1, "a's reservation was taken back");
     }
 
     #[test]
