@@ -20,6 +20,16 @@ use cli::{Cli, Command, LogFormat};
 use ratelimitd::app::{self, InitialRules, Listeners};
 use ratelimitd::{config, probe};
 
+/// Raises the soft limit on open files to the hard limit: every connection costs one, and the
+/// usual soft limit (1,024 or 4,096) let a few thousand slow admin connections exhaust it, so a
+/// restarted Envoy could not connect and a reload failed with "Too many open files".
+fn raise_open_file_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open files"),
+        Err(error) => tracing::warn!(%error, "cannot raise the open-file limit"),
+    }
+}
+
 fn main() -> ExitCode {
     ratelimitd::allocator::return_freed_memory_at_once();
     let cli = Cli::parse();
@@ -28,6 +38,7 @@ fn main() -> ExitCode {
         Command::Health(health) => run_health(&health),
         Command::Serve(serve) => {
             init_logging(&serve.log);
+            raise_open_file_limit();
             match run_serve(serve) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {

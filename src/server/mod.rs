@@ -19,6 +19,26 @@ use tonic_health::server::HealthReporter;
 use crate::proto;
 pub use rls::RlsRoute;
 
+/// Streams one connection may have open at once (HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`);
+/// a peer past it has its streams refused. Envoy opens another connection when one is full, and
+/// one Envoy worker's connection carries a few dozen calls in flight at 50,000 decisions/s.
+/// Unbounded, 50,000 open streams on one connection held 622 MB.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
+/// Flow-control windows: what a peer may send that ratelimitd has not read yet, per stream (one
+/// request of the largest size, 256 KiB, and its framing) and per connection.
+const STREAM_WINDOW: u32 = 264 * 1024;
+const CONNECTION_WINDOW: u32 = 2 * 1024 * 1024;
+/// Largest header block of a call: Envoy's are a few hundred bytes.
+const MAX_HEADER_LIST: u32 = 16 * 1024;
+/// A connection whose peer answers no HTTP/2 ping (nor TCP keepalive) within these is closed.
+const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// A connection is asked to go away (HTTP/2 GOAWAY; Envoy opens a new one at once) after this
+/// long, and closed after the grace if calls still run on it: so no connection, idle or held by
+/// anyone, lives for ever.
+const MAX_CONNECTION_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
+const MAX_CONNECTION_AGE_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Why the server could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -82,6 +102,15 @@ where
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
     tonic::transport::Server::builder()
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .http2_max_header_list_size(MAX_HEADER_LIST)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .tcp_keepalive(Some(KEEPALIVE_INTERVAL))
+        .max_connection_age(MAX_CONNECTION_AGE)
+        .max_connection_age_grace(MAX_CONNECTION_AGE_GRACE)
         .add_service(rls)
         .add_service(health_service)
         .add_service(reflection_v1)
