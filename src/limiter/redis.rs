@@ -135,7 +135,7 @@ return 1
 /// How long a call may take, in `--backend-timeout-ms`: a call that misses the timeout has
 /// failed (three in a row are an outage), but while Redis is not known to be down its decision
 /// waits for the late answer up to this bound, because only Redis's answer is exact.
-pub const LATE_ANSWER_TIMEOUTS: u32 = 5;
+pub const LATE_ANSWER_TIMEOUTS: u32 = 8;
 
 /// How long the client waits to connect before trying again.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
