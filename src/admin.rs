@@ -9,6 +9,8 @@
 //!
 //! Nothing here decides anything: `/json` calls the same [`RlsService`] as gRPC.
 
+mod guarded;
+
 use std::fmt::Write as _;
 use std::future::Future;
 use std::sync::Arc;
@@ -72,7 +74,7 @@ pub async fn serve(
     admin: Admin,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AdminError> {
-    axum::serve(listener, admin.router())
+    axum::serve(guarded::GuardedListener::new(listener), admin.router())
         .with_graceful_shutdown(shutdown)
         .await?;
     Ok(())

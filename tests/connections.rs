@@ -56,9 +56,9 @@ fn the_open_file_limit_is_raised_to_the_hard_limit() {
     )
     .unwrap();
     // Started with a soft limit below the hard one (a child inherits it), as in most containers.
+    // Just below the hard limit, so that the other tests of this binary keep their room.
     let (_, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap();
-    let soft = hard.min(1024) / 2;
-    rlimit::setrlimit(rlimit::Resource::NOFILE, soft, hard).unwrap();
+    rlimit::setrlimit(rlimit::Resource::NOFILE, hard - 1, hard).unwrap();
     let rl = Ratelimitd::start(rules.path(), 0);
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", rl.pid())).unwrap();
     let line = limits
@@ -71,5 +71,81 @@ fn the_open_file_limit_is_raised_to_the_hard_limit() {
         numbers[0], numbers[1],
         "soft limit raised to the hard one: {line}"
     );
+    rl.stop();
+}
+
+/// A client that starts a request and never finishes it (slowloris) is cut off after the
+/// request deadline, and the port keeps answering others meanwhile.
+#[test]
+fn the_admin_port_closes_a_request_that_never_ends() {
+    use std::io::{Read, Write};
+    let rules = tempfile::tempdir().unwrap();
+    std::fs::write(
+        rules.path().join("r.yaml"),
+        "domain: d\ndescriptors:\n  - key: k\n",
+    )
+    .unwrap();
+    let rl = Ratelimitd::start(rules.path(), 0);
+    let mut slow = std::net::TcpStream::connect(&rl.http_addr).unwrap();
+    slow.write_all(b"GET /healthcheck HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let started = std::time::Instant::now();
+    slow.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let (status, _) = common::http_get(&rl.http_addr, "/healthcheck");
+    assert_eq!(status, 200, "others are answered meanwhile");
+    let mut answer = Vec::new();
+    let _ = slow.read_to_end(&mut answer);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(9) && took < Duration::from_secs(20),
+        "closed after {took:?}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&answer).contains("200 OK"),
+        "never answered: {answer:?}"
+    );
+    rl.stop();
+}
+
+/// Past 512 open admin connections, a new one is closed at once (the process's file
+/// descriptors are kept for the gRPC port); once they go, the port answers again.
+#[test]
+fn the_admin_port_holds_at_most_512_connections() {
+    use std::io::Read;
+    let rules = tempfile::tempdir().unwrap();
+    std::fs::write(
+        rules.path().join("r.yaml"),
+        "domain: d\ndescriptors:\n  - key: k\n",
+    )
+    .unwrap();
+    let rl = Ratelimitd::start(rules.path(), 0);
+    let idle: Vec<std::net::TcpStream> = (0..512)
+        .map(|_| std::net::TcpStream::connect(&rl.http_addr).unwrap())
+        .collect();
+    // Every one of them accepted before the next try.
+    common::process::wait_until(Duration::from_secs(10), "a refused connection", || {
+        let mut extra = std::net::TcpStream::connect(&rl.http_addr).ok()?;
+        extra
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let mut byte = [0u8; 1];
+        // Closed by the server: end of stream (or a reset), not a timeout.
+        match extra.read(&mut byte) {
+            Ok(0) => Some(()),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Some(()),
+            _ => None,
+        }
+    });
+    drop(idle);
+    let healthy = common::process::wait_until(Duration::from_secs(10), "answers again", || {
+        let answer = common::process::http_agent()
+            .get(format!("http://{}/healthcheck", rl.http_addr))
+            .call()
+            .ok()?;
+        let status = answer.status().as_u16();
+        (status == 200).then_some(status)
+    });
+    assert_eq!(healthy, 200);
     rl.stop();
 }
