@@ -155,6 +155,7 @@ impl Trio {
             if run.stayed_in_one_window() {
                 return seen;
             }
+            std::thread::sleep(run.until_clear_of_the_edge());
         }
         panic!("the minute turned over during each of 3 attempts");
     }

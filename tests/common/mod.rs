@@ -219,6 +219,24 @@ impl Run {
     /// What the run gave back, if it counts; `None` to run again. A run that panicked (an
     /// assertion failed) across a window's edge runs again; one that panicked inside a single
     /// window fails the test with its own message.
+    /// How long until now is more than the margin away from a window's edge: a run retried
+    /// at once, just before an edge, would only cross it again.
+    pub fn until_clear_of_the_edge(&self) -> Duration {
+        let margin = CLOCK_MARGIN.min(Duration::from_secs(self.seconds) / 10);
+        let window = Duration::from_secs(self.seconds);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let into = Duration::from_nanos((now.as_nanos() % window.as_nanos()) as u64);
+        if into < margin {
+            margin - into + Duration::from_millis(10)
+        } else if window - into < margin {
+            window - into + margin + Duration::from_millis(10)
+        } else {
+            Duration::ZERO
+        }
+    }
+
     /// The last run's panic is the test's, window or not: a scenario that failed for a reason
     /// of its own must say so, not "a window turned over".
     fn outcome<T>(&self, result: std::thread::Result<T>, last: bool) -> Option<T> {
@@ -246,6 +264,7 @@ where
         if let Some(observed) = run.outcome(result, attempt == 2) {
             return observed;
         }
+        tokio::time::sleep(run.until_clear_of_the_edge()).await;
     }
     panic!("a {seconds}-second window turned over during each of 3 attempts");
 }
@@ -258,6 +277,7 @@ pub fn within_one_window_blocking<T>(seconds: u64, mut scenario: impl FnMut() ->
         if let Some(observed) = run.outcome(result, attempt == 2) {
             return observed;
         }
+        std::thread::sleep(run.until_clear_of_the_edge());
     }
     panic!("a {seconds}-second window turned over during each of 3 attempts");
 }
