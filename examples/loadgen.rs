@@ -486,6 +486,28 @@ fn read_line_with(
     rx.recv_timeout(Duration::from_secs(30)).ok()
 }
 
+/// `seconds` of load at one request in flight on one connection, measured from the start (no
+/// warm-up), with `extra` arguments: the probe of `reload` and `sweep`.
+fn probe_one_in_flight(
+    addr: &str,
+    seconds: f64,
+    extra: &[&str],
+) -> Result<Value, Box<dyn std::error::Error>> {
+    let seconds = seconds.to_string();
+    let fixed = [
+        "--in-flight",
+        "1",
+        "--connections",
+        "1",
+        "--duration",
+        &seconds,
+        "--warmup",
+        "0",
+    ];
+    let args: Vec<String> = fixed.iter().chain(extra).map(|s| s.to_string()).collect();
+    load(addr, &args)
+}
+
 /// Runs `loadgen run` pinned to core 1 and returns its JSON result.
 fn load(addr: &str, args: &[String]) -> Result<Value, Box<dyn std::error::Error>> {
     let me = std::env::current_exe()?;

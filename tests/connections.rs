@@ -12,10 +12,8 @@ use std::time::Duration;
 
 use common::process::Ratelimitd;
 
-/// What the server tells an HTTP/2 client it may have open at once on one connection: read
-/// from its SETTINGS frame by a plain HTTP/2 client (h2), which then refuses to open more.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_connection_may_hold_at_most_256_streams() {
+/// A ratelimitd process on a one-rule file; the directory lives as long as the first part.
+fn server() -> (tempfile::TempDir, Ratelimitd) {
     let rules = tempfile::tempdir().unwrap();
     std::fs::write(
         rules.path().join("r.yaml"),
@@ -23,6 +21,14 @@ async fn one_connection_may_hold_at_most_256_streams() {
     )
     .unwrap();
     let rl = Ratelimitd::start(rules.path(), 0);
+    (rules, rl)
+}
+
+/// What the server tells an HTTP/2 client it may have open at once on one connection: read
+/// from its SETTINGS frame by a plain HTTP/2 client (h2), which then refuses to open more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_may_hold_at_most_256_streams() {
+    let (_rules, rl) = server();
     let tcp = tokio::net::TcpStream::connect(&rl.addr).await.unwrap();
     let (client, mut connection) = h2::client::handshake(tcp).await.unwrap();
     let mut advertised = usize::MAX;
@@ -79,13 +85,7 @@ fn the_open_file_limit_is_raised_to_the_hard_limit() {
 #[test]
 fn the_admin_port_closes_a_request_that_never_ends() {
     use std::io::{Read, Write};
-    let rules = tempfile::tempdir().unwrap();
-    std::fs::write(
-        rules.path().join("r.yaml"),
-        "domain: d\ndescriptors:\n  - key: k\n",
-    )
-    .unwrap();
-    let rl = Ratelimitd::start(rules.path(), 0);
+    let (_rules, rl) = server();
     let mut slow = std::net::TcpStream::connect(&rl.http_addr).unwrap();
     slow.write_all(b"GET /healthcheck HTTP/1.1\r\nHost: x\r\n")
         .unwrap();
@@ -113,13 +113,7 @@ fn the_admin_port_closes_a_request_that_never_ends() {
 #[test]
 fn the_admin_port_holds_at_most_512_connections() {
     use std::io::Read;
-    let rules = tempfile::tempdir().unwrap();
-    std::fs::write(
-        rules.path().join("r.yaml"),
-        "domain: d\ndescriptors:\n  - key: k\n",
-    )
-    .unwrap();
-    let rl = Ratelimitd::start(rules.path(), 0);
+    let (_rules, rl) = server();
     let idle: Vec<std::net::TcpStream> = (0..512)
         .map(|_| std::net::TcpStream::connect(&rl.http_addr).unwrap())
         .collect();

@@ -197,15 +197,16 @@ fn backend_metrics(replica: &Ratelimitd) -> Vec<String> {
     metrics.chain(warnings).collect()
 }
 
-fn three_default_replicas(rules: &Path, backend: &str) -> Vec<Ratelimitd> {
-    (0..3).map(|_| replica(rules, backend, &[])).collect()
+/// Three replicas counting in `backend`, each with `flags`.
+fn three_replicas(rules: &Path, backend: &str, flags: &[&str]) -> Vec<Ratelimitd> {
+    (0..3).map(|_| replica(rules, backend, flags)).collect()
 }
 
 #[test]
 fn three_busy_replicas_on_one_redis_admit_exactly_the_limit_ten_runs_of_ten() {
     let redis = RedisServer::start();
     let rules = rules_dir();
-    let replicas = three_default_replicas(rules.path(), &redis.url());
+    let replicas = three_replicas(rules.path(), &redis.url(), &[]);
     ten_busy_runs_admit_exactly_the_limit(&replicas, "one");
     // The counters live in Redis, with an expiry no later than their window's end.
     let keys = cli(redis.port, &["--scan"]);
@@ -225,7 +226,7 @@ fn three_busy_replicas_on_one_redis_admit_exactly_the_limit_ten_runs_of_ten() {
 fn three_busy_replicas_on_a_cluster_admit_exactly_the_limit_ten_runs_of_ten() {
     let cluster = RedisCluster::start();
     let rules = rules_dir();
-    let replicas = three_default_replicas(rules.path(), &cluster.url());
+    let replicas = three_replicas(rules.path(), &cluster.url(), &[]);
     ten_busy_runs_admit_exactly_the_limit(&replicas, "cluster");
     let spread = cluster.nodes.iter().filter(|n| n.dbsize() > 0).count();
     assert!(spread >= 2, "keys spread over the masters' slots");
@@ -242,9 +243,7 @@ fn redis_stopped_200_ms_mid_load_costs_at_most_one_percent_under_local() {
     let _turn = one_busy_test_at_a_time();
     let redis = RedisServer::start();
     let rules = rules_dir();
-    let replicas: Vec<Ratelimitd> = (0..3)
-        .map(|_| replica(rules.path(), &redis.url(), &["--replicas", "3"]))
-        .collect();
+    let replicas = three_replicas(rules.path(), &redis.url(), &["--replicas", "3"]);
     let addrs: Vec<String> = replicas.iter().map(|r| r.addr.clone()).collect();
     let pid = redis.process.child.id();
     let (limit, requests) = (5_000, 15_000);
@@ -313,15 +312,11 @@ fn a_poisoned_hits_addend_is_refused_and_nobody_else_falls_back() {
     let rules = rules_dir();
     // A generous timeout: only a failure of Redis's own (a script error) may fall back here,
     // not a slow answer on a busy machine.
-    let replicas: Vec<Ratelimitd> = (0..3)
-        .map(|_| {
-            replica(
-                rules.path(),
-                &redis.url(),
-                &["--backend-timeout-ms", "1000"],
-            )
-        })
-        .collect();
+    let replicas = three_replicas(
+        rules.path(),
+        &redis.url(),
+        &["--backend-timeout-ms", "1000"],
+    );
     let addrs: Vec<String> = replicas.iter().map(|r| r.addr.clone()).collect();
     let poison_to = addrs[0].clone();
     let load = BusyLoad {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::{Binaries, Kind, Server, load};
+use super::{Binaries, Kind, Server, probe_one_in_flight};
 
 #[derive(clap::Args)]
 pub struct ReloadArgs {
@@ -48,20 +48,7 @@ fn write_overrides(path: &Path, megabytes: usize) -> std::io::Result<usize> {
 
 /// Two-second runs at one request in flight, keys of the seed policy.
 fn probe(addr: &str) -> Result<Value, Box<dyn std::error::Error>> {
-    let args: Vec<String> = [
-        "--in-flight",
-        "1",
-        "--connections",
-        "1",
-        "--duration",
-        "2",
-        "--warmup",
-        "0",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    load(addr, &args)
+    probe_one_in_flight(addr, 2.0, &[])
 }
 
 fn field(run: &Value, name: &str) -> u64 {

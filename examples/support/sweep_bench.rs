@@ -6,7 +6,7 @@
 //! keys are made live (one request each; the seed policy keeps them for its hour window) and the
 //! same probe runs again, across several of the sweeps that run every 5 s.
 
-use super::{Binaries, Kind, Server, load};
+use super::{Binaries, Kind, Server, load, probe_one_in_flight};
 
 #[derive(clap::Args)]
 pub struct SweepArgs {
@@ -21,25 +21,7 @@ pub struct SweepArgs {
 }
 
 fn probe(addr: &str, seconds: f64) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
-    let seconds = seconds.to_string();
-    let args: Vec<String> = [
-        "--in-flight",
-        "1",
-        "--connections",
-        "1",
-        "--duration",
-        &seconds,
-        "--warmup",
-        "0",
-        "--keys",
-        "1000",
-        "--key-prefix",
-        "probe-",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    load(addr, &args)
+    probe_one_in_flight(addr, seconds, &["--keys", "1000", "--key-prefix", "probe-"])
 }
 
 pub fn sweep(args: SweepArgs) -> Result<(), Box<dyn std::error::Error>> {
