@@ -143,3 +143,56 @@ fn the_admin_port_holds_at_most_512_connections() {
     assert_eq!(healthy, 200);
     rl.stop();
 }
+
+/// (user + system) clock ticks a process has used.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = stat.rsplit_once(')').unwrap().1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// Out of file descriptors (a hard limit of 64 here), the gRPC port pauses between failed
+/// accepts instead of spinning a core, and serves a new client once descriptors are free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_descriptors_the_grpc_port_waits_and_recovers() {
+    let rules = tempfile::tempdir().unwrap();
+    std::fs::write(
+        rules.path().join("r.yaml"),
+        "domain: d\ndescriptors:\n  - key: k\n",
+    )
+    .unwrap();
+    let rl = Ratelimitd::start_under(&["prlimit", "--nofile=64:64"], rules.path(), 0, &[]);
+    // More connections than the process has descriptors left; they stay open, saying nothing.
+    let mut held = Vec::new();
+    for _ in 0..80 {
+        held.push(tokio::net::TcpStream::connect(&rl.addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = cpu_ticks(rl.pid());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let used = cpu_ticks(rl.pid()) - before;
+    // 2 s at a full core would be about 200 ticks.
+    assert!(used < 60, "{used} ticks in 2 s while out of descriptors");
+    rl.log
+        .wait_for("cannot accept a gRPC connection", Duration::from_secs(5));
+    drop(held);
+    let mut answered = false;
+    for _ in 0..50 {
+        if let Ok(mut client) = common::Client::connect(format!("http://{}", rl.addr)).await
+            && client
+                .should_rate_limit(common::request(
+                    "d",
+                    vec![common::descriptor(&[("k", "v")])],
+                ))
+                .await
+                .is_ok()
+        {
+            answered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(answered, "a new client is served once descriptors are free");
+    rl.stop();
+}

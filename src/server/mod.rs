@@ -8,7 +8,6 @@ use std::convert::Infallible;
 use std::future::Future;
 
 use tokio::net::TcpListener;
-use tokio_stream::StreamExt;
 use tonic::body::Body;
 use tonic::codegen::{Service, http};
 use tonic::server::NamedService;
@@ -30,7 +29,8 @@ const STREAM_WINDOW: u32 = 264 * 1024;
 const CONNECTION_WINDOW: u32 = 2 * 1024 * 1024;
 /// Largest header block of a call: Envoy's are a few hundred bytes.
 const MAX_HEADER_LIST: u32 = 16 * 1024;
-/// A connection whose peer answers no HTTP/2 ping (nor TCP keepalive) within these is closed.
+/// A connection whose peer answers no HTTP/2 ping within these is closed; TCP keepalive probes
+/// start after the same idle time.
 const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
 const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// A connection is asked to go away (HTTP/2 GOAWAY; Envoy opens a new one at once) after this
@@ -38,6 +38,28 @@ const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10
 /// anyone, lives for ever.
 const MAX_CONNECTION_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
 const MAX_CONNECTION_AGE_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// After a failed accept (no file descriptor left: `EMFILE`), wait this long before the next.
+/// tonic tries again at once, which spun a core while the descriptors were gone.
+const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The accepted connections of `listener`: TCP_NODELAY (an answer is one small write; Nagle's
+/// algorithm would hold it back until the peer's delayed ACK, ~40 ms, twice Envoy's default
+/// timeout), TCP keepalive, batched writes, and a pause after a failed accept.
+fn incoming(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<batched_io::BatchedIo>> {
+    let accepted = TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(KEEPALIVE_INTERVAL));
+    futures_util::StreamExt::then(accepted, |accepted| async move {
+        if let Err(error) = &accepted {
+            tracing::warn!(%error, "cannot accept a gRPC connection; trying again in 100 ms");
+            tokio::time::sleep(ACCEPT_BACKOFF).await;
+        }
+        accepted.map(batched_io::BatchedIo)
+    })
+}
 
 /// Why the server could not run.
 #[derive(Debug, thiserror::Error)]
@@ -108,21 +130,13 @@ where
         .http2_max_header_list_size(MAX_HEADER_LIST)
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-        .tcp_keepalive(Some(KEEPALIVE_INTERVAL))
         .max_connection_age(MAX_CONNECTION_AGE)
         .max_connection_age_grace(MAX_CONNECTION_AGE_GRACE)
         .add_service(rls)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        // TCP_NODELAY: an answer is one small write; Nagle's algorithm would hold it back until
-        // the peer's delayed ACK (~40 ms), twice Envoy's default timeout.
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener)
-                .with_nodelay(Some(true))
-                .map(|stream| stream.map(batched_io::BatchedIo)),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await?;
     Ok(())
 }

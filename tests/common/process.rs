@@ -181,8 +181,23 @@ impl Ratelimitd {
 
     /// [`Ratelimitd::start`] with more flags. The admin server gets a port the OS chooses.
     pub fn start_with(config: &Path, port: u16, flags: &[&str]) -> Ratelimitd {
+        Ratelimitd::start_under(&[], config, port, flags)
+    }
+
+    /// [`Ratelimitd::start_with`] run by `wrapper` (a program and its arguments that execs the
+    /// rest, such as `prlimit --nofile=64:64`), or directly when it is empty.
+    pub fn start_under(wrapper: &[&str], config: &Path, port: u16, flags: &[&str]) -> Ratelimitd {
+        let binary = env!("CARGO_BIN_EXE_ratelimitd");
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
         let mut process = Process::spawn(
-            Command::new(env!("CARGO_BIN_EXE_ratelimitd"))
+            command
                 .args(["serve", "--log-format", "json", "--grpc-addr"])
                 .arg(format!("127.0.0.1:{port}"))
                 .args(["--http-addr", "127.0.0.1:0", "--config"])
