@@ -162,6 +162,13 @@ async fn out_of_descriptors_the_grpc_port_waits_and_recovers() {
         "domain: d\ndescriptors:\n  - key: k\n",
     )
     .unwrap();
+    assert!(
+        std::process::Command::new("prlimit")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success()),
+        "prlimit is missing: apt-get install util-linux"
+    );
     let rl = Ratelimitd::start_under(&["prlimit", "--nofile=64:64"], rules.path(), 0, &[]);
     // More connections than the process has descriptors left; they stay open, saying nothing.
     let mut held = Vec::new();
