@@ -132,9 +132,9 @@ end
 return 1
 ";
 
-/// How long a call may take, in `--backend-timeout-ms`: a call that misses the timeout has
-/// failed (three in a row are an outage), but while Redis is not known to be down its decision
-/// waits for the late answer up to this bound, because only Redis's answer is exact.
+/// How long a call may take, in `--backend-timeout-ms`: a call that misses the timeout is late,
+/// and while Redis is not known to be down its decision waits for the late answer up to this
+/// bound, because only Redis's answer is exact (`shared.rs`). Past it, the call has failed.
 pub const LATE_ANSWER_TIMEOUTS: u32 = 8;
 
 /// How long the client waits to connect before trying again.
@@ -162,7 +162,7 @@ impl RedisStore {
         &self.target
     }
 
-    /// `--backend-timeout-ms`: a call slower than this has failed.
+    /// `--backend-timeout-ms`: a call slower than this is late.
     pub fn timeout(&self) -> Duration {
         self.timeout
     }
