@@ -315,6 +315,28 @@ async fn unknown_domains_and_unmatched_descriptors_are_ok_and_bare() {
     );
     assert_eq!(mixed.statuses[0].current_limit, None);
     assert_eq!(mixed.statuses[1].limit_remaining, 9);
+
+    // Only a descriptor a rule limits gets counters: a flood of made-up values under a key no
+    // rule matches, or of made-up domains, adds none.
+    let (_, before) = get_async(server.http_addr, "/metrics").await;
+    for i in 0..200 {
+        let value = format!("made-up-{i}");
+        let flood = request(
+            "mega-api",
+            vec![descriptor(&[("remote_address", value.as_str())])],
+        );
+        call(&mut client, flood).await;
+        call(
+            &mut client,
+            request(&value, vec![descriptor(&[("api_key", "k")])]),
+        )
+        .await;
+    }
+    let (_, after) = get_async(server.http_addr, "/metrics").await;
+    assert_eq!(
+        metric(&after, "ratelimitd_counters_in_memory"),
+        metric(&before, "ratelimitd_counters_in_memory")
+    );
 }
 
 #[tokio::test]
