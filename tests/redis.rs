@@ -152,7 +152,7 @@ async fn generate(
 /// with no fault injected.
 fn ten_busy_runs_admit_exactly_the_limit(replicas: &[Ratelimitd], name: &str) {
     let _turn = one_busy_test_at_a_time();
-    let addrs: Vec<String> = replicas.iter().map(|r| r.addr.clone()).collect();
+    let addrs = grpc_addrs(replicas);
     for run in 0..10 {
         let tally = within_one_window_blocking(3600, || {
             let load = BusyLoad {
@@ -197,6 +197,18 @@ fn backend_metrics(replica: &Ratelimitd) -> Vec<String> {
     metrics.chain(warnings).collect()
 }
 
+/// The gRPC addresses of `replicas`.
+fn grpc_addrs(replicas: &[Ratelimitd]) -> Vec<String> {
+    replicas.iter().map(|r| r.addr.clone()).collect()
+}
+
+/// Stops every replica, by PID.
+fn stop_all(replicas: Vec<Ratelimitd>) {
+    for replica in replicas {
+        replica.stop();
+    }
+}
+
 /// Three replicas counting in `backend`, each with `flags`.
 fn three_replicas(rules: &Path, backend: &str, flags: &[&str]) -> Vec<Ratelimitd> {
     (0..3).map(|_| replica(rules, backend, flags)).collect()
@@ -217,9 +229,7 @@ fn three_busy_replicas_on_one_redis_admit_exactly_the_limit_ten_runs_of_ten() {
         key.starts_with('{') && key.len() <= 26,
         "a short key: {key}"
     );
-    for replica in replicas {
-        replica.stop();
-    }
+    stop_all(replicas);
 }
 
 #[test]
@@ -230,9 +240,7 @@ fn three_busy_replicas_on_a_cluster_admit_exactly_the_limit_ten_runs_of_ten() {
     ten_busy_runs_admit_exactly_the_limit(&replicas, "cluster");
     let spread = cluster.nodes.iter().filter(|n| n.dbsize() > 0).count();
     assert!(spread >= 2, "keys spread over the masters' slots");
-    for replica in replicas {
-        replica.stop();
-    }
+    stop_all(replicas);
 }
 
 /// Redis stopped (SIGSTOP: connections open, no answers) for 200 ms in the middle of a busy
@@ -244,7 +252,7 @@ fn redis_stopped_200_ms_mid_load_costs_at_most_one_percent_under_local() {
     let redis = RedisServer::start();
     let rules = rules_dir();
     let replicas = three_replicas(rules.path(), &redis.url(), &["--replicas", "3"]);
-    let addrs: Vec<String> = replicas.iter().map(|r| r.addr.clone()).collect();
+    let addrs = grpc_addrs(&replicas);
     let pid = redis.process.child.id();
     let (limit, requests) = (5_000, 15_000);
     let load = BusyLoad {
@@ -296,9 +304,7 @@ fn redis_stopped_200_ms_mid_load_costs_at_most_one_percent_under_local() {
         "stopped 200 ms: admitted {} (limit {limit}, bound {bound}), Redis counts {counted}, {fallbacks} decisions counted locally",
         tally.ok
     );
-    for replica in replicas {
-        replica.stop();
-    }
+    stop_all(replicas);
 }
 
 /// A request with a `hits_addend` of 10^18, sent again and again in the middle of a busy load:
@@ -317,7 +323,7 @@ fn a_poisoned_hits_addend_is_refused_and_nobody_else_falls_back() {
         &redis.url(),
         &["--backend-timeout-ms", "1000"],
     );
-    let addrs: Vec<String> = replicas.iter().map(|r| r.addr.clone()).collect();
+    let addrs = grpc_addrs(&replicas);
     let poison_to = addrs[0].clone();
     let load = BusyLoad {
         replicas: &addrs,
@@ -366,9 +372,7 @@ fn a_poisoned_hits_addend_is_refused_and_nobody_else_falls_back() {
         );
         assert_eq!(metric(&scrape, "ratelimitd_backend_outages_total"), 0.0);
     }
-    for replica in replicas {
-        replica.stop();
-    }
+    stop_all(replicas);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
