@@ -197,6 +197,16 @@ fn backend_metrics(replica: &Ratelimitd) -> Vec<String> {
     metrics.chain(warnings).collect()
 }
 
+/// The calls Redis failed so far for `replica` (`ratelimitd_backend_errors_total`).
+fn backend_errors(replica: &Ratelimitd) -> u64 {
+    let scrape = http_get(&replica.http_addr, "/metrics").1;
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix("ratelimitd_backend_errors_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the metrics count backend errors")
+}
+
 /// The gRPC addresses of `replicas`.
 fn grpc_addrs(replicas: &[Ratelimitd]) -> Vec<String> {
     replicas.iter().map(|r| r.addr.clone()).collect()
@@ -611,9 +621,9 @@ async fn counting_locally_takes_a_share_of_what_is_left_and_writes_it_back() {
         .await
         .unwrap();
     let pid = redis.process.child.id();
-    let (before, during, after) = within_one_window(3600, |_| {
+    let (before, during, after, unanswered) = within_one_window(3600, |_| {
         let mut client = client.clone();
-        let log = &rl.log;
+        let rl = &rl;
         async move {
             let key = fresh_key("share");
             let admitted =
@@ -623,18 +633,20 @@ async fn counting_locally_takes_a_share_of_what_is_left_and_writes_it_back() {
                 before += u32::from(admitted(timed(&mut client, &key).await));
             }
             // Redis said 20 of 50: 30 left, this replica's share 15.
+            let errors_before = backend_errors(&rl);
             signal(pid, "-STOP");
             let mut during = 0;
             for _ in 0..30 {
                 during += u32::from(admitted(timed(&mut client, &key).await));
             }
             signal(pid, "-CONT");
+            let unanswered = backend_errors(&rl) - errors_before;
             // The first answer from Redis again starts the write-back: call until it has landed.
             let mut after = 0;
             let mut written_back = false;
             for _ in 0..200 {
                 after += u32::from(admitted(timed(&mut client, &key).await));
-                let lines = log.all(Duration::from_millis(20));
+                let lines = rl.log.all(Duration::from_millis(20));
                 if lines.iter().any(|l| l.contains("written back to Redis")) {
                     written_back = true;
                     break;
@@ -644,18 +656,20 @@ async fn counting_locally_takes_a_share_of_what_is_left_and_writes_it_back() {
             for _ in 0..40 {
                 after += u32::from(admitted(timed(&mut client, &key).await));
             }
-            (before, during, after)
+            (before, during, after, unanswered)
         }
     })
     .await;
     assert_eq!(before, 20);
     assert_eq!(during, 15, "one share of the 30 left, not 50 from zero");
-    // Calls that timed out while Redis was stopped may still run there once it resumes: they
-    // count twice, so at most a few fewer are admitted, never more.
+    // A call Redis did not answer while it was stopped still runs there once it resumes, and
+    // its request was counted here too: each counts twice, so that many fewer may be admitted,
+    // never more. How many there were depends on the machine's pace (one retry every 10 ms).
     let total = before + during + after;
+    assert!(unanswered >= 1, "the stopped Redis left a call unanswered");
     assert!(
-        (47..=50).contains(&total),
-        "admitted {total} of 50 in the window"
+        (50 - unanswered.min(50)..=50).contains(&u64::from(total)),
+        "admitted {total} of 50 in the window, {unanswered} calls unanswered by the stopped Redis"
     );
     rl.stop();
 }
