@@ -633,14 +633,14 @@ async fn counting_locally_takes_a_share_of_what_is_left_and_writes_it_back() {
                 before += u32::from(admitted(timed(&mut client, &key).await));
             }
             // Redis said 20 of 50: 30 left, this replica's share 15.
-            let errors_before = backend_errors(&rl);
+            let errors_before = backend_errors(rl);
             signal(pid, "-STOP");
             let mut during = 0;
             for _ in 0..30 {
                 during += u32::from(admitted(timed(&mut client, &key).await));
             }
             signal(pid, "-CONT");
-            let unanswered = backend_errors(&rl) - errors_before;
+            let unanswered = backend_errors(rl) - errors_before;
             // The first answer from Redis again starts the write-back: call until it has landed.
             let mut after = 0;
             let mut written_back = false;
