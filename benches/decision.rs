@@ -16,7 +16,7 @@ use seed_request::seed_request;
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use prost::Message;
-use ratelimitd::limiter::{Limiter, MemoryStore};
+use ratelimitd::limiter::{Budget, Limiter, MemoryStore};
 use ratelimitd::metrics::Metrics;
 use ratelimitd::service::{Answer, Decided, LiveRules, ResponseSettings, RlsService};
 
@@ -27,7 +27,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn service() -> (Arc<RlsService>, Arc<Limiter>) {
     let rules = ratelimitd::config::load(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config")))
         .unwrap_or_else(|e| panic!("config/ loads: {e}"));
-    let limiter = Arc::new(Limiter::new(MemoryStore::new(10_000_000)));
+    let limiter = Arc::new(Limiter::new(MemoryStore::new(Budget::keys(10_000_000))));
     let metrics = Arc::new(Metrics::new().unwrap_or_else(|e| panic!("metrics: {e}")));
     let rules = LiveRules::new(rules, String::new(), metrics);
     let service = RlsService::new(

@@ -105,7 +105,7 @@ async fn metrics(State(admin): State<Admin>) -> Response {
         .service
         .rules()
         .metrics()
-        .render(limiter.store().len(), backend);
+        .render(limiter.store().usage(), backend);
     (
         [(
             header::CONTENT_TYPE,

@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::admin::{self, Admin, AdminError};
-use crate::limiter::{Limiter, MemoryStore, OnBackendError, RedisStore, Target, clock};
+use crate::limiter::{Budget, Limiter, MemoryStore, OnBackendError, RedisStore, Target, clock};
 use crate::metrics::{Metrics, MetricsError};
 use crate::reload::{self, ReloadSettings};
 use crate::rules::RuleSet;
@@ -25,8 +25,8 @@ use crate::service::{LiveRules, ResponseSettings, RlsService};
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub response: ResponseSettings,
-    /// The most counters held in memory at once.
-    pub max_counters: usize,
+    /// How much the counters in memory may hold (each memory store, in Redis mode).
+    pub counter_budget: Budget,
     /// How often counters of ended windows are removed.
     pub sweep_interval: Duration,
     /// How long in-flight calls may take to finish after a shutdown signal.
@@ -66,7 +66,10 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             response: ResponseSettings::default(),
-            max_counters: 10_000_000,
+            counter_budget: Budget {
+                bytes: crate::container::DEFAULT_COUNTER_MEMORY,
+                max_keys: usize::MAX,
+            },
             sweep_interval: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(10),
             shutdown_delay: Duration::ZERO,
@@ -147,9 +150,9 @@ pub async fn serve(
         initial.hash.clone(),
         Arc::clone(&metrics),
     ));
-    let memory = MemoryStore::new(settings.max_counters);
+    let budget = settings.counter_budget;
     let limiter = Arc::new(match &settings.backend {
-        Backend::Memory => Limiter::new(memory),
+        Backend::Memory => Limiter::new(MemoryStore::new(budget)),
         Backend::Redis {
             target,
             timeout,
@@ -163,7 +166,7 @@ pub async fn serve(
                     "Redis not reachable yet: answering by --on-backend-error until it is"
                 );
             }
-            Limiter::shared(redis, *on_error, memory, settings.replicas)
+            Limiter::shared(redis, *on_error, budget, settings.replicas)
         }
     });
     let _sweeper = Sweeper::start(Arc::clone(&limiter), settings.sweep_interval);

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use ratelimitd::app::{Backend, Settings};
 use ratelimitd::limiter::redis::BadAddress;
-use ratelimitd::limiter::{OnBackendError, Target};
+use ratelimitd::limiter::{Budget, OnBackendError, Target};
 use ratelimitd::reload::ReloadSettings;
 use ratelimitd::service::{HeaderStyle, ResponseSettings};
 
@@ -23,7 +23,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve Envoy's RateLimitService over gRPC.
-    Serve(Serve),
+    Serve(Box<Serve>),
     /// Validate rule files; print every error as file:line:column and exit 1 if there is one.
     Check(Check),
     /// Ask a running ratelimitd's gRPC health service; exit 0 if it is SERVING, else 1.
@@ -99,9 +99,14 @@ pub struct Serve {
     /// admits one share in this many of what Redis last said was left for each counter.
     #[arg(long, env = "RATELIMITD_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub replicas: u32,
-    /// The most counters kept in memory; past it, new keys get UNAVAILABLE until windows end.
-    #[arg(long, env = "RATELIMITD_MAX_COUNTERS", default_value_t = 10_000_000)]
-    pub max_counters: usize,
+    /// Bytes the counters in memory may take (`512MiB`, `2GiB`, or bytes); default: half the
+    /// container's memory limit, else 1GiB. When full, a new key evicts the key counted least.
+    #[arg(long, env = "RATELIMITD_MAX_COUNTER_MEMORY", value_parser = counter_memory)]
+    pub max_counter_memory: Option<usize>,
+    /// The most descriptor keys counted in memory at once (besides the bytes); default: as many
+    /// as the bytes allow.
+    #[arg(long, env = "RATELIMITD_MAX_COUNTERS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_counters: Option<u64>,
     /// Seconds that in-flight calls get to finish after SIGTERM or Ctrl-C.
     #[arg(long, env = "RATELIMITD_DRAIN_TIMEOUT", default_value_t = 10)]
     pub drain_timeout: u64,
@@ -131,7 +136,14 @@ impl Serve {
                 over_limit_body: Some(self.over_limit_body.clone()).filter(|b| !b.is_empty()),
                 over_limit_content_type: self.over_limit_content_type.clone(),
             },
-            max_counters: self.max_counters,
+            counter_budget: Budget {
+                bytes: self
+                    .max_counter_memory
+                    .unwrap_or_else(ratelimitd::container::default_counter_memory),
+                max_keys: self
+                    .max_counters
+                    .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX)),
+            },
             drain_timeout: Duration::from_secs(self.drain_timeout),
             shutdown_delay: Duration::from_secs(self.shutdown_delay),
             decision_metrics: self.decision_metrics,
@@ -210,4 +222,17 @@ impl From<HeaderStyleArg> for HeaderStyle {
             HeaderStyleArg::None => HeaderStyle::None,
         }
     }
+}
+
+/// The smallest `--max-counter-memory`: room for a few thousand counters.
+const MIN_COUNTER_MEMORY: u64 = 1 << 20;
+
+/// Reads `--max-counter-memory`: a size such as `512MiB`, `2GiB` or `100MB`, or bytes.
+fn counter_memory(text: &str) -> Result<usize, String> {
+    let size: bytesize::ByteSize = text.parse()?;
+    let bytes = size.as_u64();
+    if bytes < MIN_COUNTER_MEMORY {
+        return Err(format!("{text} is less than the least, 1MiB"));
+    }
+    Ok(usize::try_from(bytes).unwrap_or(usize::MAX))
 }

@@ -29,6 +29,7 @@ pub mod allocator;
 pub mod app;
 pub mod background;
 pub mod config;
+pub mod container;
 pub mod limiter;
 pub mod metrics;
 pub mod probe;

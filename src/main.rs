@@ -39,7 +39,7 @@ fn main() -> ExitCode {
         Command::Serve(serve) => {
             init_logging(&serve.log);
             raise_open_file_limit();
-            match run_serve(serve) {
+            match run_serve(*serve) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     eprintln!("ratelimitd: {error:#}");

@@ -21,7 +21,7 @@ use prometheus::{
     TextEncoder,
 };
 
-use crate::limiter::{BackendSnapshot, WindowOutcome};
+use crate::limiter::{BackendSnapshot, MemoryUsage, WindowOutcome};
 use crate::rules::{MetricNaming, RuleEntry, RuleSet, Window};
 
 /// Above this share of a limit, hits count as `near_limit` (envoyproxy/ratelimit's default).
@@ -42,6 +42,9 @@ pub struct Metrics {
     config_rules: IntGauge,
     config_loaded_at: IntGauge,
     counters_in_memory: IntGauge,
+    counter_memory_bytes: IntGauge,
+    counter_memory_budget_bytes: IntGauge,
+    counter_evictions: IntCounter,
     serving: IntGauge,
     backend_up: IntGauge,
     backend_errors: IntCounter,
@@ -249,6 +252,18 @@ impl Metrics {
                 "ratelimitd_counters_in_memory",
                 "Keys with live counters in the in-memory store.",
             )?,
+            counter_memory_bytes: gauge(
+                "ratelimitd_counter_memory_bytes",
+                "Bytes the in-memory counter table holds.",
+            )?,
+            counter_memory_budget_bytes: gauge(
+                "ratelimitd_counter_memory_budget_bytes",
+                "The most bytes the in-memory counter table may hold (--max-counter-memory).",
+            )?,
+            counter_evictions: counter(
+                "ratelimitd_counter_evictions_total",
+                "Keys evicted from a full counter table to make room for new ones.",
+            )?,
             serving: gauge(
                 "ratelimitd_serving",
                 "1 while serving, 0 while draining before exit.",
@@ -378,11 +393,18 @@ impl Metrics {
         self.serving.set(i64::from(serving));
     }
 
-    /// The Prometheus text exposition of every metric, with the live counter count and, in
-    /// Redis mode, the backend's state.
-    pub fn render(&self, counters_in_memory: usize, backend: Option<BackendSnapshot>) -> String {
-        self.counters_in_memory
-            .set(i64::try_from(counters_in_memory).unwrap_or(i64::MAX));
+    /// The Prometheus text exposition of every metric, with what the counters in memory hold
+    /// and, in Redis mode, the backend's state.
+    pub fn render(&self, memory: MemoryUsage, backend: Option<BackendSnapshot>) -> String {
+        let gauge = |gauge: &IntGauge, value: usize| {
+            gauge.set(i64::try_from(value).unwrap_or(i64::MAX));
+        };
+        gauge(&self.counters_in_memory, memory.keys);
+        gauge(&self.counter_memory_bytes, memory.bytes);
+        gauge(&self.counter_memory_budget_bytes, memory.budget_bytes);
+        let evicted = self.counter_evictions.get();
+        self.counter_evictions
+            .inc_by(memory.evictions.saturating_sub(evicted));
         if let Some(backend) = backend {
             self.backend_up.set(i64::from(backend.up));
             // The limiter keeps the totals; these counters follow them.

@@ -13,7 +13,8 @@ mod common;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ratelimitd::limiter::{
-    Batch, Count, CounterKey, CounterStore, Increment, MemoryStore, RedisStore, StoreError, Target,
+    Batch, Budget, Count, CounterKey, CounterStore, Increment, MemoryStore, RedisStore, StoreError,
+    Target,
 };
 
 use common::redis::{RedisCluster, RedisServer};
@@ -360,7 +361,7 @@ async fn run_contract(subject: &impl Subject, store: &str) {
 
 #[tokio::test]
 async fn memory_keeps_the_contract() {
-    run_contract(&Memory(MemoryStore::new(1_000)), "memory").await;
+    run_contract(&Memory(MemoryStore::new(Budget::keys(1_000))), "memory").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,8 +1,9 @@
 //! Counters in process memory: the embedded default store.
 //!
-//! One entry per descriptor key in a sharded map (`DashMap`), holding that descriptor's
+//! One entry per descriptor key in a [`CounterTable`] (named by a keyed hash of the key,
+//! within a budget of bytes, evicting what matters least when full), holding that descriptor's
 //! counters, one per window length (the seed's default bucket has two). Keeping a descriptor's
-//! windows together costs one key and one map lookup per descriptor instead of one per window.
+//! windows together costs one entry and one lookup per descriptor instead of one per window.
 //!
 //! A counter packs its window number and its count into one `AtomicU64`, so moving to a new
 //! window and counting are a single compare-and-swap: no lock is held across a decision, and a
@@ -16,26 +17,53 @@
 //! Entries whose windows have all ended are removed by [`MemoryStore::sweep`], which the server
 //! runs on a timer, so memory follows the keys active now rather than all keys ever seen.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use dashmap::DashMap;
+use parking_lot::MappedRwLockReadGuard;
 use smallvec::SmallVec;
 
+use super::counter_table::{self, CounterTable, Id, Kept};
 use super::key::CounterKey;
 use super::store::{Batch, Count, Counts, Increment, StoreError, is_over};
 use super::window;
 
-/// The in-memory counter store.
-pub struct MemoryStore {
-    /// Keys come from requests, so the hasher is seeded per process (foldhash's quality
-    /// variant): a client cannot pick keys that all land in one bucket.
-    /// Keys are [`CounterKey`] bytes, copied to the heap only when an entry is made.
-    entries: DashMap<Box<[u8]>, Counters, foldhash::quality::RandomState>,
-    /// Counted by hand because `DashMap::len` locks every shard.
-    live: AtomicUsize,
-    /// A bound on memory: past it, new keys are refused until windows end and are swept.
-    max_keys: usize,
+/// The in-memory counter store; `K` is what each entry keeps of its descriptor key besides its
+/// hash (nothing, or the key itself where entries are read back: see [`MemoryStore::drain`]).
+pub struct MemoryStore<K: Kept = ()> {
+    entries: CounterTable<Counters, K>,
+}
+
+/// What a memory store holds, read at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemoryUsage {
+    /// Descriptor keys with live counters.
+    pub keys: usize,
+    /// Bytes its table holds.
+    pub bytes: usize,
+    /// The most bytes its table may hold.
+    pub budget_bytes: usize,
+    /// Keys evicted to make room for new ones, so far.
+    pub evictions: u64,
+}
+
+/// How much a memory store may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// Bytes of its table (`--max-counter-memory`).
+    pub bytes: usize,
+    /// Descriptor keys (`--max-counters`).
+    pub max_keys: usize,
+}
+
+impl Budget {
+    /// At most `max_keys` keys, whatever the bytes.
+    pub fn keys(max_keys: usize) -> Budget {
+        Budget {
+            bytes: usize::MAX / 2,
+            max_keys,
+        }
+    }
 }
 
 /// A descriptor's counters, one per window length. The first two (the seed's default bucket
@@ -191,41 +219,34 @@ impl Counters {
         }
     }
 
-    /// Each counter as (window seconds, window index, count).
-    fn each(&self) -> Vec<(u32, u32, u64)> {
-        let inline = self
-            .seconds
-            .iter()
-            .zip(&self.states)
-            .filter(|(s, _)| **s != 0);
-        let more = self
-            .more
-            .as_deref()
-            .into_iter()
-            .flatten()
-            .map(|(s, c)| (s, c));
-        inline
-            .chain(more)
-            .map(|(seconds, counter)| {
-                let (index, count) = unpack(counter.0.load(Ordering::Acquire));
-                (*seconds, index, count)
-            })
-            .collect()
-    }
-
-    /// Whether every counter's window has ended by `now`.
-    fn all_ended(&self, now: Duration) -> bool {
+    /// Each counter with its window length.
+    fn iter(&self) -> impl Iterator<Item = (u32, &Counter)> {
         let inline = self
             .seconds
             .iter()
             .zip(&self.states)
             .filter(|(s, _)| **s != 0)
-            .all(|(s, c)| c.ended(*s, now));
+            .map(|(s, c)| (*s, c));
         let more = self
             .more
             .as_deref()
-            .is_none_or(|more| more.iter().all(|(s, c)| c.ended(*s, now)));
-        inline && more
+            .into_iter()
+            .flatten()
+            .map(|(s, c)| (*s, c));
+        inline.chain(more)
+    }
+
+    /// Each counter as (window seconds, window index, count).
+    fn each(&self) -> impl Iterator<Item = (u32, u32, u64)> {
+        self.iter().map(|(seconds, counter)| {
+            let (index, count) = unpack(counter.0.load(Ordering::Acquire));
+            (seconds, index, count)
+        })
+    }
+
+    /// Whether every counter's window has ended by `now`.
+    fn all_ended(&self, now: Duration) -> bool {
+        self.iter().all(|(s, c)| c.ended(s, now))
     }
 }
 
@@ -236,8 +257,8 @@ enum Op {
     Peek,
 }
 
-/// A read-locked entry of the map.
-type EntryRef<'a> = dashmap::mapref::one::Ref<'a, Box<[u8]>, Counters>;
+/// A read-locked entry of the table.
+type EntryRef<'a> = MappedRwLockReadGuard<'a, Counters>;
 
 /// Does `op` to `counter` for `inc`: the window it counted in and the count, or (for a
 /// reservation that does not fit) the count left alone.
@@ -249,39 +270,68 @@ fn run(inc: &Increment, counter: &Counter, op: &Op) -> Result<(u32, u64), u64> {
     }
 }
 
-/// Shards of the counter map, each behind its own lock. The sweep holds one shard's lock while
-/// it walks that shard: with 512, a shard of 10 million keys holds ~20,000, walked in a fraction
-/// of a millisecond (with DashMap's default of 4 per core, 8 here, a sweep of 4 million keys
-/// held decisions up to 66 ms).
-const SHARDS: usize = 512;
-
 impl MemoryStore {
-    pub fn new(max_keys: usize) -> MemoryStore {
+    pub fn new(budget: Budget) -> MemoryStore {
         MemoryStore {
-            entries: DashMap::with_hasher_and_shard_amount(Default::default(), SHARDS),
-            live: AtomicUsize::new(0),
-            max_keys,
+            entries: CounterTable::new(budget.bytes, budget.max_keys),
         }
     }
+}
 
-    /// The most keys it holds.
-    pub fn max_keys(&self) -> usize {
-        self.max_keys
+impl MemoryStore<Box<[u8]>> {
+    /// A store whose entries keep their keys, so that [`MemoryStore::drain`] can give them back.
+    pub fn keeping_keys(budget: Budget) -> MemoryStore<Box<[u8]>> {
+        MemoryStore {
+            entries: CounterTable::new(budget.bytes, budget.max_keys),
+        }
+    }
+}
+
+impl<K: Kept> MemoryStore<K> {
+    /// How its budget is laid out: the most keys it holds, and the most bytes.
+    pub fn layout(&self) -> counter_table::Layout {
+        self.entries.layout()
     }
 
     /// Live descriptor keys (entries not yet swept); each holds a counter per window length.
     pub fn len(&self) -> usize {
-        self.live.load(Ordering::Relaxed)
+        self.entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
+    /// Keys evicted to make room for new ones.
+    pub fn evictions(&self) -> u64 {
+        self.entries.evictions()
+    }
+
+    /// Bytes its table holds now.
+    pub fn bytes(&self) -> usize {
+        self.entries.bytes()
+    }
+
+    /// What it holds now, for the metrics.
+    pub fn usage(&self) -> MemoryUsage {
+        MemoryUsage {
+            keys: self.len(),
+            bytes: self.bytes(),
+            budget_bytes: self.layout().bytes(),
+            evictions: self.evictions(),
+        }
+    }
+
     /// Counts one request: all of its enforced counters move, or none do.
     ///
-    /// Returns one [`Count`] per increment, in order, and whether the request was admitted.
-    pub fn apply(&self, batch: &Batch) -> Result<(bool, Counts), StoreError> {
+    /// Returns whether the request was admitted, and one [`Count`] per increment, in order.
+    /// Never fails: a new key in a full table takes the place of one that matters less.
+    pub fn apply(&self, batch: &Batch) -> (bool, Counts) {
+        let ids: SmallVec<[Id; 2]> = batch
+            .keys
+            .iter()
+            .map(|key| self.entries.id(key.as_bytes()))
+            .collect();
         let mut counts = Counts::with_capacity(batch.increments.len());
         // (position in batch, window it was reserved in) of each reservation made so far.
         let mut reserved: SmallVec<[(usize, u32); 4]> = SmallVec::new();
@@ -301,10 +351,7 @@ impl MemoryStore {
             let op = if admitted { Op::Reserve } else { Op::Peek };
             if current.as_ref().map(|(key, _)| *key) != Some(inc.key) {
                 drop(current.take());
-                current = self
-                    .entries
-                    .get(batch.keys[inc.key].as_bytes())
-                    .map(|e| (inc.key, e));
+                current = self.entries.get(ids[inc.key]).map(|e| (inc.key, e));
             }
             let found = current
                 .as_ref()
@@ -314,14 +361,7 @@ impl MemoryStore {
                 Some(outcome) => outcome,
                 None => {
                     current = None;
-                    match self.on_counter(batch, inc, op) {
-                        Ok(outcome) => outcome,
-                        Err(error) => {
-                            // A request that cannot be counted moves no counter either.
-                            self.release(batch, &reserved);
-                            return Err(error);
-                        }
-                    }
+                    self.on_counter(batch, ids[inc.key], inc, op)
                 }
             };
             match (admitted, outcome) {
@@ -352,7 +392,7 @@ impl MemoryStore {
         }
         drop(current);
         if !admitted {
-            self.release(batch, &reserved);
+            self.release(&ids, batch, &reserved);
             for &(i, _) in &reserved {
                 let hits = batch.increments[i].hits;
                 counts[i].value = counts[i].value.saturating_sub(hits);
@@ -368,19 +408,22 @@ impl MemoryStore {
             } else {
                 Op::Peek
             };
-            let value = self.on_counter(batch, inc, op)?.unwrap_or_default().1;
+            let value = self
+                .on_counter(batch, ids[inc.key], inc, op)
+                .unwrap_or_default()
+                .1;
             let over_limit = is_over(value, inc.hits, inc.requests_per_unit);
             counts[i] = Count { value, over_limit };
         }
-        Ok((admitted, counts))
+        (admitted, counts)
     }
 
     /// Takes back the hits `reserved` for these increments of `batch` (index, window index).
-    fn release(&self, batch: &Batch, reserved: &[(usize, u32)]) {
+    fn release(&self, ids: &[Id], batch: &Batch, reserved: &[(usize, u32)]) {
         for &(i, at) in reserved {
             let inc = &batch.increments[i];
             if inc.hits > 0
-                && let Some(entry) = self.entries.get(batch.keys[inc.key].as_bytes())
+                && let Some(entry) = self.entries.get(ids[inc.key])
                 && let Some(counter) = entry.get(inc.window_seconds)
             {
                 counter.release(at, inc.hits);
@@ -388,62 +431,51 @@ impl MemoryStore {
         }
     }
 
-    /// Runs `op` on the increment's counter, creating the counter (and its entry, if the table
-    /// has room) unless only peeking. A peek at a counter that does not exist reads 0.
+    /// Runs `op` on the increment's counter (its key's entry is `id`), making the counter, and
+    /// its entry, unless only peeking. A peek at a counter that does not exist reads 0.
     fn on_counter(
         &self,
         batch: &Batch,
+        id: Id,
         inc: &Increment,
         op: Op,
-    ) -> Result<Result<(u32, u64), u64>, StoreError> {
-        let key = batch.keys[inc.key].as_bytes();
-        if let Some(entry) = self.entries.get(key)
+    ) -> Result<(u32, u64), u64> {
+        if let Some(entry) = self.entries.get(id)
             && let Some(counter) = entry.get(inc.window_seconds)
         {
-            return Ok(run(inc, counter, &op));
+            return run(inc, counter, &op);
         }
         if matches!(op, Op::Peek) {
-            return Ok(Ok((inc.window_index, 0)));
+            return Ok((inc.window_index, 0));
         }
         // The key or this window is new: take the shard's write lock once to add it.
-        let mut entry = match self.entries.get_mut(key) {
-            Some(entry) => entry,
-            None => {
-                if self.len() >= self.max_keys {
-                    return Err(StoreError::Full(self.max_keys));
-                }
-                self.entries.entry(Box::from(key)).or_insert_with(|| {
-                    self.live.fetch_add(1, Ordering::Relaxed);
-                    Counters::default()
-                })
-            }
-        };
+        let key = batch.keys[inc.key].as_bytes();
+        let mut entry = self.entries.get_or_make(id, key, window_start(inc));
         if entry.get(inc.window_seconds).is_none() {
             entry.add(inc.window_seconds, inc.window_index);
         }
         let counter = entry.get(inc.window_seconds);
-        Ok(counter.map_or(Ok((inc.window_index, 0)), |c| run(inc, c, &op)))
+        counter.map_or(Ok((inc.window_index, 0)), |c| run(inc, c, &op))
     }
 
     /// The count of one counter in window `index`; 0 when there is none.
     pub fn peek(&self, key: &CounterKey, window_seconds: u32, index: u32) -> u64 {
         self.entries
-            .get(key.as_bytes())
+            .get(self.entries.id(key.as_bytes()))
             .and_then(|entry| entry.get(window_seconds).map(|c| c.peek(index)))
             .unwrap_or(0)
     }
 
     /// Raises each counter of `batch` to at least its count in `counts` (what Redis answered),
-    /// making counters it lacks while the table has room.
+    /// making the counters it lacks.
     pub fn mirror(&self, batch: &Batch, counts: &[Count]) {
         for (inc, count) in batch.increments.iter().zip(counts) {
+            let id = self.entries.id(batch.keys[inc.key].as_bytes());
             let mut peek = Increment { hits: 0, ..*inc };
             peek.enforced = false;
-            // Creates the counter (an add of 0 hits), then raises it.
-            if self.on_counter(batch, &peek, Op::Add).is_err() {
-                return;
-            }
-            if let Some(entry) = self.entries.get(batch.keys[inc.key].as_bytes())
+            // Makes the counter (an add of 0 hits), then raises it.
+            let _ = self.on_counter(batch, id, &peek, Op::Add);
+            if let Some(entry) = self.entries.get(id)
                 && let Some(counter) = entry.get(inc.window_seconds)
             {
                 counter.raise_to(inc.window_index, count.value);
@@ -451,52 +483,56 @@ impl MemoryStore {
         }
     }
 
+    /// Removes the keys whose windows have all ended before `now`, a shard at a time; returns
+    /// how many were removed.
+    pub fn sweep(&self, now: Duration) -> usize {
+        self.entries.sweep(now)
+    }
+}
+
+impl MemoryStore<Box<[u8]>> {
     /// Removes every counter, and gives back those of windows not ended by `now` as (key,
     /// window seconds, window index, count), counts above 0 only.
     pub fn drain(&self, now: Duration) -> Vec<(CounterKey, u32, u32, u64)> {
         let mut out = Vec::new();
-        let mut removed = 0;
-        self.entries.retain(|key, counters| {
+        for (key, counters) in self.entries.drain() {
             for (seconds, index, count) in counters.each() {
                 if count > 0 && index >= window::position(now, seconds).index {
-                    out.push((CounterKey::from_bytes(key), seconds, index, count));
+                    out.push((CounterKey::from_bytes(&key), seconds, index, count));
                 }
             }
-            removed += 1;
-            false
-        });
-        self.live.fetch_sub(removed, Ordering::Relaxed);
-        out
-    }
-
-    /// Removes the keys whose windows have all ended before `now`, and gives the table's spare
-    /// room back once it is mostly empty; returns how many keys were removed.
-    pub fn sweep(&self, now: Duration) -> usize {
-        let mut removed = 0;
-        self.entries.retain(|_, counters| {
-            let keep = !counters.all_ended(now);
-            if !keep {
-                removed += 1;
-            }
-            keep
-        });
-        self.live.fetch_sub(removed, Ordering::Relaxed);
-        // Give spare room back only when the table is mostly empty: shrinking a table that is
-        // about to grow again would rehash it on every sweep.
-        if removed > 0 && self.entries.capacity() > 4 * self.len().max(1024) {
-            self.entries.shrink_to_fit();
         }
-        removed
+        out
     }
 }
 
-impl super::store::CounterStore for MemoryStore {
+/// The start of the increment's window: a moment no later than now, which tells the table
+/// which windows have surely ended.
+fn window_start(inc: &Increment) -> Duration {
+    Duration::from_secs(u64::from(inc.window_index) * u64::from(inc.window_seconds))
+}
+
+impl counter_table::Value for Counters {
+    fn ended(&self, now: Duration) -> bool {
+        self.all_ended(now)
+    }
+
+    fn weight(&self, now: Duration) -> u64 {
+        self.each()
+            .filter(|&(seconds, index, _)| index >= window::position(now, seconds).index)
+            .map(|(_, _, count)| count)
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+impl<K: Kept> super::store::CounterStore for MemoryStore<K> {
     /// At once: nothing in memory waits.
     fn count(
         &self,
         batch: &Batch,
     ) -> impl std::future::Future<Output = Result<(bool, Counts), StoreError>> + Send {
-        std::future::ready(self.apply(batch))
+        std::future::ready(Ok(self.apply(batch)))
     }
 }
 
@@ -528,13 +564,13 @@ mod tests {
 
     #[test]
     fn counts_up_to_the_limit_then_refuses_without_counting() {
-        let store = MemoryStore::new(100);
+        let store = MemoryStore::new(Budget::keys(100));
         for expected in 1..=3 {
-            let (admitted, counts) = store.apply(&batch("a", &[(60, 3, 1, 7)])).expect("room");
+            let (admitted, counts) = store.apply(&batch("a", &[(60, 3, 1, 7)]));
             assert!(admitted);
             assert_eq!(counts[0].value, expected);
         }
-        let (admitted, counts) = store.apply(&batch("a", &[(60, 3, 1, 7)])).expect("room");
+        let (admitted, counts) = store.apply(&batch("a", &[(60, 3, 1, 7)]));
         assert!(!admitted);
         assert_eq!(
             counts[0],
@@ -547,20 +583,16 @@ mod tests {
 
     #[test]
     fn each_window_length_of_a_key_has_its_own_counter() {
-        let store = MemoryStore::new(100);
-        store.apply(&batch("a", &[(60, 10, 4, 1)])).expect("room");
-        let (_, counts) = store
-            .apply(&batch("a", &[(60, 10, 1, 1), (3600, 10, 1, 1)]))
-            .expect("room");
+        let store = MemoryStore::new(Budget::keys(100));
+        store.apply(&batch("a", &[(60, 10, 4, 1)]));
+        let (_, counts) = store.apply(&batch("a", &[(60, 10, 1, 1), (3600, 10, 1, 1)]));
         assert_eq!(counts[0].value, 5);
         assert_eq!(counts[1].value, 1);
         assert_eq!(store.len(), 1, "one entry for the key");
-        let (_, counts) = store
-            .apply(&batch(
-                "a",
-                &[(1, 10, 1, 60), (60, 10, 1, 1), (86_400, 10, 1, 0)],
-            ))
-            .expect("room");
+        let (_, counts) = store.apply(&batch(
+            "a",
+            &[(1, 10, 1, 60), (60, 10, 1, 1), (86_400, 10, 1, 0)],
+        ));
         let values: Vec<u64> = counts.iter().map(|c| c.value).collect();
         assert_eq!(values, [1, 6, 1], "a third window goes past the inline two");
         assert_eq!(
@@ -573,11 +605,9 @@ mod tests {
 
     #[test]
     fn a_refused_request_gives_back_its_other_reservations() {
-        let store = MemoryStore::new(100);
-        store.apply(&batch("a", &[(3600, 2, 2, 1)])).expect("room");
-        let (admitted, counts) = store
-            .apply(&batch("a", &[(60, 10, 1, 1), (3600, 2, 1, 1)]))
-            .expect("room");
+        let store = MemoryStore::new(Budget::keys(100));
+        store.apply(&batch("a", &[(3600, 2, 2, 1)]));
+        let (admitted, counts) = store.apply(&batch("a", &[(60, 10, 1, 1), (3600, 2, 1, 1)]));
         assert!(!admitted);
         assert_eq!(
             counts[0],
@@ -593,22 +623,20 @@ mod tests {
                 over_limit: true
             }
         );
-        let (_, counts) = store.apply(&batch("a", &[(60, 10, 0, 1)])).expect("room");
+        let (_, counts) = store.apply(&batch("a", &[(60, 10, 0, 1)]));
         assert_eq!(counts[0].value, 0, "the minute counter did not move");
     }
 
     #[test]
     fn a_new_window_starts_from_zero_and_ended_keys_are_swept() {
-        let store = MemoryStore::new(100);
-        store.apply(&batch("a", &[(60, 1, 1, 5)])).expect("room");
-        let (admitted, _) = store.apply(&batch("a", &[(60, 1, 1, 5)])).expect("room");
+        let store = MemoryStore::new(Budget::keys(100));
+        store.apply(&batch("a", &[(60, 1, 1, 5)]));
+        let (admitted, _) = store.apply(&batch("a", &[(60, 1, 1, 5)]));
         assert!(!admitted);
-        let (admitted, counts) = store.apply(&batch("a", &[(60, 1, 1, 6)])).expect("room");
+        let (admitted, counts) = store.apply(&batch("a", &[(60, 1, 1, 6)]));
         assert!(admitted);
         assert_eq!(counts[0].value, 1);
-        store
-            .apply(&batch("b", &[(60, 1, 1, 6), (3600, 1, 1, 0)]))
-            .expect("room");
+        store.apply(&batch("b", &[(60, 1, 1, 6), (3600, 1, 1, 0)]));
         assert_eq!(store.sweep(Duration::from_secs(6 * 60 + 1)), 0);
         assert_eq!(
             store.sweep(Duration::from_secs(7 * 60)),
@@ -621,38 +649,59 @@ mod tests {
     }
 
     #[test]
-    fn a_full_table_refuses_new_keys_but_serves_known_ones() {
-        let store = MemoryStore::new(1);
-        store.apply(&batch("a", &[(60, 5, 1, 1)])).expect("room");
-        assert!(matches!(
-            store.apply(&batch("b", &[(60, 5, 1, 1)])),
-            Err(StoreError::Full(1))
-        ));
-        assert!(store.apply(&batch("a", &[(60, 5, 1, 1)])).is_ok());
+    fn a_full_table_evicts_the_least_counted_key_and_counts_the_new_one() {
+        let store = MemoryStore::new(Budget::keys(2));
+        for _ in 0..3 {
+            store.apply(&batch("heavy", &[(60, 5, 1, 1)]));
+        }
+        store.apply(&batch("light", &[(60, 5, 1, 1)]));
+        let (admitted, counts) = store.apply(&batch("new", &[(60, 5, 1, 1)]));
+        assert!(admitted, "a full table still counts a new key");
+        assert_eq!(counts[0].value, 1);
+        assert_eq!((store.len(), store.evictions()), (2, 1));
+        let heavy = CounterKey::new("d", [("k", "heavy")].into_iter());
+        let light = CounterKey::new("d", [("k", "light")].into_iter());
+        assert_eq!(store.peek(&heavy, 60, 1), 3, "the most counted key stays");
+        assert_eq!(
+            store.peek(&light, 60, 1),
+            0,
+            "the least counted key made room"
+        );
     }
 
     #[test]
-    fn a_request_refused_for_a_full_table_moves_no_counter() {
-        let store = MemoryStore::new(1);
-        store.apply(&batch("a", &[(60, 5, 1, 1)])).expect("room");
-        // `a` (known, reserved first) and `b` (new: no room) in one request.
-        let mut both = batch("a", &[(60, 5, 1, 1)]);
-        both.keys
-            .push(CounterKey::new("d", [("k", "b")].into_iter()));
-        both.increments.push(Increment {
-            key: 1,
-            ..both.increments[0]
-        });
-        assert!(matches!(store.apply(&both), Err(StoreError::Full(1))));
-        let a = CounterKey::new("d", [("k", "a")].into_iter());
-        assert_eq!(store.peek(&a, 60, 1), 1, "a's reservation was taken back");
+    fn long_values_cost_no_more_than_short_ones() {
+        let store = MemoryStore::new(Budget::keys(100));
+        store.apply(&batch("short", &[(60, 5, 1, 1)]));
+        let short = store.bytes();
+        let long = "v".repeat(8192);
+        for i in 0..50 {
+            store.apply(&batch(&format!("{i}{long}"), &[(60, 5, 1, 1)]));
+        }
+        assert_eq!(store.len(), 51);
+        assert!(
+            store.bytes() <= 8 * short.max(1024),
+            "{} bytes",
+            store.bytes()
+        );
+    }
+
+    #[test]
+    fn a_drained_store_gives_back_the_keys_of_live_windows() {
+        let store = MemoryStore::keeping_keys(Budget::keys(10));
+        store.apply(&batch("live", &[(60, 5, 2, 1)]));
+        store.apply(&batch("ended", &[(60, 5, 1, 0)]));
+        let held = store.drain(Duration::from_secs(90));
+        let live = CounterKey::new("d", [("k", "live")].into_iter());
+        assert_eq!(held, [(live, 60, 1, 2)]);
+        assert!(store.is_empty());
     }
 
     #[test]
     fn check_only_is_over_once_the_limit_is_reached() {
-        let store = MemoryStore::new(10);
-        assert!(store.apply(&batch("a", &[(60, 1, 0, 1)])).expect("room").0);
-        store.apply(&batch("a", &[(60, 1, 1, 1)])).expect("room");
-        assert!(!store.apply(&batch("a", &[(60, 1, 0, 1)])).expect("room").0);
+        let store = MemoryStore::new(Budget::keys(10));
+        assert!(store.apply(&batch("a", &[(60, 1, 0, 1)])).0);
+        store.apply(&batch("a", &[(60, 1, 1, 1)]));
+        assert!(!store.apply(&batch("a", &[(60, 1, 0, 1)])).0);
     }
 }

@@ -16,6 +16,7 @@
 //! count is made at once ([`Limiter::decide_now`]), with Redis it is awaited.
 
 pub mod clock;
+mod counter_table;
 mod key;
 mod memory;
 pub mod redis;
@@ -32,7 +33,7 @@ use std::time::Duration;
 use smallvec::SmallVec;
 
 pub use key::CounterKey;
-pub use memory::MemoryStore;
+pub use memory::{Budget, MemoryStore, MemoryUsage};
 pub use redis::{BackendError, RedisStore, Target};
 pub use shared::{BackendSnapshot, Counted, OnBackendError, Shared};
 pub use store::{Batch, Count, CounterStore, Counts, Increment, StoreError};
@@ -166,16 +167,17 @@ impl Limiter {
         }
     }
 
-    /// Counting in Redis; `store` holds the counters of `OnBackendError::Local` while Redis is
-    /// away, of which this replica takes one share in `replicas`.
+    /// Counting in Redis; with `OnBackendError::Local`, what Redis last said and the hits
+    /// counted while it is away are kept in memory, each within `budget`, of which this replica
+    /// takes one share in `replicas`.
     pub fn shared(
         redis: Arc<RedisStore>,
         on_error: OnBackendError,
-        store: MemoryStore,
+        budget: Budget,
         replicas: u32,
     ) -> Limiter {
         Limiter {
-            store: Store::Redis(Shared::new(redis, on_error, store, replicas)),
+            store: Store::Redis(Shared::new(redis, on_error, budget, replicas)),
         }
     }
 
@@ -222,8 +224,9 @@ impl Limiter {
             return Some(Ok(Decision::unknown_domain(request.descriptors.len())));
         };
         let plan = Plan::new(&applied, request, now);
-        let counted = store.apply(&plan.batch).map(|(a, c)| Counted::Counts(a, c));
-        Some(counted.map(|counted| plan.conclude(request, counted, observe)))
+        let (admitted, counts) = store.apply(&plan.batch);
+        let counted = Counted::Counts(admitted, counts);
+        Some(Ok(plan.conclude(request, counted, observe)))
     }
 
     /// [`Limiter::decide`], telling `observe` what each counted window saw.
@@ -239,7 +242,10 @@ impl Limiter {
         };
         let plan = Plan::new(&applied, request, now);
         let counted = match &self.store {
-            Store::Memory(store) => store.apply(&plan.batch).map(|(a, c)| Counted::Counts(a, c)),
+            Store::Memory(store) => {
+                let (admitted, counts) = store.apply(&plan.batch);
+                Ok(Counted::Counts(admitted, counts))
+            }
             Store::Redis(shared) => shared.count(&plan.batch).await,
         };
         Ok(plan.conclude(request, counted?, observe))
@@ -693,7 +699,10 @@ descriptors:
 
     #[test]
     fn the_tightest_window_is_reported_and_a_refusal_moves_nothing() {
-        let (limiter, rules) = (Limiter::new(MemoryStore::new(100)), rules());
+        let (limiter, rules) = (
+            Limiter::new(MemoryStore::new(super::Budget::keys(100))),
+            rules(),
+        );
         let user = || vec![descriptor(&[("user", "u")], None)];
         let table = [
             // minute 3, hour 5: the minute binds until it is exhausted
@@ -738,7 +747,10 @@ descriptors:
 
     #[test]
     fn replaces_drops_the_named_limit_uncounted() {
-        let (limiter, rules) = (Limiter::new(MemoryStore::new(100)), rules());
+        let (limiter, rules) = (
+            Limiter::new(MemoryStore::new(super::Budget::keys(100))),
+            rules(),
+        );
         let both = || {
             vec![
                 descriptor(&[("plan", "free")], None),
@@ -764,7 +776,10 @@ descriptors:
 
     #[test]
     fn shadow_mode_counts_and_never_refuses_and_unlimited_counts_nothing() {
-        let (limiter, rules) = (Limiter::new(MemoryStore::new(100)), rules());
+        let (limiter, rules) = (
+            Limiter::new(MemoryStore::new(super::Budget::keys(100))),
+            rules(),
+        );
         for call in 1..=3 {
             let decision = decide(
                 &limiter,
@@ -792,7 +807,10 @@ descriptors:
 
     #[test]
     fn hits_addend_zero_checks_and_large_hits_are_refused_whole() {
-        let (limiter, rules) = (Limiter::new(MemoryStore::new(100)), rules());
+        let (limiter, rules) = (
+            Limiter::new(MemoryStore::new(super::Budget::keys(100))),
+            rules(),
+        );
         let check = decide(
             &limiter,
             &rules,

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::clock;
-use super::memory::MemoryStore;
+use super::memory::{Budget, MemoryStore};
 use super::redis::RedisStore;
 use super::redis_script::BackendError;
 use super::store::{Batch, Count, CounterStore, Counts, Increment, StoreError};
@@ -37,7 +37,7 @@ pub struct Shared {
     local: MemoryStore,
     /// With `OnBackendError::Local`: the hits admitted here while Redis was away, each counter
     /// bounded by this replica's share; written back to Redis when it answers again.
-    outage: Arc<MemoryStore>,
+    outage: Arc<MemoryStore<Box<[u8]>>>,
     /// The replicas counting in this Redis (`--replicas`): a replica's share of what is left.
     replicas: u32,
     state: BackendState,
@@ -57,14 +57,14 @@ impl Shared {
     pub fn new(
         redis: Arc<RedisStore>,
         on_error: OnBackendError,
-        local: MemoryStore,
+        budget: Budget,
         replicas: u32,
     ) -> Shared {
         Shared {
             redis,
             on_error,
-            outage: Arc::new(MemoryStore::new(local.max_keys())),
-            local,
+            outage: Arc::new(MemoryStore::keeping_keys(budget)),
+            local: MemoryStore::new(budget),
             replicas: replicas.max(1),
             state: BackendState::default(),
         }
@@ -92,7 +92,7 @@ impl Shared {
 impl Shared {
     /// Counts `batch` here while Redis is away: each counter may take this replica's share of
     /// what Redis last said was left, `ceil((limit - count) / replicas)`, on top of that count.
-    fn count_locally(&self, batch: &Batch) -> Result<(bool, Counts), StoreError> {
+    fn count_locally(&self, batch: &Batch) -> (bool, Counts) {
         let replicas = u64::from(self.replicas);
         let seeds: Vec<u64> = batch
             .increments
@@ -118,7 +118,7 @@ impl Shared {
                 })
                 .collect(),
         };
-        let (admitted, counts) = self.outage.apply(&shares)?;
+        let (admitted, counts) = self.outage.apply(&shares);
         let counts = counts
             .iter()
             .zip(&seeds)
@@ -127,7 +127,7 @@ impl Shared {
                 over_limit: count.over_limit,
             })
             .collect();
-        Ok((admitted, counts))
+        (admitted, counts)
     }
 
     /// Adds the hits admitted here during the outage to Redis, once, in the background; the
@@ -338,7 +338,7 @@ impl Shared {
         self.state.fallbacks.fetch_add(1, Ordering::Relaxed);
         match self.on_error {
             OnBackendError::Local => {
-                let (admitted, counts) = self.count_locally(batch)?;
+                let (admitted, counts) = self.count_locally(batch);
                 Ok(Counted::Counts(admitted, counts))
             }
             OnBackendError::Allow => Ok(Counted::Allowed),

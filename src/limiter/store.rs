@@ -72,9 +72,6 @@ pub fn is_over(value: u64, hits: u64, limit: u32) -> bool {
 /// Why a store could not count a request, classified by what the caller must do.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// About this request only: it needs a new key and the table is full. Refuse it.
-    #[error("the counter table is full ({0} keys); raise --max-counters")]
-    Full(usize),
     /// About this request only: the store could not count it, and counted nothing of it.
     #[error("{0}")]
     Refused(String),
