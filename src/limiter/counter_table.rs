@@ -16,16 +16,22 @@
 //! never by growing the table past its budget.
 //!
 //! **Eviction.** A new entry in a full shard first removes one of [`SAMPLE`] entries drawn at
-//! random from that shard: one whose windows have all ended if there is one, else the one with
-//! the lowest count in a live window (evicting an entry can admit again at most the hits it
-//! forgets, so the fewest hits are forgotten), the oldest of those. A flood of one-hit keys thus
-//! evicts its own kind, first in, first out, and a key counting towards its limit outlives them.
+//! random from that shard: one whose windows have all ended if there is one, else the one of
+//! least weight, the oldest of those. An entry's weight is its highest count in a live window
+//! (evicting it can admit again at most the hits it forgets, so the fewest hits are forgotten),
+//! or, if higher, how often its key had arrived at the full shard when it was made (its
+//! *heat*, from a sketch of [`Arrivals`] that outlives evictions): a key that comes back slower
+//! than a flood turns the table over is evicted once or twice, then outranks the keys seen
+//! once. A flood of one-hit keys thus evicts its own kind, first in, first out, and a key
+//! counting towards its limit, or coming back, outlives them.
 
 use std::cmp::Reverse;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hashbrown::HashTable;
+
+use super::arrivals::Arrivals;
 use parking_lot::{
     MappedRwLockReadGuard, MappedRwLockWriteGuard, RwLock, RwLockReadGuard, RwLockWriteGuard,
 };
@@ -79,6 +85,16 @@ const MIN_SHARD_BUCKETS: usize = 16;
 /// Shards wanted at the least, budget allowing: fewer entries per lock.
 const TARGET_SHARDS: usize = 512;
 
+/// A full shard's sketch of arrivals is halved after this many times its entries arrive: it
+/// remembers the last few turnovers of the shard.
+const HALVE_AFTER: usize = 4;
+
+/// Counters per row of a shard's sketch: four per entry it may hold, so that one-hit keys
+/// seldom look like keys seen twice.
+fn sketch_width(per_shard: usize) -> usize {
+    (per_shard * 4).next_power_of_two()
+}
+
 /// How a budget is split: `shards` tables of at most `buckets` buckets, each holding at most
 /// `per_shard` entries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,7 +110,10 @@ impl Layout {
     /// The layout of at most `bytes` and at most `max_entries` entries (rounded up to a whole
     /// number per shard), for buckets of `bucket_bytes`.
     pub fn new(bytes: usize, max_entries: usize, bucket_bytes: usize) -> Layout {
-        let shard_bytes = |buckets: usize| buckets.saturating_mul(bucket_bytes);
+        let shard_bytes = |buckets: usize| {
+            let sketch = Arrivals::bytes_for(sketch_width(buckets * 7 / 16));
+            buckets.saturating_mul(bucket_bytes).saturating_add(sketch)
+        };
         let mut buckets = MAX_SHARD_BUCKETS;
         while buckets > MIN_SHARD_BUCKETS && bytes / shard_bytes(buckets) < TARGET_SHARDS {
             buckets /= 2;
@@ -121,9 +140,10 @@ impl Layout {
         self.shards * self.per_shard
     }
 
-    /// The most bytes the shards' tables take.
+    /// The most bytes the shards' tables and sketches take.
     pub fn bytes(&self) -> usize {
-        self.shards * self.buckets * self.bucket_bytes
+        let sketch = Arrivals::bytes_for(sketch_width(self.per_shard));
+        self.shards * (self.buckets * self.bucket_bytes + sketch)
     }
 }
 
@@ -165,6 +185,8 @@ struct Slot<V, K> {
     id: Id,
     /// The shard's count of entries made when this one was: its age.
     born: u32,
+    /// How often its key had arrived at the full shard when it was made (see [`Arrivals`]).
+    heat: u8,
     value: V,
     kept: K,
 }
@@ -175,6 +197,8 @@ struct Shard<V, K> {
     made: u32,
     /// xorshift state for drawing buckets.
     dice: u64,
+    /// Made when the shard is first full.
+    arrivals: Option<Arrivals>,
 }
 
 fn slot_hash<V, K>(slot: &Slot<V, K>) -> u64 {
@@ -217,7 +241,8 @@ impl<V: Value, K: Kept> Shard<V, K> {
                 break;
             }
             let age = self.made.wrapping_sub(slot.born);
-            let rank = (slot.value.weight(now), Reverse(age));
+            let weight = slot.value.weight(now).max(u64::from(slot.heat));
+            let rank = (weight, Reverse(age));
             if victim.is_none_or(|(_, least)| rank < least) {
                 victim = Some((index, rank));
             }
@@ -265,6 +290,7 @@ impl<V: Value, K: Kept> CounterTable<V, K> {
                     slots: HashTable::new(),
                     made: 0,
                     dice: seed.wrapping_mul(i as u64 * 2 + 1) | 1,
+                    arrivals: None,
                 })
             })
             .collect();
@@ -317,8 +343,16 @@ impl<V: Value, K: Kept> CounterTable<V, K> {
             .slots
             .find(id.table_bits, |slot| slot.id == id)
             .is_none();
+        let mut heat = 0;
         if absent {
             if shard.slots.len() >= self.layout.per_shard {
+                let per_shard = self.layout.per_shard;
+                heat = shard
+                    .arrivals
+                    .get_or_insert_with(|| {
+                        Arrivals::new(sketch_width(per_shard), HALVE_AFTER * per_shard)
+                    })
+                    .add(id.table_bits);
                 shard.evict_one(now);
                 self.evictions.fetch_add(1, Ordering::Relaxed);
             } else {
@@ -334,6 +368,7 @@ impl<V: Value, K: Kept> CounterTable<V, K> {
                 .or_insert_with(|| Slot {
                     id,
                     born,
+                    heat,
                     value: V::default(),
                     kept: K::keep(key),
                 });
@@ -351,11 +386,16 @@ impl<V: Value, K: Kept> CounterTable<V, K> {
         self.evictions.load(Ordering::Relaxed)
     }
 
-    /// Bytes the shards' tables hold now.
+    /// Bytes the shards' tables (and sketches) hold now.
     pub fn bytes(&self) -> usize {
+        let sketch = Arrivals::bytes_for(sketch_width(self.layout.per_shard));
         self.shards
             .iter()
-            .map(|shard| shard.read().slots.allocation_size())
+            .map(|shard| {
+                let shard = shard.read();
+                let arrivals = if shard.arrivals.is_some() { sketch } else { 0 };
+                shard.slots.allocation_size() + arrivals
+            })
             .sum()
     }
 
@@ -457,6 +497,24 @@ mod tests {
         assert_eq!(table.len(), 8, "never more than the cap");
         assert_eq!(table.evictions(), 193);
         assert!(table.bytes() > 0);
+    }
+
+    #[test]
+    fn a_key_evicted_that_comes_back_outlives_keys_seen_once() {
+        let table = table(1_000);
+        let mut flood = 0..;
+        let mut flood_once = |n: usize| {
+            for i in flood.by_ref().take(n) {
+                make(&table, &format!("flood-{i}"), 1);
+            }
+        };
+        flood_once(1_000);
+        make(&table, "returning", 1);
+        flood_once(2_000);
+        assert!(!has(&table, "returning"), "seen once, it went with the flood");
+        make(&table, "returning", 1);
+        flood_once(10_000);
+        assert!(has(&table, "returning"), "seen twice, it outranks the flood");
     }
 
     #[test]

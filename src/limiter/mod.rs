@@ -16,6 +16,7 @@
 //! count is made at once ([`Limiter::decide_now`]), with Redis it is awaited.
 
 pub mod clock;
+mod arrivals;
 mod counter_table;
 mod key;
 mod memory;
