@@ -23,6 +23,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+#[path = "support/flood_bench.rs"]
+mod flood_bench;
 #[path = "support/lean_client.rs"]
 mod lean_client;
 #[path = "support/reload_bench.rs"]
@@ -65,6 +67,9 @@ enum Cmd {
     Reload(reload_bench::ReloadArgs),
     /// Decision latency across sweeps of ended windows, with millions of live keys.
     Sweep(sweep_bench::SweepArgs),
+    /// A flood of made-up keys into a small counter budget: errors, heavy keys, a newcomer,
+    /// memory; then memory per counter with long values.
+    Flood(flood_bench::FloodArgs),
 }
 
 #[derive(clap::Args)]
@@ -169,6 +174,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Cmd::Instructions(args) => instructions(args)?,
         Cmd::Reload(args) => reload_bench::reload(args)?,
         Cmd::Sweep(args) => sweep_bench::sweep(args)?,
+        Cmd::Flood(args) => flood_bench::flood_bench(args)?,
     }
     Ok(())
 }

@@ -25,9 +25,9 @@ fn probe(addr: &str, seconds: f64) -> Result<serde_json::Value, Box<dyn std::err
 }
 
 pub fn sweep(args: SweepArgs) -> Result<(), Box<dyn std::error::Error>> {
-    // Room for every key, whatever the default cap.
-    let cap = (args.keys + 100_000).to_string();
-    let flags = ["--max-counters", cap.as_str()];
+    // Room for every key (~150 bytes each at most), whatever the default budget.
+    let budget = ((args.keys + 100_000) * 150).to_string();
+    let flags = ["--max-counter-memory", budget.as_str()];
     let server = Server::start(&args.binaries, Kind::Ratelimitd(&flags), None)?;
     let empty = probe(&server.addr, args.seconds)?;
     let keys = args.keys.to_string();

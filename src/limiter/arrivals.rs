@@ -1,68 +1,69 @@
-//! How often keys have lately arrived at a full shard of the counter table: a count-min sketch
-//! that outlives the entries the table evicts, so that a key the table keeps forgetting (it
-//! comes back slower than a flood turns the table over) is still known to come back, and
+//! Which keys have lately arrived at a full shard of the counter table: a two-generation Bloom
+//! filter that outlives the entries the table evicts, so that a key the table keeps forgetting
+//! (it comes back slower than a flood turns the table over) is still known to come back, and
 //! outranks keys seen once.
 //!
-//! Four rows of one-byte counters; an arrival raises its counter in each row and reads the
-//! least of the four, which is at least the true count since the last halving (counters of
-//! other keys only ever add to it). Every `halve_after` arrivals every counter is halved, so
-//! the sketch follows what arrives now rather than all that ever did.
+//! Each generation holds up to `per_generation` keys at about ten bits each (a false "seen
+//! before" about 1 % of the time at its fullest); a key is looked up in both and added to the
+//! current one. When the current generation is full it becomes the previous one and a cleared
+//! one takes its place, so a key is remembered for one to two generations of arrivals.
 
-/// Rows of counters; each takes its index from its own 16 bits of the key's hash.
-const ROWS: usize = 4;
+/// Bits per key a generation holds.
+const BITS_PER_KEY: usize = 10;
+/// Bits set per key: with ten bits per key, 1 % false positives at the fullest.
+const HASHES: u64 = 6;
 
-/// A count-min sketch of arrivals.
+/// Two generations of a Bloom filter of arrivals.
 pub struct Arrivals {
-    counts: Box<[u8]>,
-    /// Counters per row, a power of two no larger than 2¹⁶.
-    width: usize,
+    current: Box<[u64]>,
+    previous: Box<[u64]>,
+    /// Bits per generation, a multiple of 64.
+    bits: u64,
     added: usize,
-    halve_after: usize,
+    per_generation: usize,
 }
 
 impl Arrivals {
-    /// A sketch of `ROWS` rows of `width` counters (rounded to a power of two, at most 2¹⁶),
-    /// halved every `halve_after` arrivals.
-    pub fn new(width: usize, halve_after: usize) -> Arrivals {
-        let width = width.next_power_of_two().clamp(1, 1 << 16);
+    /// Filters of `per_generation` keys each.
+    pub fn new(per_generation: usize) -> Arrivals {
+        let words = Arrivals::words_for(per_generation);
         Arrivals {
-            counts: vec![0; ROWS * width].into_boxed_slice(),
-            width,
+            current: vec![0; words].into_boxed_slice(),
+            previous: vec![0; words].into_boxed_slice(),
+            bits: words as u64 * 64,
             added: 0,
-            halve_after: halve_after.max(1),
+            per_generation: per_generation.max(1),
         }
     }
 
-    /// Bytes a sketch of `width` counters per row takes.
-    pub fn bytes_for(width: usize) -> usize {
-        ROWS * width.next_power_of_two().clamp(1, 1 << 16)
+    fn words_for(per_generation: usize) -> usize {
+        (per_generation.max(1) * BITS_PER_KEY).div_ceil(64)
     }
 
-    /// Counts one arrival of the key whose (uniform) hash is `bits`; returns its estimate.
-    ///
-    /// Conservative update: only the counters at the least are raised (the others already
-    /// count more than this key's arrivals), which keeps the noise from other keys low.
-    pub fn add(&mut self, bits: u64) -> u8 {
-        let columns: [usize; ROWS] = std::array::from_fn(|row| {
-            row * self.width + ((bits >> (16 * row)) as usize & (self.width - 1))
-        });
-        let least = columns
-            .iter()
-            .map(|&i| self.counts[i])
-            .min()
-            .unwrap_or(0)
-            .saturating_add(1);
-        for &i in &columns {
-            self.counts[i] = self.counts[i].max(least);
-        }
-        self.added += 1;
-        if self.added >= self.halve_after {
-            self.added = 0;
-            for count in self.counts.iter_mut() {
-                *count /= 2;
+    /// Bytes the filters for `per_generation` keys take.
+    pub fn bytes_for(per_generation: usize) -> usize {
+        2 * 8 * Arrivals::words_for(per_generation)
+    }
+
+    /// Records an arrival of the key whose (uniform, independent) hashes are `one` and `two`;
+    /// whether it had arrived before, within the last one to two generations.
+    pub fn arrive(&mut self, one: u64, two: u64) -> bool {
+        let positions = (0..HASHES).map(|i| one.wrapping_add(i.wrapping_mul(two | 1)) % self.bits);
+        let bit = |words: &[u64], at: u64| words[(at / 64) as usize] & (1 << (at % 64)) != 0;
+        let in_current = positions.clone().all(|at| bit(&self.current, at));
+        let seen = in_current || positions.clone().all(|at| bit(&self.previous, at));
+        if !in_current {
+            for at in positions {
+                self.current[(at / 64) as usize] |= 1 << (at % 64);
+            }
+            self.added += 1;
+            if self.added >= self.per_generation {
+                self.added = 0;
+                std::mem::swap(&mut self.current, &mut self.previous);
+                self.current.fill(0);
             }
         }
-        least
+        seen
     }
 }
 
@@ -70,28 +71,39 @@ impl Arrivals {
 mod tests {
     use super::Arrivals;
 
-    #[test]
-    fn a_key_that_comes_back_outranks_keys_seen_once() {
-        let mut sketch = Arrivals::new(1024, 1_000_000);
-        let returning = 0x1234_5678_9abc_def0;
-        for round in 1..=5u8 {
-            assert_eq!(sketch.add(returning), round);
-            // Keys seen once between its arrivals.
-            for i in 0..200u64 {
-                sketch.add(i.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(round));
-            }
-        }
-        assert_eq!(sketch.add(returning), 6);
-        assert!(sketch.add(0xdead_beef_0bad_cafe) <= 2);
+    fn mix(i: u64) -> (u64, u64) {
+        let a = i.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        (
+            a ^ (a >> 29),
+            a.rotate_left(31).wrapping_mul(0xBF58_476D_1CE4_E5B9),
+        )
     }
 
     #[test]
-    fn counts_are_halved_as_they_age() {
-        let mut sketch = Arrivals::new(64, 10);
-        for _ in 0..9 {
-            sketch.add(7);
+    fn a_key_is_known_for_one_to_two_generations() {
+        let mut seen = Arrivals::new(1_000);
+        let (one, two) = mix(u64::MAX);
+        assert!(!seen.arrive(one, two), "first arrival");
+        assert!(seen.arrive(one, two));
+        for i in 0..1_500 {
+            seen.arrive(mix(i).0, mix(i).1);
         }
-        assert_eq!(sketch.add(7), 10, "the tenth arrival is counted, then halved");
-        assert_eq!(sketch.add(7), 6);
+        assert!(
+            seen.arrive(one, two),
+            "still known a generation and a half later"
+        );
+        for i in 10_000..12_500 {
+            seen.arrive(mix(i).0, mix(i).1);
+        }
+        assert!(!seen.arrive(one, two), "forgotten after two generations");
+    }
+
+    #[test]
+    fn keys_seen_once_are_seldom_taken_for_returning_ones() {
+        let mut seen = Arrivals::new(10_000);
+        let wrong = (0..9_000u64)
+            .filter(|&i| seen.arrive(mix(i).0, mix(i).1))
+            .count();
+        assert!(wrong < 90, "{wrong} of 9,000 new keys taken as seen before");
     }
 }

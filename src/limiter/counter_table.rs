@@ -19,10 +19,10 @@
 //! random from that shard: one whose windows have all ended if there is one, else the one of
 //! least weight, the oldest of those. An entry's weight is its highest count in a live window
 //! (evicting it can admit again at most the hits it forgets, so the fewest hits are forgotten),
-//! or, if higher, how often its key had arrived at the full shard when it was made (its
-//! *heat*, from a sketch of [`Arrivals`] that outlives evictions): a key that comes back slower
-//! than a flood turns the table over is evicted once or twice, then outranks the keys seen
-//! once. A flood of one-hit keys thus evicts its own kind, first in, first out, and a key
+//! and at least two if its key had arrived at the full shard before (a filter of [`Arrivals`]
+//! that outlives evictions says so) and the shard has not turned over [`REMEMBERED`] times
+//! since: a key that comes back slower than a flood turns the table over is evicted once, then
+//! outranks the keys seen once. A flood of one-hit keys thus evicts its own kind, first in, first out, and a key
 //! counting towards its limit, or coming back, outlives them.
 
 use std::cmp::Reverse;
@@ -82,17 +82,21 @@ const MAX_SHARD_BUCKETS: usize = 1 << 14;
 /// Fewest buckets a shard may grow to (hashbrown's smallest table with a 7/8 load).
 const MIN_SHARD_BUCKETS: usize = 16;
 
+/// Bytes a hashbrown table allocates besides its buckets: a group of trailing control bytes
+/// and the alignment of the slots.
+const TABLE_OVERHEAD: usize = 32;
+
 /// Shards wanted at the least, budget allowing: fewer entries per lock.
 const TARGET_SHARDS: usize = 512;
 
-/// A full shard's sketch of arrivals is halved after this many times its entries arrive: it
-/// remembers the last few turnovers of the shard.
-const HALVE_AFTER: usize = 4;
+/// Turnovers of a full shard (its entries, replaced) that a key's arrival is remembered for,
+/// at the least: under a flood of 750,000 keys a second into room for 100,000, a turnover
+/// lasts 0.14 s, so a key that comes back within half a second is known to.
+const REMEMBERED: usize = 6;
 
-/// Counters per row of a shard's sketch: four per entry it may hold, so that one-hit keys
-/// seldom look like keys seen twice.
-fn sketch_width(per_shard: usize) -> usize {
-    (per_shard * 4).next_power_of_two()
+/// Keys per generation of a shard's filter of arrivals (remembered for one to two of them).
+fn generation(per_shard: usize) -> usize {
+    REMEMBERED * per_shard
 }
 
 /// How a budget is split: `shards` tables of at most `buckets` buckets, each holding at most
@@ -111,8 +115,9 @@ impl Layout {
     /// number per shard), for buckets of `bucket_bytes`.
     pub fn new(bytes: usize, max_entries: usize, bucket_bytes: usize) -> Layout {
         let shard_bytes = |buckets: usize| {
-            let sketch = Arrivals::bytes_for(sketch_width(buckets * 7 / 16));
-            buckets.saturating_mul(bucket_bytes).saturating_add(sketch)
+            let sketch = Arrivals::bytes_for(generation(buckets * 7 / 16));
+            let table = buckets.saturating_mul(bucket_bytes) + TABLE_OVERHEAD;
+            table.saturating_add(sketch)
         };
         let mut buckets = MAX_SHARD_BUCKETS;
         while buckets > MIN_SHARD_BUCKETS && bytes / shard_bytes(buckets) < TARGET_SHARDS {
@@ -142,8 +147,8 @@ impl Layout {
 
     /// The most bytes the shards' tables and sketches take.
     pub fn bytes(&self) -> usize {
-        let sketch = Arrivals::bytes_for(sketch_width(self.per_shard));
-        self.shards * (self.buckets * self.bucket_bytes + sketch)
+        let sketch = Arrivals::bytes_for(generation(self.per_shard));
+        self.shards * (self.buckets * self.bucket_bytes + TABLE_OVERHEAD + sketch)
     }
 }
 
@@ -185,8 +190,9 @@ struct Slot<V, K> {
     id: Id,
     /// The shard's count of entries made when this one was: its age.
     born: u32,
-    /// How often its key had arrived at the full shard when it was made (see [`Arrivals`]).
-    heat: u8,
+    /// Whether its key had arrived at the full shard before, when it was made (see
+    /// [`Arrivals`]).
+    returning: bool,
     value: V,
     kept: K,
 }
@@ -217,7 +223,7 @@ impl<V: Value, K: Kept> Shard<V, K> {
 
     /// Removes the entry that matters least among [`SAMPLE`] drawn at random; see the module
     /// documentation.
-    fn evict_one(&mut self, now: Duration) {
+    fn evict_one(&mut self, now: Duration, per_shard: usize) {
         let buckets = self.slots.num_buckets();
         if buckets == 0 {
             return;
@@ -241,7 +247,9 @@ impl<V: Value, K: Kept> Shard<V, K> {
                 break;
             }
             let age = self.made.wrapping_sub(slot.born);
-            let weight = slot.value.weight(now).max(u64::from(slot.heat));
+            // A returning key weighs as two hits while the sketch remembers its arrival.
+            let remembered = slot.returning && (age as usize) < REMEMBERED * per_shard;
+            let weight = slot.value.weight(now).max(2 * u64::from(remembered));
             let rank = (weight, Reverse(age));
             if victim.is_none_or(|(_, least)| rank < least) {
                 victim = Some((index, rank));
@@ -343,17 +351,15 @@ impl<V: Value, K: Kept> CounterTable<V, K> {
             .slots
             .find(id.table_bits, |slot| slot.id == id)
             .is_none();
-        let mut heat = 0;
+        let mut returning = false;
         if absent {
             if shard.slots.len() >= self.layout.per_shard {
                 let per_shard = self.layout.per_shard;
-                heat = shard
+                returning = shard
                     .arrivals
-                    .get_or_insert_with(|| {
-                        Arrivals::new(sketch_width(per_shard), HALVE_AFTER * per_shard)
-                    })
-                    .add(id.table_bits);
-                shard.evict_one(now);
+                    .get_or_insert_with(|| Arrivals::new(generation(per_shard)))
+                    .arrive(id.table_bits, id.shard_bits);
+                shard.evict_one(now, per_shard);
                 self.evictions.fetch_add(1, Ordering::Relaxed);
             } else {
                 self.live.fetch_add(1, Ordering::Relaxed);
@@ -368,7 +374,7 @@ impl<V: Value, K: Kept> CounterTable<V, K> {
                 .or_insert_with(|| Slot {
                     id,
                     born,
-                    heat,
+                    returning,
                     value: V::default(),
                     kept: K::keep(key),
                 });
@@ -388,7 +394,7 @@ impl<V: Value, K: Kept> CounterTable<V, K> {
 
     /// Bytes the shards' tables (and sketches) hold now.
     pub fn bytes(&self) -> usize {
-        let sketch = Arrivals::bytes_for(sketch_width(self.layout.per_shard));
+        let sketch = Arrivals::bytes_for(generation(self.layout.per_shard));
         self.shards
             .iter()
             .map(|shard| {
@@ -511,10 +517,19 @@ mod tests {
         flood_once(1_000);
         make(&table, "returning", 1);
         flood_once(2_000);
-        assert!(!has(&table, "returning"), "seen once, it went with the flood");
+        assert!(
+            !has(&table, "returning"),
+            "seen once, it went with the flood"
+        );
         make(&table, "returning", 1);
-        flood_once(10_000);
-        assert!(has(&table, "returning"), "seen twice, it outranks the flood");
+        flood_once(4_000);
+        assert!(
+            has(&table, "returning"),
+            "seen twice, it outranks the flood"
+        );
+        make(&table, "returning", 2);
+        flood_once(20_000);
+        assert!(has(&table, "returning"), "counted twice, it stays");
     }
 
     #[test]

@@ -15,8 +15,8 @@
 //! around them does not change. A decision is one path, plan → count → conclude; in memory the
 //! count is made at once ([`Limiter::decide_now`]), with Redis it is awaited.
 
-pub mod clock;
 mod arrivals;
+pub mod clock;
 mod counter_table;
 mod key;
 mod memory;
