@@ -102,6 +102,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let rls =
         RateLimitServiceServer::new(Noop(answer)).max_decoding_message_size(MAX_REQUEST_BYTES);
-    ratelimitd::server::serve(listener, rls, |_| {}, stop).await?;
+    let connections = ratelimitd::server::connection_cap::Connections::new(
+        ratelimitd::server::connection_cap::default_max_connections(),
+    );
+    ratelimitd::server::serve(listener, connections, rls, |_| {}, stop).await?;
     Ok(())
 }

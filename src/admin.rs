@@ -28,6 +28,7 @@ use tokio::net::TcpListener;
 use tonic::Code;
 
 use crate::proto;
+use crate::server::connection_cap::Connections;
 use crate::service::{Answer, MAX_REQUEST_BYTES, RlsService};
 
 /// Why the admin server could not start or run.
@@ -43,15 +44,21 @@ pub enum AdminError {
 #[derive(Clone)]
 pub struct Admin {
     service: Arc<RlsService>,
+    connections: Arc<Connections>,
     /// False once shutdown began.
     serving: Arc<AtomicBool>,
     json: Arc<JsonCodec>,
 }
 
 impl Admin {
-    pub fn new(service: Arc<RlsService>, serving: Arc<AtomicBool>) -> Result<Admin, AdminError> {
+    pub fn new(
+        service: Arc<RlsService>,
+        serving: Arc<AtomicBool>,
+        connections: Arc<Connections>,
+    ) -> Result<Admin, AdminError> {
         Ok(Admin {
             service,
+            connections,
             serving,
             json: Arc::new(JsonCodec::new()?),
         })
@@ -101,11 +108,11 @@ async fn healthcheck(State(admin): State<Admin>) -> Response {
 async fn metrics(State(admin): State<Admin>) -> Response {
     let limiter = admin.service.limiter();
     let backend = limiter.backend();
-    let text = admin
-        .service
-        .rules()
-        .metrics()
-        .render(limiter.store().usage(), backend);
+    let text = admin.service.rules().metrics().render(
+        limiter.store().usage(),
+        admin.connections.usage(),
+        backend,
+    );
     (
         [(
             header::CONTENT_TYPE,

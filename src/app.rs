@@ -44,6 +44,8 @@ pub struct Settings {
     /// Replicas counting in the same Redis: while Redis is away, a replica counting locally
     /// takes one share in this many of what Redis said was left.
     pub replicas: u32,
+    /// The most gRPC connections open at once; one more closes the idlest.
+    pub max_connections: usize,
     /// Where to look for new rules; `None`: the rules never change.
     pub reload: Option<ReloadSettings>,
     /// Where counters live.
@@ -77,6 +79,7 @@ impl Default for Settings {
             max_metric_values: crate::metrics::DEFAULT_MAX_METRIC_VALUES,
             shadow_mode: false,
             replicas: 1,
+            max_connections: crate::server::connection_cap::default_max_connections(),
             reload: None,
             backend: Backend::Memory,
         }
@@ -182,11 +185,16 @@ pub async fn serve(
     let service = Arc::new(service);
 
     let serving = Arc::new(AtomicBool::new(true));
+    let connections = server::connection_cap::Connections::new(settings.max_connections);
     metrics.set_serving(true);
     let (admin_stop_tx, mut admin_stop) = watch::channel(false);
     let admin_task = match listeners.http {
         Some(http) => {
-            let admin = Admin::new(Arc::clone(&service), Arc::clone(&serving))?;
+            let admin = Admin::new(
+                Arc::clone(&service),
+                Arc::clone(&serving),
+                Arc::clone(&connections),
+            )?;
             let stop = async move {
                 let _ = admin_stop.wait_for(|stop| *stop).await;
             };
@@ -222,6 +230,7 @@ pub async fn serve(
     };
     let grpc = server::serve(
         listeners.grpc,
+        Arc::clone(&connections),
         server::RlsRoute::new(service),
         move |health| {
             let _ = health_tx.send(Some(health));

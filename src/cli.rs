@@ -103,6 +103,10 @@ pub struct Serve {
     /// container's memory limit, else 1GiB. When full, a new key evicts the key counted least.
     #[arg(long, env = "RATELIMITD_MAX_COUNTER_MEMORY", value_parser = counter_memory)]
     pub max_counter_memory: Option<usize>,
+    /// The most gRPC connections open at once; one more closes the connection idle longest.
+    /// Default: the open-file limit less 1,024, between 64 and 10,000.
+    #[arg(long, env = "RATELIMITD_MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: Option<u64>,
     /// The most descriptor keys counted in memory at once (besides the bytes); default: as many
     /// as the bytes allow.
     #[arg(long, env = "RATELIMITD_MAX_COUNTERS", value_parser = clap::value_parser!(u64).range(1..))]
@@ -150,6 +154,10 @@ impl Serve {
             max_metric_values: self.max_metric_values,
             shadow_mode: self.shadow_mode,
             replicas: self.replicas,
+            max_connections: self.max_connections.map_or_else(
+                ratelimitd::server::connection_cap::default_max_connections,
+                |n| usize::try_from(n).unwrap_or(usize::MAX),
+            ),
             backend,
             reload: Some(ReloadSettings {
                 path: self.config.clone(),

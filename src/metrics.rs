@@ -23,6 +23,7 @@ use prometheus::{
 
 use crate::limiter::{BackendSnapshot, MemoryUsage, WindowOutcome};
 use crate::rules::{MetricNaming, RuleEntry, RuleSet, Window};
+use crate::server::connection_cap::ConnectionUsage;
 
 /// Above this share of a limit, hits count as `near_limit` (envoyproxy/ratelimit's default).
 pub const NEAR_LIMIT_RATIO: f32 = 0.8;
@@ -45,6 +46,8 @@ pub struct Metrics {
     counter_memory_bytes: IntGauge,
     counter_memory_budget_bytes: IntGauge,
     counter_evictions: IntCounter,
+    grpc_connections: IntGauge,
+    grpc_connections_closed_for_room: IntCounter,
     serving: IntGauge,
     backend_up: IntGauge,
     backend_errors: IntCounter,
@@ -264,6 +267,14 @@ impl Metrics {
                 "ratelimitd_counter_evictions_total",
                 "Keys evicted from a full counter table to make room for new ones.",
             )?,
+            grpc_connections: gauge(
+                "ratelimitd_grpc_connections",
+                "gRPC connections open (at most --max-connections).",
+            )?,
+            grpc_connections_closed_for_room: counter(
+                "ratelimitd_grpc_connections_closed_for_room_total",
+                "Idle gRPC connections closed to make room for new ones (--max-connections).",
+            )?,
             serving: gauge(
                 "ratelimitd_serving",
                 "1 while serving, 0 while draining before exit.",
@@ -395,13 +406,22 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric, with what the counters in memory hold
     /// and, in Redis mode, the backend's state.
-    pub fn render(&self, memory: MemoryUsage, backend: Option<BackendSnapshot>) -> String {
+    pub fn render(
+        &self,
+        memory: MemoryUsage,
+        connections: ConnectionUsage,
+        backend: Option<BackendSnapshot>,
+    ) -> String {
         let gauge = |gauge: &IntGauge, value: usize| {
             gauge.set(i64::try_from(value).unwrap_or(i64::MAX));
         };
         gauge(&self.counters_in_memory, memory.keys);
         gauge(&self.counter_memory_bytes, memory.bytes);
         gauge(&self.counter_memory_budget_bytes, memory.budget_bytes);
+        gauge(&self.grpc_connections, connections.open);
+        let closed = self.grpc_connections_closed_for_room.get();
+        self.grpc_connections_closed_for_room
+            .inc_by(connections.closed_for_room.saturating_sub(closed));
         let evicted = self.counter_evictions.get();
         self.counter_evictions
             .inc_by(memory.evictions.saturating_sub(evicted));

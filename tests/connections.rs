@@ -203,3 +203,81 @@ async fn out_of_descriptors_the_grpc_port_waits_and_recovers() {
     assert!(answered, "a new client is served once descriptors are free");
     rl.stop();
 }
+
+/// More idle connections than `--max-connections`: the idlest are closed to make room, so a
+/// fresh client (a restarted Envoy) is served, and a rule change still applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_max_connections_the_idlest_are_closed_and_a_new_client_is_served() {
+    use std::io::Read;
+    let rules = tempfile::tempdir().unwrap();
+    let file = rules.path().join("r.yaml");
+    std::fs::write(&file, "domain: d\ndescriptors:\n  - key: k\n").unwrap();
+    let rl = Ratelimitd::start_with(rules.path(), 0, &["--max-connections", "50"]);
+    let idle: Vec<std::net::TcpStream> = (0..100)
+        .map(|_| std::net::TcpStream::connect(&rl.addr).unwrap())
+        .collect();
+    // A fresh client is served, after the 100 idle ones were accepted.
+    let scrape = || common::http_get(&rl.http_addr, "/metrics").1;
+    common::process::wait_until(Duration::from_secs(10), "100 accepted", || {
+        let closed = common::metric(
+            &scrape(),
+            "ratelimitd_grpc_connections_closed_for_room_total",
+        );
+        (closed >= 50.0).then_some(())
+    });
+    let mut client = common::Client::connect(format!("http://{}", rl.addr))
+        .await
+        .unwrap();
+    let shadow = common::request("d", vec![common::descriptor(&[("k", "v")])]);
+    let answer = tokio::time::timeout(Duration::from_secs(5), client.should_rate_limit(shadow))
+        .await
+        .expect("the fresh client is answered within 5 s")
+        .expect("an answer");
+    assert_eq!(answer.into_inner().overall_code, 1, "OK");
+    let metrics = scrape();
+    assert!(common::metric(&metrics, "ratelimitd_grpc_connections") <= 50.0);
+    // The idle connections closed by the server read end-of-stream (after the server's
+    // SETTINGS, if it sent them); an open one times out.
+    let closed = idle
+        .iter()
+        .filter(|stream| {
+            let mut stream = *stream;
+            stream
+                .set_read_timeout(Some(Duration::from_millis(20)))
+                .unwrap();
+            let mut bytes = [0u8; 256];
+            loop {
+                match stream.read(&mut bytes) {
+                    Ok(0) => return true,
+                    Ok(_) => continue,
+                    Err(e) => return e.kind() == std::io::ErrorKind::ConnectionReset,
+                }
+            }
+        })
+        .count();
+    assert!(closed >= 50, "{closed} of 100 idle connections closed");
+    // A rule change still applies: the reloader is not out of file descriptors.
+    std::fs::write(
+        &file,
+        "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: minute, requests_per_unit: 0}\n",
+    )
+    .unwrap();
+    let mut refused = false;
+    for _ in 0..100 {
+        let request = common::request("d", vec![common::descriptor(&[("k", "v")])]);
+        let code = client
+            .should_rate_limit(request)
+            .await
+            .unwrap()
+            .into_inner()
+            .overall_code;
+        if code == 2 {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(refused, "the new rule (0 a minute) applies");
+    drop(idle);
+    rl.stop();
+}

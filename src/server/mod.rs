@@ -2,6 +2,7 @@
 //! (v1, and v1alpha for grpcurl 1.8, which asks only v1alpha), on a listener already bound.
 
 mod batched_io;
+pub mod connection_cap;
 mod rls;
 
 use std::convert::Infallible;
@@ -16,6 +17,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::proto;
+use connection_cap::{Connections, Tracked};
 pub use rls::RlsRoute;
 
 /// Streams one connection may have open at once (HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`);
@@ -45,19 +47,24 @@ const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100
 
 /// The accepted connections of `listener`: TCP_NODELAY (an answer is one small write; Nagle's
 /// algorithm would hold it back until the peer's delayed ACK, ~40 ms, twice Envoy's default
-/// timeout), TCP keepalive, batched writes, and a pause after a failed accept.
+/// timeout), TCP keepalive, batched writes, a pause after a failed accept, and at most as many
+/// open as `connections` allows.
 fn incoming(
     listener: TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<batched_io::BatchedIo>> {
+    connections: std::sync::Arc<Connections>,
+) -> impl tokio_stream::Stream<Item = std::io::Result<Tracked<batched_io::BatchedIo>>> {
     let accepted = TcpIncoming::from(listener)
         .with_nodelay(Some(true))
         .with_keepalive(Some(KEEPALIVE_INTERVAL));
-    futures_util::StreamExt::then(accepted, |accepted| async move {
-        if let Err(error) = &accepted {
-            tracing::warn!(%error, "cannot accept a gRPC connection; trying again in 100 ms");
-            tokio::time::sleep(ACCEPT_BACKOFF).await;
+    futures_util::StreamExt::then(accepted, move |accepted| {
+        let connections = std::sync::Arc::clone(&connections);
+        async move {
+            if let Err(error) = &accepted {
+                tracing::warn!(%error, "cannot accept a gRPC connection; trying again in 100 ms");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+            accepted.map(|stream| connections.admit(batched_io::BatchedIo(stream)))
         }
-        accepted.map(batched_io::BatchedIo)
     })
 }
 
@@ -89,8 +96,9 @@ impl Health {
     }
 }
 
-/// Serves the rate-limit service `rls` (ratelimitd's [`RlsRoute`]) on `listener` until
-/// `shutdown` completes, then lets in-flight calls finish.
+/// Serves the rate-limit service `rls` (ratelimitd's [`RlsRoute`]) on `listener`, with at
+/// most as many connections open as `connections` allows, until `shutdown` completes, then
+/// lets in-flight calls finish.
 ///
 /// Generic over the route so that the load benchmark's no-op baseline (a generated
 /// `RateLimitServiceServer`) runs on exactly this stack. `health_ready` receives the health
@@ -98,6 +106,7 @@ impl Health {
 /// accepting.
 pub async fn serve<R>(
     listener: TcpListener,
+    connections: std::sync::Arc<Connections>,
     rls: R,
     health_ready: impl FnOnce(Health),
     shutdown: impl Future<Output = ()>,
@@ -136,7 +145,7 @@ where
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(incoming(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming(listener, connections), shutdown)
         .await?;
     Ok(())
 }
