@@ -148,10 +148,11 @@ pub struct RuleCounters {
 /// Why a metric could not be set up: a programming error (a duplicate name), reported at start.
 pub type MetricsError = prometheus::Error;
 
-/// Decision latency buckets, in seconds: a decision takes microseconds; Envoy gives up at 20 ms.
+/// Decision latency buckets, in seconds: a decision takes microseconds; Envoy gives up at 20 ms;
+/// the last three tell a stall (a call held up to a second) from a slow decision.
 const DECISION_BUCKETS: &[f64] = &[
     0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005,
-    0.01, 0.02, 0.05,
+    0.01, 0.02, 0.05, 0.1, 0.25, 1.0,
 ];
 
 impl Metrics {

@@ -281,3 +281,47 @@ async fn past_max_connections_the_idlest_are_closed_and_a_new_client_is_served()
     drop(idle);
     rl.stop();
 }
+
+/// A call whose body arrives late is measured from its arrival: the decision-latency histogram
+/// shows the whole time a call waits, not only the decision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_latency_histogram_counts_from_the_call_s_arrival() {
+    use prost::Message;
+    let (_rules, rl) = server();
+    let tcp = tokio::net::TcpStream::connect(&rl.addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    let driver = tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let head = tonic::codegen::http::Request::post(format!(
+        "http://{}/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit",
+        rl.addr
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(())
+    .unwrap();
+    let (answer, mut body) = client.send_request(head, false).unwrap();
+    // The headers are in; the message follows 300 ms later.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let message = common::request("d", vec![common::descriptor(&[("k", "v")])]).encode_to_vec();
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&u32::try_from(message.len()).unwrap().to_be_bytes());
+    framed.extend_from_slice(&message);
+    body.send_data(framed.into(), true).unwrap();
+    let answer = answer.await.unwrap();
+    assert_eq!(answer.status(), 200);
+    let mut answer = answer.into_body();
+    while let Some(chunk) = answer.data().await {
+        chunk.unwrap();
+    }
+    let scrape = common::http_get(&rl.http_addr, "/metrics").1;
+    let quick = common::metric(
+        &scrape,
+        r#"ratelimitd_decision_duration_seconds_bucket{le="0.25"}"#,
+    );
+    let all = common::metric(&scrape, "ratelimitd_decision_duration_seconds_count");
+    assert_eq!((quick, all), (0.0, 1.0), "the one call took over 250 ms");
+    drop(client);
+    driver.abort();
+    rl.stop();
+}

@@ -62,7 +62,8 @@ where
         if request.uri().path() != SHOULD_RATE_LIMIT {
             return Box::pin(ready(Ok(Status::unimplemented("").into_http())));
         }
-        let method = ShouldRateLimit(Arc::clone(&self.service));
+        // From here: the latency histogram includes reading the body and any wait for a worker.
+        let method = ShouldRateLimit(Arc::clone(&self.service), std::time::Instant::now());
         Box::pin(async move {
             let mut grpc = Grpc::new(RlsCodec).max_decoding_message_size(MAX_REQUEST_BYTES);
             Ok(grpc.unary(method, request).await)
@@ -70,8 +71,8 @@ where
     }
 }
 
-/// `ShouldRateLimit` on the request's bytes.
-struct ShouldRateLimit(Arc<RlsService>);
+/// `ShouldRateLimit` on the request's bytes, for a call that arrived at the instant given.
+struct ShouldRateLimit(Arc<RlsService>, std::time::Instant);
 
 type Answered = Result<tonic::Response<Answer>, Status>;
 type Waiting = BoxFuture<'static, Result<Answer, Status>>;
@@ -82,7 +83,7 @@ impl UnaryService<Bytes> for ShouldRateLimit {
 
     fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
         let respond: fn(Result<Answer, Status>) -> Answered = |a| a.map(tonic::Response::new);
-        match self.0.decide(request.into_inner()) {
+        match self.0.decide_since(request.into_inner(), self.1) {
             Decided::Now(answer) => Either::Left(ready(respond(answer))),
             Decided::Later(answer) => Either::Right(answer.map(respond)),
         }

@@ -81,20 +81,27 @@ impl RlsService {
     /// At debug level, each decision is a span with the domain and the outcome (never a
     /// descriptor value: API keys are secrets).
     pub fn decide(self: &Arc<Self>, message: Bytes) -> Decided {
-        match self.decide_now(&message) {
+        self.decide_since(message, Instant::now())
+    }
+
+    /// [`RlsService::decide`] for a call that arrived at `arrived`: the latency histogram
+    /// measures from then, so time the call waited before it was read (behind a busy worker,
+    /// or for its body) shows.
+    pub fn decide_since(self: &Arc<Self>, message: Bytes, arrived: Instant) -> Decided {
+        match self.decide_now(&message, arrived) {
             Some(answer) => Decided::Now(answer),
             None => {
                 let service = Arc::clone(self);
-                Decided::Later(Box::pin(
-                    async move { service.decide_later(&message).await },
-                ))
+                Decided::Later(Box::pin(async move {
+                    service.decide_later(&message, arrived).await
+                }))
             }
         }
     }
 
     /// The decision when it must wait for the store (Redis).
-    async fn decide_later(&self, message: &[u8]) -> Result<Answer, Status> {
-        let started = self.record.then(Instant::now);
+    async fn decide_later(&self, message: &[u8], arrived: Instant) -> Result<Answer, Status> {
+        let started = self.record.then_some(arrived);
         let (request, now) = match read(message) {
             Ok(read) => read,
             Err(status) => return self.refused(status, started),
@@ -114,11 +121,11 @@ impl RlsService {
 
     /// The decision at once, when counting in memory (where nothing waits); `None` when
     /// counting in Redis.
-    fn decide_now(&self, message: &[u8]) -> Option<Result<Answer, Status>> {
+    fn decide_now(&self, message: &[u8], arrived: Instant) -> Option<Result<Answer, Status>> {
         if self.limiter.backend().is_some() {
             return None;
         }
-        let started = self.record.then(Instant::now);
+        let started = self.record.then_some(arrived);
         let (request, now) = match read(message) {
             Ok(read) => read,
             Err(status) => return Some(self.refused(status, started)),
