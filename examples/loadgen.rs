@@ -23,6 +23,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+#[path = "support/connections_bench.rs"]
+mod connections_bench;
 #[path = "support/flood_bench.rs"]
 mod flood_bench;
 #[path = "support/lean_client.rs"]
@@ -70,6 +72,8 @@ enum Cmd {
     /// A flood of made-up keys into a small counter budget: errors, heavy keys, a newcomer,
     /// memory; then memory per counter with long values.
     Flood(flood_bench::FloodArgs),
+    /// A fresh client's first answer while idle connections fill `--max-connections`.
+    Connections(connections_bench::ConnectionsArgs),
 }
 
 #[derive(clap::Args)]
@@ -175,6 +179,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Cmd::Reload(args) => reload_bench::reload(args)?,
         Cmd::Sweep(args) => sweep_bench::sweep(args)?,
         Cmd::Flood(args) => flood_bench::flood_bench(args)?,
+        Cmd::Connections(args) => connections_bench::connections(args)?,
     }
     Ok(())
 }

@@ -9,6 +9,7 @@
 
 mod error;
 pub mod limits;
+mod tree;
 mod validate;
 mod yaml;
 

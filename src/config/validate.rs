@@ -8,11 +8,9 @@
 
 use std::collections::HashSet;
 
-use saphyr::MarkedYaml;
-use saphyr_parser::Span;
-
 use super::error::ConfigErrorKind;
 use super::limits::{MAX_DESCRIPTOR_DEPTH, MAX_DESCRIPTORS};
+use super::tree::{Data, Node as Yaml, Place};
 use super::yaml::{Field, Reader, is_null};
 use crate::rules::{
     Children, Domain, DuplicateNode, InvalidWindow, Limit, Node, NodeValue, Policy, Unit, Wildcard,
@@ -27,7 +25,7 @@ const LIMIT_FIELDS: &str =
 const REPLACES_FIELDS: &str = "name";
 
 /// Reads a whole rule file; `None` when it has errors (they are in `reader.errors`).
-pub fn domain(reader: &mut Reader<'_>, root: &MarkedYaml<'_>) -> Option<Domain> {
+pub fn domain(reader: &mut Reader<'_>, root: &Yaml<'_>) -> Option<Domain> {
     let fields = reader.fields(root, "the rule file", ROOT_FIELDS)?;
     let mut name = None;
     let mut config_name = None;
@@ -94,7 +92,7 @@ fn descriptors(reader: &mut Reader<'_>, field: &Field<'_, '_>) -> Children {
     children
 }
 
-fn descriptor(reader: &mut Reader<'_>, item: &MarkedYaml<'_>) -> Option<Node> {
+fn descriptor(reader: &mut Reader<'_>, item: &Yaml<'_>) -> Option<Node> {
     let fields = reader.fields(item, "a descriptor", DESCRIPTOR_FIELDS)?;
     let mut key = None;
     let mut value = None;
@@ -182,7 +180,7 @@ struct NodeFlags {
 /// `RESPONSE_DYNAMIC_METADATA` setting is on (off by default). ratelimitd does not send dynamic
 /// metadata, so the mapping is checked and not kept.
 fn metadata(reader: &mut Reader<'_>, field: &Field<'_, '_>) {
-    if !matches!(field.value.data, saphyr::YamlData::Mapping(_)) {
+    if !matches!(field.value.data, Data::Mapping(_)) {
         reader.error(
             field.value.span,
             ConfigErrorKind::WrongType {
@@ -243,10 +241,10 @@ enum ParsedLimit {
     Limited(Limit),
 }
 
-fn limit(reader: &mut Reader<'_>, node: &MarkedYaml<'_>, flags: &NodeFlags) -> Option<ParsedLimit> {
+fn limit(reader: &mut Reader<'_>, node: &Yaml<'_>, flags: &NodeFlags) -> Option<ParsedLimit> {
     let fields = reader.fields(node, "a rate limit", LIMIT_FIELDS)?;
     let errors_before = reader.errors.len();
-    let mut unit: Option<(Unit, Span)> = None;
+    let mut unit: Option<(Unit, Place)> = None;
     let mut requests_per_unit = None;
     let mut unlimited = false;
     let mut name = None;
@@ -338,7 +336,7 @@ fn limit(reader: &mut Reader<'_>, node: &MarkedYaml<'_>, flags: &NodeFlags) -> O
 }
 
 /// `replaces: [{name: …}, …]`, each name with its place for messages.
-fn replaced_names(reader: &mut Reader<'_>, field: &Field<'_, '_>) -> Vec<(String, Span)> {
+fn replaced_names(reader: &mut Reader<'_>, field: &Field<'_, '_>) -> Vec<(String, Place)> {
     let mut names = Vec::new();
     for item in reader.sequence(field).into_iter().flatten() {
         let Some(fields) = reader.fields(item, "a replaces entry", REPLACES_FIELDS) else {

@@ -1,38 +1,27 @@
 //! Reading a YAML document node by node, keeping each node's place in the file.
 //!
 //! The rule format is small and its errors must point at the exact line and column, so the
-//! file is parsed into saphyr's marked tree (every node keeps its span) and read by hand rather
-//! than through serde. Scalars are kept as written (`early_parse` off): a descriptor value such
+//! file is parsed into a marked tree (every node keeps its place: `tree.rs`) and read by hand
+//! rather than through serde. Scalars are kept as written: a descriptor value such
 //! as `007` stays the string `007`, and each field decides how its scalar is read.
 
 use std::path::Path;
 
-use saphyr::{MarkedYaml, ScalarStyle, YamlData, YamlLoader};
-use saphyr_parser::{Parser, Span};
+use super::tree::{self, Data, Node, Place};
 
 use super::error::{ConfigError, ConfigErrorKind, Location};
 
 /// Parses `text` into one YAML document.
-pub fn parse<'t>(file: &Path, text: &'t str) -> Result<MarkedYaml<'t>, ConfigError> {
+pub fn parse<'t>(file: &Path, text: &'t str) -> Result<Node<'t>, ConfigError> {
     super::limits::scan(file, text)?;
-    let mut loader: YamlLoader<'t, MarkedYaml<'t>> = YamlLoader::default();
-    loader.early_parse(false);
-    let mut parser = Parser::new_from_str(text);
-    let syntax_error = |e: &saphyr::ScanError| ConfigError {
+    let mut documents = tree::documents(text).map_err(|e| ConfigError {
         location: Location {
             file: file.to_path_buf(),
             line: e.marker().line(),
             column: e.marker().col() + 1,
         },
         kind: ConfigErrorKind::Syntax(e.info().to_string()),
-    };
-    parser
-        .load(&mut loader, true)
-        .map_err(|e| syntax_error(&e))?;
-    if let Some(e) = loader.error() {
-        return Err(syntax_error(e));
-    }
-    let mut documents = loader.into_documents();
+    })?;
     match documents.len() {
         0 => Err(ConfigError::in_file(file, ConfigErrorKind::EmptyFile)),
         1 => Ok(documents.remove(0)),
@@ -73,20 +62,20 @@ impl<'a> Reader<'a> {
         }
     }
 
-    pub fn location(&self, span: Span) -> Location {
+    pub fn location(&self, span: Place) -> Location {
         Location {
             file: self.file.to_path_buf(),
-            line: span.start.line(),
-            column: span.start.col() + 1,
+            line: span.line,
+            column: span.col + 1,
         }
     }
 
-    pub fn warn(&mut self, span: Span, message: &str) {
+    pub fn warn(&mut self, span: Place, message: &str) {
         let location = self.location(span);
         self.warnings.push(format!("{location}: {message}"));
     }
 
-    pub fn error(&mut self, span: Span, kind: ConfigErrorKind) {
+    pub fn error(&mut self, span: Place, kind: ConfigErrorKind) {
         let location = self.location(span);
         self.errors.push(ConfigError { location, kind });
     }
@@ -99,11 +88,11 @@ impl<'a> Reader<'a> {
     /// value, and Envoy Gateway writes `rate_limit: null` on every node without a limit.
     pub fn fields<'n, 't>(
         &mut self,
-        node: &'n MarkedYaml<'t>,
+        node: &'n Node<'t>,
         what: &str,
         allowed: &'static str,
     ) -> Option<Vec<Field<'n, 't>>> {
-        let YamlData::Mapping(mapping) = &node.data else {
+        let Data::Mapping(mapping) = &node.data else {
             self.error(
                 node.span,
                 ConfigErrorKind::WrongType {
@@ -151,9 +140,9 @@ impl<'a> Reader<'a> {
     }
 
     /// A sequence's items, or an error naming the field.
-    pub fn sequence<'n, 't>(&mut self, field: &Field<'n, 't>) -> Option<&'n Vec<MarkedYaml<'t>>> {
+    pub fn sequence<'n, 't>(&mut self, field: &Field<'n, 't>) -> Option<&'n Vec<Node<'t>>> {
         match &field.value.data {
-            YamlData::Sequence(items) => Some(items),
+            Data::Sequence(items) => Some(items),
             _ if is_null(field.value) => None,
             _ => {
                 self.wrong_type(field, "a list");
@@ -217,31 +206,31 @@ impl<'a> Reader<'a> {
 /// One `name: value` pair of a mapping.
 pub struct Field<'n, 't> {
     pub name: String,
-    pub name_span: Span,
-    pub value: &'n MarkedYaml<'t>,
+    pub name_span: Place,
+    pub value: &'n Node<'t>,
 }
 
-fn name_node_str(node: &MarkedYaml<'_>) -> String {
+fn name_node_str(node: &Node<'_>) -> String {
     scalar(node).map(|(s, _)| s.to_string()).unwrap_or_default()
 }
 
 /// A scalar's text as written, and whether it was plain (unquoted).
-fn scalar<'n>(node: &'n MarkedYaml<'_>) -> Option<(&'n str, bool)> {
+fn scalar<'n>(node: &'n Node<'_>) -> Option<(&'n str, bool)> {
     match &node.data {
-        YamlData::Representation(text, style, _) => Some((text, *style == ScalarStyle::Plain)),
+        Data::Scalar(text, plain) => Some((text, *plain)),
         _ => None,
     }
 }
 
 /// A plain (unquoted) scalar's text: quoted `"true"` or `"60"` stay strings.
-fn plain_scalar<'n>(node: &'n MarkedYaml<'_>) -> Option<&'n str> {
+fn plain_scalar<'n>(node: &'n Node<'_>) -> Option<&'n str> {
     scalar(node)
         .filter(|(_, plain)| *plain)
         .map(|(text, _)| text)
 }
 
 /// `~`, `null` or nothing at all.
-pub fn is_null(node: &MarkedYaml<'_>) -> bool {
+pub fn is_null(node: &Node<'_>) -> bool {
     matches!(
         plain_scalar(node),
         Some("" | "~" | "null" | "Null" | "NULL")
