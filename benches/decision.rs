@@ -29,7 +29,7 @@ fn service() -> (Arc<RlsService>, Arc<Limiter>) {
         .unwrap_or_else(|e| panic!("config/ loads: {e}"));
     let limiter = Arc::new(Limiter::new(MemoryStore::new(Budget::keys(10_000_000))));
     let metrics = Arc::new(Metrics::new().unwrap_or_else(|e| panic!("metrics: {e}")));
-    let rules = LiveRules::new(rules, String::new(), metrics);
+    let rules = LiveRules::new(rules, String::new(), metrics, false);
     let service = RlsService::new(
         Arc::new(rules),
         Arc::clone(&limiter),

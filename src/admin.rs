@@ -13,12 +13,13 @@ mod guarded;
 
 use std::fmt::Write as _;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -48,6 +49,8 @@ pub struct Admin {
     /// False once shutdown began.
     serving: Arc<AtomicBool>,
     json: Arc<JsonCodec>,
+    /// `--admin-remote-debug`: `/json` and `/rlconfig` answer any peer, not only loopback.
+    remote_debug: bool,
 }
 
 impl Admin {
@@ -61,7 +64,18 @@ impl Admin {
             connections,
             serving,
             json: Arc::new(JsonCodec::new()?),
+            remote_debug: false,
         })
+    }
+
+    /// Lets `/json` and `/rlconfig` answer peers other than loopback.
+    pub fn with_remote_debug(mut self, remote_debug: bool) -> Admin {
+        self.remote_debug = remote_debug;
+        self
+    }
+
+    fn debug_allowed(&self, peer: SocketAddr) -> bool {
+        debug_allowed(self.remote_debug, peer)
     }
 
     pub fn router(self) -> Router {
@@ -81,7 +95,9 @@ pub async fn serve(
     admin: Admin,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AdminError> {
-    axum::serve(guarded::GuardedListener::new(listener), admin.router())
+    let router = admin.router();
+    let app = router.into_make_service_with_connect_info::<guarded::Peer>();
+    axum::serve(guarded::GuardedListener::new(listener), app)
         .with_graceful_shutdown(shutdown)
         .await?;
     Ok(())
@@ -123,7 +139,30 @@ async fn metrics(State(admin): State<Admin>) -> Response {
         .into_response()
 }
 
-async fn rlconfig(State(admin): State<Admin>) -> Response {
+/// Whether `/json` and `/rlconfig` answer `peer`: a loopback peer always (IPv4, IPv6, or IPv4
+/// mapped into IPv6); another only with `--admin-remote-debug`. `/json` spends real quota and
+/// `/rlconfig` shows the rules, so by default only someone on the host itself reaches them.
+fn debug_allowed(remote_debug: bool, peer: SocketAddr) -> bool {
+    remote_debug || peer.ip().to_canonical().is_loopback()
+}
+
+/// The answer to a peer that may not use a debug endpoint.
+fn loopback_only() -> Response {
+    (
+        StatusCode::FORBIDDEN,
+        "this endpoint answers loopback clients only; start ratelimitd with --admin-remote-debug \
+         to open it to others\n",
+    )
+        .into_response()
+}
+
+async fn rlconfig(
+    State(admin): State<Admin>,
+    ConnectInfo(guarded::Peer(peer)): ConnectInfo<guarded::Peer>,
+) -> Response {
+    if !admin.debug_allowed(peer) {
+        return loopback_only();
+    }
     let snapshot = admin.service.rules().current();
     let mut text = format!("# rules hash {}\n", snapshot.hash);
     let mut domain = "";
@@ -167,7 +206,14 @@ async fn rlconfig(State(admin): State<Admin>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response()
 }
 
-async fn json(State(admin): State<Admin>, body: Bytes) -> Response {
+async fn json(
+    State(admin): State<Admin>,
+    ConnectInfo(guarded::Peer(peer)): ConnectInfo<guarded::Peer>,
+    body: Bytes,
+) -> Response {
+    if !admin.debug_allowed(peer) {
+        return loopback_only();
+    }
     let request = match admin.json.request(&body) {
         Ok(request) => request,
         Err(message) => return plain(StatusCode::BAD_REQUEST, &message),
@@ -238,5 +284,40 @@ impl JsonCodec {
             DynamicMessage::decode(self.response.clone(), answer.encode_to_vec().as_slice())
                 .map_err(|e| format!("cannot encode the answer: {e}"))?;
         serde_json::to_vec(&message).map_err(|e| format!("cannot encode the answer: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::debug_allowed;
+
+    #[test]
+    fn debug_endpoints_answer_loopback_peers_unless_opened() {
+        for peer in [
+            "127.0.0.1:5",
+            "127.3.2.1:5",
+            "[::1]:5",
+            "[::ffff:127.0.0.1]:5",
+        ] {
+            assert!(
+                debug_allowed(false, peer.parse().expect("an address")),
+                "{peer}"
+            );
+        }
+        for peer in [
+            "10.0.0.7:5",
+            "[2001:db8::1]:5",
+            "[::ffff:10.0.0.7]:5",
+            "0.0.0.0:5",
+        ] {
+            assert!(
+                !debug_allowed(false, peer.parse().expect("an address")),
+                "{peer}"
+            );
+            assert!(
+                debug_allowed(true, peer.parse().expect("an address")),
+                "{peer}"
+            );
+        }
     }
 }

@@ -41,6 +41,10 @@ pub struct Settings {
     pub max_metric_values: usize,
     /// Global shadow mode: limits counted and reported as if enforced, every answer OK.
     pub shadow_mode: bool,
+    /// Rule values shown as short hashes in metric labels and `/rlconfig`.
+    pub redact_rule_values: bool,
+    /// `/json` and `/rlconfig` answer peers other than loopback too.
+    pub admin_remote_debug: bool,
     /// Replicas counting in the same Redis: while Redis is away, a replica counting locally
     /// takes one share in this many of what Redis said was left.
     pub replicas: u32,
@@ -78,6 +82,8 @@ impl Default for Settings {
             decision_metrics: true,
             max_metric_values: crate::metrics::DEFAULT_MAX_METRIC_VALUES,
             shadow_mode: false,
+            redact_rule_values: false,
+            admin_remote_debug: false,
             replicas: 1,
             max_connections: crate::server::connection_cap::default_max_connections(),
             reload: None,
@@ -152,6 +158,7 @@ pub async fn serve(
         initial.rules,
         initial.hash.clone(),
         Arc::clone(&metrics),
+        settings.redact_rule_values,
     ));
     let budget = settings.counter_budget;
     let limiter = Arc::new(match &settings.backend {
@@ -194,7 +201,8 @@ pub async fn serve(
                 Arc::clone(&service),
                 Arc::clone(&serving),
                 Arc::clone(&connections),
-            )?;
+            )?
+            .with_remote_debug(settings.admin_remote_debug);
             let stop = async move {
                 let _ = admin_stop.wait_for(|stop| *stop).await;
             };

@@ -66,6 +66,14 @@ pub struct Serve {
     /// `SHADOW_MODE`).
     #[arg(long, env = "RATELIMITD_SHADOW_MODE", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub shadow_mode: bool,
+    /// Show the rules' exact values as short stable hashes in metric labels and `/rlconfig`
+    /// (per-customer overrides name customers' API keys).
+    #[arg(long, env = "RATELIMITD_REDACT_RULE_VALUES", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub redact_rule_values: bool,
+    /// Answer `POST /json` and `/rlconfig` to peers other than loopback too (by default they
+    /// answer loopback peers only; `/healthcheck` and `/metrics` answer anyone).
+    #[arg(long, env = "RATELIMITD_ADMIN_REMOTE_DEBUG", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub admin_remote_debug: bool,
     /// The most metric series named by request values (`detailed_metric`, `value_to_metric`)
     /// per rule window; further values share one series labelled `_other_`.
     #[arg(long, env = "RATELIMITD_MAX_METRIC_VALUES", default_value_t = ratelimitd::metrics::DEFAULT_MAX_METRIC_VALUES)]
@@ -153,6 +161,8 @@ impl Serve {
             decision_metrics: self.decision_metrics,
             max_metric_values: self.max_metric_values,
             shadow_mode: self.shadow_mode,
+            redact_rule_values: self.redact_rule_values,
+            admin_remote_debug: self.admin_remote_debug,
             replicas: self.replicas,
             max_connections: self.max_connections.map_or_else(
                 ratelimitd::server::connection_cap::default_max_connections,

@@ -144,3 +144,15 @@ impl Drop for Guarded {
         self.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
+
+/// The peer of an admin connection, for handlers that answer loopback peers only.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub std::net::SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, GuardedListener>>
+    for Peer
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, GuardedListener>) -> Peer {
+        Peer(*stream.remote_addr())
+    }
+}

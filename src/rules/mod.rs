@@ -5,6 +5,7 @@
 //! This module knows nothing of YAML, gRPC or counters.
 
 mod matcher;
+mod redact;
 mod wildcard;
 
 use std::collections::HashMap;
@@ -123,6 +124,22 @@ impl RuleSet {
     /// Every rule, domain by domain, in the order of [`Children::nodes`].
     pub fn rules(&self) -> &[RuleEntry] {
         &self.rules
+    }
+
+    /// Shows each exact or wildcard value of the rule paths as a short hash from here on (in
+    /// metric labels and `/rlconfig`); matching and counting are unchanged.
+    pub fn redact_values(&mut self) {
+        for rule in &mut self.rules {
+            for level in &mut rule.naming.levels {
+                level.segment = redact::segment(&level.key, &level.segment);
+            }
+            rule.path = rule
+                .naming
+                .levels
+                .iter()
+                .map(|level| level.segment.clone())
+                .collect();
+        }
     }
 
     pub fn domain(&self, name: &str) -> Option<&Domain> {

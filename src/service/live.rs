@@ -25,15 +25,18 @@ pub struct Snapshot {
 pub struct LiveRules {
     current: ArcSwap<Snapshot>,
     metrics: Arc<Metrics>,
+    /// `--redact-rule-values`: every rule set installed shows its values hashed.
+    redact: bool,
 }
 
 impl LiveRules {
     /// Installs the first rules (counted as a successful load).
-    pub fn new(rules: RuleSet, hash: String, metrics: Arc<Metrics>) -> LiveRules {
-        let snapshot = snapshot(rules, hash, &metrics);
+    pub fn new(rules: RuleSet, hash: String, metrics: Arc<Metrics>, redact: bool) -> LiveRules {
+        let snapshot = snapshot(rules, hash, &metrics, redact);
         LiveRules {
             current: ArcSwap::from_pointee(snapshot),
             metrics,
+            redact,
         }
     }
 
@@ -53,7 +56,7 @@ impl LiveRules {
     pub fn install(&self, rules: RuleSet, hash: String) {
         let old = self
             .current
-            .swap(Arc::new(snapshot(rules, hash, &self.metrics)));
+            .swap(Arc::new(snapshot(rules, hash, &self.metrics, self.redact)));
         drop_when_last(old);
     }
 
@@ -75,7 +78,10 @@ fn drop_when_last(old: Arc<Snapshot>) {
     drop(old);
 }
 
-fn snapshot(rules: RuleSet, hash: String, metrics: &Arc<Metrics>) -> Snapshot {
+fn snapshot(mut rules: RuleSet, hash: String, metrics: &Arc<Metrics>, redact: bool) -> Snapshot {
+    if redact {
+        rules.redact_values();
+    }
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
