@@ -105,6 +105,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let connections = ratelimitd::server::connection_cap::Connections::new(
         ratelimitd::server::connection_cap::default_max_connections(),
     );
-    ratelimitd::server::serve(listener, connections, rls, |_| {}, stop).await?;
+    ratelimitd::server::serve(listener, connections, None, rls, |_| {}, stop).await?;
     Ok(())
 }

@@ -45,6 +45,8 @@ pub struct Settings {
     pub redact_rule_values: bool,
     /// `/json` and `/rlconfig` answer peers other than loopback too.
     pub admin_remote_debug: bool,
+    /// TLS (and mTLS) on the gRPC port; `None`: plaintext.
+    pub grpc_tls: Option<server::tls::TlsSettings>,
     /// Replicas counting in the same Redis: while Redis is away, a replica counting locally
     /// takes one share in this many of what Redis said was left.
     pub replicas: u32,
@@ -84,6 +86,7 @@ impl Default for Settings {
             shadow_mode: false,
             redact_rule_values: false,
             admin_remote_debug: false,
+            grpc_tls: None,
             replicas: 1,
             max_connections: crate::server::connection_cap::default_max_connections(),
             reload: None,
@@ -130,6 +133,8 @@ pub enum AppError {
     Admin(#[from] AdminError),
     #[error("cannot set up the metrics: {0}")]
     Metrics(#[from] MetricsError),
+    #[error("gRPC TLS: {0}")]
+    Tls(#[from] server::tls::TlsError),
 }
 
 /// How long start-up waits for a first Redis connection before serving without it.
@@ -193,6 +198,14 @@ pub async fn serve(
 
     let serving = Arc::new(AtomicBool::new(true));
     let connections = server::connection_cap::Connections::new(settings.max_connections);
+    let tls = match &settings.grpc_tls {
+        Some(tls) => {
+            let tls = server::tls::Tls::new(tls)?;
+            tls.watch();
+            Some(tls)
+        }
+        None => None,
+    };
     metrics.set_serving(true);
     let (admin_stop_tx, mut admin_stop) = watch::channel(false);
     let admin_task = match listeners.http {
@@ -239,6 +252,7 @@ pub async fn serve(
     let grpc = server::serve(
         listeners.grpc,
         Arc::clone(&connections),
+        tls,
         server::RlsRoute::new(service),
         move |health| {
             let _ = health_tx.send(Some(health));

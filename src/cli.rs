@@ -11,6 +11,7 @@ use ratelimitd::app::{Backend, Settings};
 use ratelimitd::limiter::redis::BadAddress;
 use ratelimitd::limiter::{Budget, OnBackendError, Target};
 use ratelimitd::reload::ReloadSettings;
+use ratelimitd::server::tls::TlsSettings;
 use ratelimitd::service::{HeaderStyle, ResponseSettings};
 
 #[derive(Debug, Parser)]
@@ -111,6 +112,19 @@ pub struct Serve {
     /// container's memory limit, else 1GiB. When full, a new key evicts the key counted least.
     #[arg(long, env = "RATELIMITD_MAX_COUNTER_MEMORY", value_parser = counter_memory)]
     pub max_counter_memory: Option<usize>,
+    /// TLS on the gRPC port: the certificate chain (PEM), read again when the file changes.
+    #[arg(long, env = "RATELIMITD_GRPC_TLS_CERT", requires = "grpc_tls_key")]
+    pub grpc_tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of `--grpc-tls-cert`, read again when the file changes.
+    #[arg(long, env = "RATELIMITD_GRPC_TLS_KEY", requires = "grpc_tls_cert")]
+    pub grpc_tls_key: Option<PathBuf>,
+    /// mTLS: clients must present a certificate signed by this CA (PEM).
+    #[arg(long, env = "RATELIMITD_GRPC_TLS_CLIENT_CA", requires = "grpc_tls_cert")]
+    pub grpc_tls_client_ca: Option<PathBuf>,
+    /// mTLS: a client certificate must name one of these (DNS names or IP addresses, in its
+    /// subject alternative names); repeat the flag or separate with commas.
+    #[arg(long, env = "RATELIMITD_GRPC_TLS_CLIENT_SAN", value_delimiter = ',', requires = "grpc_tls_client_ca")]
+    pub grpc_tls_client_san: Vec<String>,
     /// The most gRPC connections open at once; one more closes the connection idle longest.
     /// Default: the open-file limit less 1,024, between 64 and 10,000.
     #[arg(long, env = "RATELIMITD_MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..))]
@@ -162,6 +176,15 @@ impl Serve {
             max_metric_values: self.max_metric_values,
             shadow_mode: self.shadow_mode,
             redact_rule_values: self.redact_rule_values,
+            grpc_tls: match (&self.grpc_tls_cert, &self.grpc_tls_key) {
+                (Some(cert), Some(key)) => Some(TlsSettings {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    client_ca: self.grpc_tls_client_ca.clone(),
+                    client_sans: self.grpc_tls_client_san.clone(),
+                }),
+                _ => None,
+            },
             admin_remote_debug: self.admin_remote_debug,
             replicas: self.replicas,
             max_connections: self.max_connections.map_or_else(

@@ -2,11 +2,14 @@
 //! (v1, and v1alpha for grpcurl 1.8, which asks only v1alpha), on a listener already bound.
 
 mod batched_io;
+mod conn;
 pub mod connection_cap;
 mod rls;
+pub mod tls;
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tonic::body::Body;
@@ -17,7 +20,9 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::proto;
-use connection_cap::{Connections, Tracked};
+use conn::Conn;
+use connection_cap::Connections;
+use tls::Tls;
 pub use rls::RlsRoute;
 
 /// Streams one connection may have open at once (HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`);
@@ -47,17 +52,20 @@ const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100
 
 /// The accepted connections of `listener`: TCP_NODELAY (an answer is one small write; Nagle's
 /// algorithm would hold it back until the peer's delayed ACK, ~40 ms, twice Envoy's default
-/// timeout), TCP keepalive, batched writes, a pause after a failed accept, and at most as many
-/// open as `connections` allows.
+/// timeout), TCP keepalive, batched writes, a pause after a failed accept, at most as many open
+/// as `connections` allows, and with `tls`, each one's handshake done before it is served (on a
+/// task of its own, so a slow client holds up no other).
 fn incoming(
     listener: TcpListener,
-    connections: std::sync::Arc<Connections>,
-) -> impl tokio_stream::Stream<Item = std::io::Result<Tracked<batched_io::BatchedIo>>> {
+    connections: Arc<Connections>,
+    tls: Option<Arc<Tls>>,
+) -> futures_util::stream::BoxStream<'static, std::io::Result<Conn>> {
+    use futures_util::StreamExt;
     let accepted = TcpIncoming::from(listener)
         .with_nodelay(Some(true))
         .with_keepalive(Some(KEEPALIVE_INTERVAL));
-    futures_util::StreamExt::then(accepted, move |accepted| {
-        let connections = std::sync::Arc::clone(&connections);
+    let admitted = accepted.then(move |accepted| {
+        let connections = Arc::clone(&connections);
         async move {
             if let Err(error) = &accepted {
                 tracing::warn!(%error, "cannot accept a gRPC connection; trying again in 100 ms");
@@ -65,8 +73,44 @@ fn incoming(
             }
             accepted.map(|stream| connections.admit(batched_io::BatchedIo(stream)))
         }
-    })
+    });
+    let Some(tls) = tls else {
+        return admitted.map(|admitted| admitted.map(Conn::Plain)).boxed();
+    };
+    let (ready, handshaken) = tokio::sync::mpsc::channel(MAX_PENDING_HANDSHAKES);
+    tokio::spawn(async move {
+        let mut admitted = std::pin::pin!(admitted);
+        loop {
+            let next = tokio::select! {
+                next = admitted.next() => next,
+                () = ready.closed() => break,
+            };
+            match next {
+                None => break,
+                Some(Err(error)) => {
+                    if ready.send(Err(error)).await.is_err() {
+                        break;
+                    }
+                }
+                Some(Ok(stream)) => {
+                    let (tls, ready) = (Arc::clone(&tls), ready.clone());
+                    tokio::spawn(async move {
+                        match tls.accept(stream).await {
+                            Ok(stream) => {
+                                let _ = ready.send(Ok(Conn::Tls(Box::new(stream)))).await;
+                            }
+                            Err(error) => tracing::debug!(%error, "TLS handshake failed"),
+                        }
+                    });
+                }
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(handshaken).boxed()
 }
+
+/// Connections handshaken and not yet taken by the server.
+const MAX_PENDING_HANDSHAKES: usize = 1024;
 
 /// Why the server could not run.
 #[derive(Debug, thiserror::Error)]
@@ -106,7 +150,8 @@ impl Health {
 /// accepting.
 pub async fn serve<R>(
     listener: TcpListener,
-    connections: std::sync::Arc<Connections>,
+    connections: Arc<Connections>,
+    tls: Option<Arc<Tls>>,
     rls: R,
     health_ready: impl FnOnce(Health),
     shutdown: impl Future<Output = ()>,
@@ -145,7 +190,7 @@ where
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(incoming(listener, connections), shutdown)
+        .serve_with_incoming_shutdown(incoming(listener, connections, tls), shutdown)
         .await?;
     Ok(())
 }
