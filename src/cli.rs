@@ -119,11 +119,20 @@ pub struct Serve {
     #[arg(long, env = "RATELIMITD_GRPC_TLS_KEY", requires = "grpc_tls_cert")]
     pub grpc_tls_key: Option<PathBuf>,
     /// mTLS: clients must present a certificate signed by this CA (PEM).
-    #[arg(long, env = "RATELIMITD_GRPC_TLS_CLIENT_CA", requires = "grpc_tls_cert")]
+    #[arg(
+        long,
+        env = "RATELIMITD_GRPC_TLS_CLIENT_CA",
+        requires = "grpc_tls_cert"
+    )]
     pub grpc_tls_client_ca: Option<PathBuf>,
     /// mTLS: a client certificate must name one of these (DNS names or IP addresses, in its
     /// subject alternative names); repeat the flag or separate with commas.
-    #[arg(long, env = "RATELIMITD_GRPC_TLS_CLIENT_SAN", value_delimiter = ',', requires = "grpc_tls_client_ca")]
+    #[arg(
+        long,
+        env = "RATELIMITD_GRPC_TLS_CLIENT_SAN",
+        value_delimiter = ',',
+        requires = "grpc_tls_client_ca"
+    )]
     pub grpc_tls_client_san: Vec<String>,
     /// The most gRPC connections open at once; one more closes the connection idle longest.
     /// Default: the open-file limit less 1,024, between 64 and 10,000.

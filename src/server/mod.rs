@@ -22,8 +22,8 @@ use tonic_health::server::HealthReporter;
 use crate::proto;
 use conn::Conn;
 use connection_cap::Connections;
-use tls::Tls;
 pub use rls::RlsRoute;
+use tls::Tls;
 
 /// Streams one connection may have open at once (HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`);
 /// a peer past it has its streams refused. Envoy opens another connection when one is full, and

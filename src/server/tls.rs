@@ -126,7 +126,12 @@ impl Tls {
     }
 
     fn client_allowed<IO>(&self, stream: &TlsStream<IO>) -> bool {
-        let Some(cert) = stream.get_ref().1.peer_certificates().and_then(|c| c.first()) else {
+        let Some(cert) = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+        else {
             return false;
         };
         let Ok(cert) = webpki::EndEntityCert::try_from(cert) else {
@@ -207,7 +212,9 @@ impl ReloadingCertificate {
                 tracing::info!(cert = %self.cert.display(), "TLS certificate reloaded");
             }
             // Half-written, or a key that does not match yet: try again at the next change.
-            Err(error) => tracing::warn!(%error, "TLS certificate not reloaded; the one in use stays"),
+            Err(error) => {
+                tracing::warn!(%error, "TLS certificate not reloaded; the one in use stays")
+            }
         }
     }
 }

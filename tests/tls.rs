@@ -1,0 +1,312 @@
+//! TLS and mTLS on the gRPC port, against a real ratelimitd and a real grpcurl, with
+//! certificates made here (rcgen): plaintext refused, reflection, health and ShouldRateLimit
+//! over TLS; client certificates checked against the CA and the allowed names; a certificate
+//! replaced on disk through a symlink swap, as a Kubernetes Secret mount does, served to new
+//! connections while an open one keeps working.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::process::{Ratelimitd, grpcurl_path, wait_until};
+use prost::Message;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+};
+use rustls_pki_types::pem::PemObject;
+
+/// A certificate authority made for one test.
+struct Ca {
+    issuer: Issuer<'static, KeyPair>,
+    pem: String,
+}
+
+fn ca(name: &str) -> Ca {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, name);
+    let pem = params.self_signed(&key).unwrap().pem();
+    Ca {
+        issuer: Issuer::new(params, key),
+        pem,
+    }
+}
+
+/// A certificate for `names` signed by `ca`, for a server or a client: (certificate, key).
+fn leaf(ca: &Ca, names: &[&str], usage: ExtendedKeyUsagePurpose) -> (String, String) {
+    let key = KeyPair::generate().unwrap();
+    let mut params =
+        CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+    params.extended_key_usages = vec![usage];
+    let cert = params.signed_by(&key, &ca.issuer).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Writes a server certificate the way a Secret mount does: `cert.pem` and `key.pem` are
+/// symlinks through `..data`, a symlink to a directory of this version; a new version is a
+/// new directory and one rename of `..data`.
+fn mount_version(dir: &Path, version: &str, cert: &str, key: &str) {
+    let versioned = dir.join(version);
+    std::fs::create_dir_all(&versioned).unwrap();
+    write(&versioned, "cert.pem", cert);
+    write(&versioned, "key.pem", key);
+    let staged = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&staged);
+    std::os::unix::fs::symlink(version, &staged).unwrap();
+    std::fs::rename(&staged, dir.join("..data")).unwrap();
+    for name in ["cert.pem", "key.pem"] {
+        let link = dir.join(name);
+        if std::fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(format!("..data/{name}"), &link).unwrap();
+        }
+    }
+}
+
+/// grpcurl with `args` (TLS flags included); its exit status and output.
+fn grpcurl_tls(args: &[&str]) -> (bool, String) {
+    let output = Command::new(grpcurl_path())
+        .args(["-max-time", "10"])
+        .args(args)
+        .output()
+        .expect("grpcurl runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+const CHECK: &str = r#"{"domain":"mega-api","descriptors":[{"entries":[{"key":"api_key","value":"tls"},{"key":"bucket","value":"default"}]}]}"#;
+const SHOULD_RATE_LIMIT: &str = "envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit";
+
+fn config() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config"))
+}
+
+#[test]
+fn tls_refuses_plaintext_and_serves_reflection_health_and_decisions() {
+    let dir = tempfile::tempdir().unwrap();
+    let authority = ca("test CA");
+    let (cert, key) = leaf(
+        &authority,
+        &["localhost", "127.0.0.1"],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    let (cert, key) = (
+        write(dir.path(), "cert.pem", &cert),
+        write(dir.path(), "key.pem", &key),
+    );
+    let ca_file = write(dir.path(), "ca.pem", &authority.pem);
+    let rl = Ratelimitd::start_with(
+        config(),
+        0,
+        &[
+            "--grpc-tls-cert",
+            cert.to_str().unwrap(),
+            "--grpc-tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let ca_file = ca_file.to_str().unwrap();
+    let (ok, text) = grpcurl_tls(&["-plaintext", &rl.addr, "list"]);
+    assert!(!ok, "plaintext is refused: {text}");
+    let (ok, text) = grpcurl_tls(&["-cacert", ca_file, &rl.addr, "list"]);
+    assert!(
+        ok && text.contains("envoy.service.ratelimit.v3.RateLimitService"),
+        "{text}"
+    );
+    let (ok, text) = grpcurl_tls(&["-cacert", ca_file, &rl.addr, "grpc.health.v1.Health/Check"]);
+    assert!(ok && text.contains("SERVING"), "{text}");
+    let (ok, text) = grpcurl_tls(&["-cacert", ca_file, "-d", CHECK, &rl.addr, SHOULD_RATE_LIMIT]);
+    assert!(ok && text.contains(r#""overallCode": "OK""#), "{text}");
+    let other = ca("another CA");
+    let other_file = write(dir.path(), "other.pem", &other.pem);
+    let (ok, _) = grpcurl_tls(&["-cacert", other_file.to_str().unwrap(), &rl.addr, "list"]);
+    assert!(!ok, "a client that does not trust the server's CA fails");
+    rl.stop();
+}
+
+#[test]
+fn mtls_needs_a_client_certificate_from_the_ca_with_an_allowed_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let servers = ca("server CA");
+    let clients = ca("client CA");
+    let (cert, key) = leaf(
+        &servers,
+        &["127.0.0.1"],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    let (cert, key) = (
+        write(dir.path(), "cert.pem", &cert),
+        write(dir.path(), "key.pem", &key),
+    );
+    let server_ca = write(dir.path(), "server-ca.pem", &servers.pem);
+    let client_ca = write(dir.path(), "client-ca.pem", &clients.pem);
+    let client = |name: &str, by: &Ca| {
+        let (cert, key) = leaf(by, &[name], ExtendedKeyUsagePurpose::ClientAuth);
+        (
+            write(dir.path(), &format!("{name}.pem"), &cert),
+            write(dir.path(), &format!("{name}.key"), &key),
+        )
+    };
+    let envoy = client("envoy.internal", &clients);
+    let stranger = client("stranger.internal", &clients);
+    let forged = client("envoy.forged", &servers);
+    let rl = Ratelimitd::start_with(
+        config(),
+        0,
+        &[
+            "--grpc-tls-cert",
+            cert.to_str().unwrap(),
+            "--grpc-tls-key",
+            key.to_str().unwrap(),
+            "--grpc-tls-client-ca",
+            client_ca.to_str().unwrap(),
+            "--grpc-tls-client-san",
+            "envoy.internal,10.0.0.1",
+        ],
+    );
+    let server_ca = server_ca.to_str().unwrap();
+    let call = |cert: Option<&(PathBuf, PathBuf)>| {
+        let mut args = vec!["-cacert", server_ca];
+        if let Some((cert, key)) = cert {
+            args.extend([
+                "-cert",
+                cert.to_str().unwrap(),
+                "-key",
+                key.to_str().unwrap(),
+            ]);
+        }
+        args.extend(["-d", CHECK, rl.addr.as_str(), SHOULD_RATE_LIMIT]);
+        grpcurl_tls(&args)
+    };
+    let (ok, text) = call(None);
+    assert!(!ok, "no client certificate: refused ({text})");
+    let (ok, text) = call(Some(&stranger));
+    assert!(!ok, "a name outside the allow-list: refused ({text})");
+    let (ok, text) = call(Some(&forged));
+    assert!(!ok, "a certificate from another CA: refused ({text})");
+    let (ok, text) = call(Some(&envoy));
+    assert!(
+        ok && text.contains(r#""overallCode": "OK""#),
+        "an allowed client: {text}"
+    );
+    rl.stop();
+}
+
+/// A TLS client of our own, for a connection kept open across the rotation.
+async fn open_connection(addr: &str, roots: &[&Ca]) -> h2::client::SendRequest<bytes::Bytes> {
+    let mut store = rustls::RootCertStore::empty();
+    for ca in roots {
+        let der = rustls_pki_types::CertificateDer::from_pem_slice(ca.pem.as_bytes()).unwrap();
+        store.add(der).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(store)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let (client, connection) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+/// One ShouldRateLimit call on `client`'s connection: whether it was answered with grpc-status 0.
+async fn call_on(client: &mut h2::client::SendRequest<bytes::Bytes>, addr: &str) -> bool {
+    let head = tonic::codegen::http::Request::post(format!("https://{addr}/{SHOULD_RATE_LIMIT}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let message = common::seed_request("rotation", "default").encode_to_vec();
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&u32::try_from(message.len()).unwrap().to_be_bytes());
+    framed.extend_from_slice(&message);
+    let Ok(ready) = client.clone().ready().await else {
+        return false;
+    };
+    *client = ready;
+    let Ok((answer, mut body)) = client.send_request(head, false) else {
+        return false;
+    };
+    if body.send_data(framed.into(), true).is_err() {
+        return false;
+    }
+    let Ok(answer) = answer.await else {
+        return false;
+    };
+    let mut answer = answer.into_body();
+    while let Some(chunk) = answer.data().await {
+        if chunk.is_err() {
+            return false;
+        }
+    }
+    let trailers = answer.trailers().await.ok().flatten();
+    trailers.is_some_and(|t| t.get("grpc-status").is_some_and(|s| s == "0"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_swapped_on_disk_serves_new_connections_and_open_ones_keep_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, second) = (ca("first CA"), ca("second CA"));
+    let pair = |ca: &Ca| leaf(ca, &["127.0.0.1"], ExtendedKeyUsagePurpose::ServerAuth);
+    let (cert, key) = pair(&first);
+    mount_version(dir.path(), "v1", &cert, &key);
+    let first_file = write(dir.path(), "first-ca.pem", &first.pem);
+    let second_file = write(dir.path(), "second-ca.pem", &second.pem);
+    let rl = Ratelimitd::start_with(
+        config(),
+        0,
+        &[
+            "--grpc-tls-cert",
+            dir.path().join("cert.pem").to_str().unwrap(),
+            "--grpc-tls-key",
+            dir.path().join("key.pem").to_str().unwrap(),
+        ],
+    );
+    let mut open = open_connection(&rl.addr, &[&first, &second]).await;
+    assert!(
+        call_on(&mut open, &rl.addr).await,
+        "the open connection is answered"
+    );
+    let (first_file, second_file) = (first_file.to_str().unwrap(), second_file.to_str().unwrap());
+    let list = |ca: &str| grpcurl_tls(&["-cacert", ca, &rl.addr, "list"]).0;
+    assert!(list(first_file) && !list(second_file));
+    let (cert, key) = pair(&second);
+    mount_version(dir.path(), "v2", &cert, &key);
+    wait_until(
+        Duration::from_secs(10),
+        "the new certificate served",
+        || list(second_file).then_some(()),
+    );
+    assert!(
+        !list(first_file),
+        "new connections get the new certificate only"
+    );
+    assert!(
+        call_on(&mut open, &rl.addr).await,
+        "the connection opened before the swap still works"
+    );
+    rl.stop();
+}
