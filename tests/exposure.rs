@@ -30,7 +30,7 @@ async fn oks(client: &mut Client, key: &str, n: usize) -> usize {
 async fn redacted_rule_values_appear_nowhere_and_the_rules_still_decide() {
     let config = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config"));
     let rl = Ratelimitd::start_with(config, 0, &["--redact-rule-values", "--log-level", "debug"]);
-    let mut client = Client::connect(format!("http://{}", rl.addr))
+    let client = Client::connect(format!("http://{}", rl.addr))
         .await
         .unwrap();
     let (acme, other, internal) = within_one_window(60, |_| {
