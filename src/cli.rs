@@ -42,6 +42,30 @@ pub struct Health {
     /// Give up after this many milliseconds.
     #[arg(long, default_value_t = 2000)]
     pub timeout_ms: u64,
+    /// Speak TLS, trusting this CA (PEM) for the server's certificate.
+    #[arg(long, env = "RATELIMITD_HEALTH_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// mTLS: the client certificate (PEM) to present.
+    #[arg(long, env = "RATELIMITD_HEALTH_TLS_CERT", requires_all = ["tls_ca", "tls_key"])]
+    pub tls_cert: Option<PathBuf>,
+    /// mTLS: the key (PEM) of `--tls-cert`.
+    #[arg(long, env = "RATELIMITD_HEALTH_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// The name the server's certificate must hold; default: the host of `--grpc-addr`.
+    #[arg(long, env = "RATELIMITD_HEALTH_TLS_SERVER_NAME", requires = "tls_ca")]
+    pub tls_server_name: Option<String>,
+}
+
+impl Health {
+    /// How the probe speaks TLS, if it does.
+    pub fn tls(&self) -> Option<ratelimitd::probe::ProbeTls> {
+        let ca = self.tls_ca.clone()?;
+        Some(ratelimitd::probe::ProbeTls {
+            ca,
+            client: self.tls_cert.clone().zip(self.tls_key.clone()),
+            server_name: self.tls_server_name.clone(),
+        })
+    }
 }
 
 #[derive(Debug, clap::Args)]

@@ -85,7 +85,12 @@ fn run_health(health: &cli::Health) -> ExitCode {
         .map_err(|e| e.to_string())
         .and_then(|runtime| {
             runtime
-                .block_on(probe::check(&health.grpc_addr, &health.service, timeout))
+                .block_on(probe::check(
+                    &health.grpc_addr,
+                    &health.service,
+                    timeout,
+                    health.tls().as_ref(),
+                ))
                 .map_err(|e| e.to_string())
         });
     match answer {

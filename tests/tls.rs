@@ -89,6 +89,16 @@ fn grpcurl_tls(args: &[&str]) -> (bool, String) {
     (output.status.success(), text)
 }
 
+/// `ratelimitd health` against `addr` with `args`: whether it said SERVING and exited 0.
+fn health(addr: &str, args: &[&str]) -> bool {
+    let output = Command::new(env!("CARGO_BIN_EXE_ratelimitd"))
+        .args(["health", "--grpc-addr", addr])
+        .args(args)
+        .output()
+        .expect("ratelimitd health runs");
+    output.status.success() && String::from_utf8_lossy(&output.stdout).trim() == "SERVING"
+}
+
 const CHECK: &str = r#"{"domain":"mega-api","descriptors":[{"entries":[{"key":"api_key","value":"tls"},{"key":"bucket","value":"default"}]}]}"#;
 const SHOULD_RATE_LIMIT: &str = "envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit";
 
@@ -132,6 +142,11 @@ fn tls_refuses_plaintext_and_serves_reflection_health_and_decisions() {
     assert!(ok && text.contains("SERVING"), "{text}");
     let (ok, text) = grpcurl_tls(&["-cacert", ca_file, "-d", CHECK, &rl.addr, SHOULD_RATE_LIMIT]);
     assert!(ok && text.contains(r#""overallCode": "OK""#), "{text}");
+    assert!(health(&rl.addr, &["--tls-ca", ca_file]), "health over TLS");
+    assert!(
+        !health(&rl.addr, &[]),
+        "health in plaintext fails on a TLS port"
+    );
     let other = ca("another CA");
     let other_file = write(dir.path(), "other.pem", &other.pem);
     let (ok, _) = grpcurl_tls(&["-cacert", other_file.to_str().unwrap(), &rl.addr, "list"]);
@@ -203,6 +218,13 @@ fn mtls_needs_a_client_certificate_from_the_ca_with_an_allowed_name() {
     assert!(
         ok && text.contains(r#""overallCode": "OK""#),
         "an allowed client: {text}"
+    );
+    let (cert, key) = (envoy.0.to_str().unwrap(), envoy.1.to_str().unwrap());
+    let with_cert = ["--tls-ca", server_ca, "--tls-cert", cert, "--tls-key", key];
+    assert!(health(&rl.addr, &with_cert), "health over mTLS");
+    assert!(
+        !health(&rl.addr, &["--tls-ca", server_ca]),
+        "health without a client certificate"
     );
     rl.stop();
 }
