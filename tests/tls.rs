@@ -332,3 +332,100 @@ async fn a_certificate_swapped_on_disk_serves_new_connections_and_open_ones_keep
     );
     rl.stop();
 }
+
+/// `examples/envoy/envoy.yaml` with its `ratelimitd` cluster replaced by
+/// `examples/envoy/ratelimitd-cluster-mtls.yaml`, the certificate paths set to `tls`.
+fn envoy_yaml_with_mtls(tls: &Path) -> String {
+    let example =
+        std::fs::read_to_string(common::process::project("examples/envoy/envoy.yaml")).unwrap();
+    let cluster = std::fs::read_to_string(common::process::project(
+        "examples/envoy/ratelimitd-cluster-mtls.yaml",
+    ))
+    .unwrap();
+    let cluster: String = cluster
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .map(|line| format!("{line}\n"))
+        .collect::<String>()
+        .replace("/etc/envoy/tls", tls.to_str().unwrap());
+    let start = example
+        .find("    - name: ratelimitd\n")
+        .expect("the ratelimitd cluster");
+    let end = example
+        .find("    - name: upstream\n")
+        .expect("the upstream cluster");
+    format!("{}{cluster}{}", &example[..start], &example[end..])
+}
+
+#[test]
+fn envoy_speaks_mtls_to_ratelimitd_and_limits_as_in_plaintext() {
+    let dir = tempfile::tempdir().unwrap();
+    let (servers, clients) = (ca("ratelimitd CA"), ca("Envoy CA"));
+    let (cert, key) = leaf(
+        &servers,
+        &["ratelimitd", "127.0.0.1"],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    let (cert, key) = (
+        write(dir.path(), "cert.pem", &cert),
+        write(dir.path(), "key.pem", &key),
+    );
+    let client_ca = write(dir.path(), "envoy-ca.pem", &clients.pem);
+    let (envoy_cert, envoy_key) = leaf(
+        &clients,
+        &["envoy.internal"],
+        ExtendedKeyUsagePurpose::ClientAuth,
+    );
+    write(dir.path(), "envoy.pem", &envoy_cert);
+    write(dir.path(), "envoy.key", &envoy_key);
+    write(dir.path(), "ratelimitd-ca.pem", &servers.pem);
+    let rl = Ratelimitd::start_with(
+        config(),
+        0,
+        &[
+            "--grpc-tls-cert",
+            cert.to_str().unwrap(),
+            "--grpc-tls-key",
+            key.to_str().unwrap(),
+            "--grpc-tls-client-ca",
+            client_ca.to_str().unwrap(),
+            "--grpc-tls-client-san",
+            "envoy.internal",
+        ],
+    );
+    let upstream = common::process::Upstream::start();
+    let envoy_yaml = envoy_yaml_with_mtls(dir.path());
+    // The configuration the docs show, as Envoy itself validates it.
+    let validate = write(dir.path(), "validate.yaml", &envoy_yaml);
+    let checked = Command::new(common::process::envoy_path())
+        .args(["--mode", "validate", "-c"])
+        .arg(&validate)
+        .output()
+        .expect("envoy runs");
+    assert!(
+        checked.status.success(),
+        "envoy --mode validate: {}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    let envoy = common::process::Envoy::start_from(envoy_yaml, &rl.addr, &upstream.addr);
+    let agent = common::process::http_agent();
+    let statuses = common::within_one_window_blocking(60, || {
+        let key = common::fresh_key("mtls");
+        (0..61)
+            .map(|_| {
+                agent
+                    .get(format!("http://{}/leads", envoy.addr))
+                    .header("x-api-key", &key)
+                    .call()
+                    .map(|r| r.status().as_u16())
+                    .unwrap_or(0)
+            })
+            .collect::<Vec<u16>>()
+    });
+    assert!(statuses[..60].iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(
+        statuses[60], 429,
+        "the 61st is limited: Envoy asked over mTLS"
+    );
+    rl.stop();
+}

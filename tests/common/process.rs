@@ -289,9 +289,14 @@ pub struct Envoy {
 
 impl Envoy {
     pub fn start(ratelimitd: &str, upstream: &str) -> Envoy {
-        let dir = tempfile::tempdir().expect("temp dir");
         let example = std::fs::read_to_string(project("examples/envoy/envoy.yaml"))
             .expect("examples/envoy/envoy.yaml");
+        Envoy::start_from(example, ratelimitd, upstream)
+    }
+
+    /// Envoy on `example` (`envoy.yaml`, or a variant of it) with the addresses rewritten.
+    pub fn start_from(example: String, ratelimitd: &str, upstream: &str) -> Envoy {
+        let dir = tempfile::tempdir().expect("temp dir");
         let (rl_host, rl_port) = split_addr(ratelimitd);
         let (up_host, up_port) = split_addr(upstream);
         let config = [
