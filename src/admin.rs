@@ -89,15 +89,17 @@ impl Admin {
     }
 }
 
-/// Serves the admin endpoints on `listener` until `shutdown` completes.
+/// Serves the admin endpoints on `listener` (over HTTPS with `https`) until `shutdown`
+/// completes.
 pub async fn serve(
     listener: TcpListener,
+    https: Option<tokio_rustls::TlsAcceptor>,
     admin: Admin,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AdminError> {
     let router = admin.router();
     let app = router.into_make_service_with_connect_info::<guarded::Peer>();
-    axum::serve(guarded::GuardedListener::new(listener), app)
+    axum::serve(guarded::GuardedListener::new(listener, https), app)
         .with_graceful_shutdown(shutdown)
         .await?;
     Ok(())

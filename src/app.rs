@@ -47,6 +47,8 @@ pub struct Settings {
     pub admin_remote_debug: bool,
     /// TLS (and mTLS) on the gRPC port; `None`: plaintext.
     pub grpc_tls: Option<server::tls::TlsSettings>,
+    /// The admin port serves HTTPS with the gRPC port's certificate.
+    pub http_tls: bool,
     /// Replicas counting in the same Redis: while Redis is away, a replica counting locally
     /// takes one share in this many of what Redis said was left.
     pub replicas: u32,
@@ -87,6 +89,7 @@ impl Default for Settings {
             redact_rule_values: false,
             admin_remote_debug: false,
             grpc_tls: None,
+            http_tls: false,
             replicas: 1,
             max_connections: crate::server::connection_cap::default_max_connections(),
             reload: None,
@@ -219,7 +222,11 @@ pub async fn serve(
             let stop = async move {
                 let _ = admin_stop.wait_for(|stop| *stop).await;
             };
-            Some(tokio::spawn(admin::serve(http, admin, stop)))
+            let https = settings
+                .http_tls
+                .then(|| tls.as_ref().map(|tls| tls.https()))
+                .flatten();
+            Some(tokio::spawn(admin::serve(http, https, admin, stop)))
         }
         None => None,
     };

@@ -158,6 +158,9 @@ pub struct Serve {
         requires = "grpc_tls_client_ca"
     )]
     pub grpc_tls_client_san: Vec<String>,
+    /// Serve the admin port over HTTPS, with `--grpc-tls-cert` (no client certificate asked).
+    #[arg(long, env = "RATELIMITD_HTTP_TLS", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", requires = "grpc_tls_cert")]
+    pub http_tls: bool,
     /// The most gRPC connections open at once; one more closes the connection idle longest.
     /// Default: the open-file limit less 1,024, between 64 and 10,000.
     #[arg(long, env = "RATELIMITD_MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..))]
@@ -209,6 +212,7 @@ impl Serve {
             max_metric_values: self.max_metric_values,
             shadow_mode: self.shadow_mode,
             redact_rule_values: self.redact_rule_values,
+            http_tls: self.http_tls,
             grpc_tls: match (&self.grpc_tls_cert, &self.grpc_tls_key) {
                 (Some(cert), Some(key)) => Some(TlsSettings {
                     cert: cert.clone(),

@@ -89,6 +89,38 @@ fn grpcurl_tls(args: &[&str]) -> (bool, String) {
     (output.status.success(), text)
 }
 
+/// `GET path` over HTTPS (HTTP/1.1) from the admin port at `addr`, trusting `ca`: the whole
+/// response, or `None` if the connection or handshake fails.
+fn https_get(addr: &str, path: &str, ca: &Ca) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut store = rustls::RootCertStore::empty();
+        let der = rustls_pki_types::CertificateDer::from_pem_slice(ca.pem.as_bytes()).unwrap();
+        store.add(der).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(store)
+            .with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .ok()?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        tls.write_all(request.as_bytes()).await.ok()?;
+        let mut answer = String::new();
+        tls.read_to_string(&mut answer).await.ok()?;
+        Some(answer)
+    })
+}
+
 /// `ratelimitd health` against `addr` with `args`: whether it said SERVING and exited 0.
 fn health(addr: &str, args: &[&str]) -> bool {
     let output = Command::new(env!("CARGO_BIN_EXE_ratelimitd"))
@@ -128,7 +160,25 @@ fn tls_refuses_plaintext_and_serves_reflection_health_and_decisions() {
             cert.to_str().unwrap(),
             "--grpc-tls-key",
             key.to_str().unwrap(),
+            "--http-tls",
         ],
+    );
+    let healthcheck = https_get(&rl.http_addr, "/healthcheck", &authority);
+    assert!(
+        healthcheck.is_some_and(|a| a.starts_with("HTTP/1.1 200")),
+        "the admin port over HTTPS, with the same certificate"
+    );
+    let plain = std::net::TcpStream::connect(&rl.http_addr).and_then(|mut s| {
+        use std::io::{Read, Write};
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(b"GET /healthcheck HTTP/1.1\r\nHost: x\r\n\r\n")?;
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        Ok(answer)
+    });
+    assert!(
+        !plain.unwrap_or_default().contains("200 OK"),
+        "plain HTTP is not answered on an HTTPS admin port"
     );
     let ca_file = ca_file.to_str().unwrap();
     let (ok, text) = grpcurl_tls(&["-plaintext", &rl.addr, "list"]);

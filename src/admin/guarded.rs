@@ -16,7 +16,10 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc::{Receiver, Sender};
 use tokio::time::{Instant, Sleep};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 
 /// Most admin connections open at once; one more is closed as soon as it is accepted. Probes
 /// and scrapers need a handful.
@@ -26,40 +29,109 @@ pub const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
 /// A connection with no request in progress is closed after this.
 pub const IDLE_DEADLINE: Duration = Duration::from_secs(60);
 
-/// A listener that keeps at most [`MAX_CONNECTIONS`] open, each under [`Guarded`]'s deadlines.
+/// A listener that keeps at most [`MAX_CONNECTIONS`] open, each under [`Guarded`]'s deadlines;
+/// with TLS, each connection's handshake runs on a task of its own (under the same deadlines),
+/// so a slow client holds up no other.
 pub struct GuardedListener {
     inner: TcpListener,
     open: Arc<AtomicUsize>,
+    tls: Option<TlsAcceptor>,
+    handshaken: (Sender<Handshaken>, Receiver<Handshaken>),
 }
 
+type Handshaken = (AdminIo, std::net::SocketAddr);
+
 impl GuardedListener {
-    pub fn new(inner: TcpListener) -> GuardedListener {
+    pub fn new(inner: TcpListener, tls: Option<TlsAcceptor>) -> GuardedListener {
         GuardedListener {
             inner,
             open: Arc::new(AtomicUsize::new(0)),
+            tls,
+            handshaken: tokio::sync::mpsc::channel(64),
         }
     }
 }
 
+/// An admin connection, in plain HTTP or HTTPS.
+pub enum AdminIo {
+    Plain(Guarded),
+    Tls(Box<TlsStream<Guarded>>),
+}
+
 impl axum::serve::Listener for GuardedListener {
-    type Io = Guarded;
+    type Io = AdminIo;
     type Addr = std::net::SocketAddr;
 
-    async fn accept(&mut self) -> (Guarded, std::net::SocketAddr) {
+    async fn accept(&mut self) -> (AdminIo, std::net::SocketAddr) {
         loop {
-            let (stream, addr) = axum::serve::Listener::accept(&mut self.inner).await;
+            let (stream, addr) = tokio::select! {
+                accepted = axum::serve::Listener::accept(&mut self.inner) => accepted,
+                Some(done) = self.handshaken.1.recv() => return done,
+            };
             if self.open.load(Ordering::Relaxed) >= MAX_CONNECTIONS {
                 tracing::debug!(%addr, "admin connection refused: {MAX_CONNECTIONS} open");
                 drop(stream);
                 continue;
             }
             self.open.fetch_add(1, Ordering::Relaxed);
-            return (Guarded::new(stream, Arc::clone(&self.open)), addr);
+            let guarded = Guarded::new(stream, Arc::clone(&self.open));
+            let Some(tls) = &self.tls else {
+                return (AdminIo::Plain(guarded), addr);
+            };
+            let (tls, done) = (tls.clone(), self.handshaken.0.clone());
+            tokio::spawn(async move {
+                match tls.accept(guarded).await {
+                    Ok(stream) => {
+                        let _ = done.send((AdminIo::Tls(Box::new(stream)), addr)).await;
+                    }
+                    Err(error) => tracing::debug!(%error, "admin TLS handshake failed"),
+                }
+            });
         }
     }
 
     fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
         self.inner.local_addr()
+    }
+}
+
+impl AsyncRead for AdminIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            AdminIo::Plain(io) => Pin::new(io).poll_read(cx, buf),
+            AdminIo::Tls(io) => Pin::new(io.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for AdminIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            AdminIo::Plain(io) => Pin::new(io).poll_write(cx, data),
+            AdminIo::Tls(io) => Pin::new(io.as_mut()).poll_write(cx, data),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            AdminIo::Plain(io) => Pin::new(io).poll_flush(cx),
+            AdminIo::Tls(io) => Pin::new(io.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            AdminIo::Plain(io) => Pin::new(io).poll_shutdown(cx),
+            AdminIo::Tls(io) => Pin::new(io.as_mut()).poll_shutdown(cx),
+        }
     }
 }
 

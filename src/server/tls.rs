@@ -61,6 +61,9 @@ pub enum TlsError {
 /// The TLS side of the gRPC port.
 pub struct Tls {
     acceptor: TlsAcceptor,
+    /// The admin port's HTTPS (`--http-tls`): the same certificate, HTTP/1.1, no client
+    /// certificate asked (probes and scrapers).
+    https: TlsAcceptor,
     certificate: Arc<ReloadingCertificate>,
     allowed: Vec<ServerName<'static>>,
 }
@@ -73,6 +76,11 @@ impl Tls {
             &settings.key,
             &provider,
         )?);
+        let mut https = ServerConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::clone(&certificate) as _);
+        https.alpn_protocols = vec![b"http/1.1".to_vec()];
         let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
             .with_safe_default_protocol_versions()?;
         let builder = match &settings.client_ca {
@@ -103,6 +111,7 @@ impl Tls {
             .collect::<Result<_, _>>()?;
         Ok(Arc::new(Tls {
             acceptor: TlsAcceptor::from(Arc::new(config)),
+            https: TlsAcceptor::from(Arc::new(https)),
             certificate,
             allowed,
         }))
@@ -123,6 +132,11 @@ impl Tls {
             ));
         }
         Ok(stream)
+    }
+
+    /// The admin port's HTTPS acceptor: the same certificate, reloaded alike.
+    pub fn https(&self) -> TlsAcceptor {
+        self.https.clone()
     }
 
     fn client_allowed<IO>(&self, stream: &TlsStream<IO>) -> bool {
