@@ -4,7 +4,9 @@
 //! ratelimitd, with nothing but server reflection.
 //!
 //! With `RATELIMITD_E2E_BACKEND=redis` (as `scripts/test` runs it a second time), ratelimitd
-//! counts in a real `redis-server` started for each scenario.
+//! counts in a real `redis-server` started for each scenario. With `RATELIMITD_E2E_TLS=mtls`
+//! (the third time), Envoy and grpcurl speak mTLS to ratelimitd
+//! (`examples/envoy/ratelimitd-cluster-mtls.yaml`), and ratelimitd requires their certificate.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -13,8 +15,9 @@ mod common;
 use std::time::Duration;
 
 use common::fresh_key;
-use common::process::{Envoy, Ratelimitd, Upstream, grpcurl, http_agent, project, wait_until};
+use common::process::{Envoy, Ratelimitd, Upstream, grpcurl_over, http_agent, project, wait_until};
 use common::redis::{RedisServer, cli};
+use common::tls::Mtls;
 
 const SEED_BODY: &str = r#"{ "error": { "type": "rate_limit_error", "code": 429, "message": "Rate limit exceeded. Please retry later." } }"#;
 
@@ -26,18 +29,23 @@ struct Trio {
     agent: ureq::Agent,
     /// The counters' Redis, when the suite runs with the Redis backend.
     redis: Option<RedisServer>,
+    /// Certificates, when the suite runs over mTLS.
+    mtls: Option<Mtls>,
 }
 
-/// ratelimitd on the shipped rules, on `port`, counting in `redis` if there is one.
-fn start_ratelimitd(redis: Option<&RedisServer>, port: u16) -> Ratelimitd {
-    match redis {
-        Some(redis) => Ratelimitd::start_with(
-            &project("config"),
-            port,
-            &["--backend", &redis.url(), "--backend-timeout-ms", "50"],
-        ),
-        None => Ratelimitd::start(&project("config"), port),
+/// ratelimitd on the shipped rules, on `port`, counting in `redis` if there is one, and
+/// requiring mTLS with `mtls`.
+fn start_ratelimitd(redis: Option<&RedisServer>, mtls: Option<&Mtls>, port: u16) -> Ratelimitd {
+    let mut flags: Vec<String> = Vec::new();
+    if let Some(redis) = redis {
+        flags.extend(["--backend".to_string(), redis.url()]);
+        flags.extend(["--backend-timeout-ms".to_string(), "50".to_string()]);
     }
+    if let Some(mtls) = mtls {
+        flags.extend(mtls.ratelimitd_flags());
+    }
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    Ratelimitd::start_with(&project("config"), port, &flags)
 }
 
 /// What a client sees of one response.
@@ -71,15 +79,24 @@ impl Trio {
             Ok("memory") | Err(_) => None,
             Ok(other) => panic!("RATELIMITD_E2E_BACKEND={other}: expected memory or redis"),
         };
+        let mtls = match std::env::var("RATELIMITD_E2E_TLS").as_deref() {
+            Ok("mtls") => Some(Mtls::make()),
+            Ok("") | Err(_) => None,
+            Ok(other) => panic!("RATELIMITD_E2E_TLS={other}: expected mtls or nothing"),
+        };
         let upstream = Upstream::start();
-        let ratelimitd = start_ratelimitd(redis.as_ref(), 0);
-        let envoy = Envoy::start(&ratelimitd.addr, &upstream.addr);
+        let ratelimitd = start_ratelimitd(redis.as_ref(), mtls.as_ref(), 0);
+        let envoy = match &mtls {
+            Some(mtls) => Envoy::start_from(mtls.envoy_yaml(), &ratelimitd.addr, &upstream.addr),
+            None => Envoy::start(&ratelimitd.addr, &upstream.addr),
+        };
         Trio {
             envoy,
             ratelimitd: Some(ratelimitd),
             _upstream: upstream,
             agent: http_agent(),
             redis,
+            mtls,
         }
     }
 
@@ -129,8 +146,21 @@ impl Trio {
         if let Some(redis) = &self.redis {
             assert_eq!(cli(redis.port, &["flushall"]), "OK");
         }
-        self.ratelimitd = Some(start_ratelimitd(self.redis.as_ref(), port));
+        self.ratelimitd = Some(start_ratelimitd(
+            self.redis.as_ref(),
+            self.mtls.as_ref(),
+            port,
+        ));
         self.wait_until_limited();
+    }
+
+    /// grpcurl against ratelimitd as this suite connects: plaintext, or mTLS as Envoy.
+    fn grpcurl(&self, args: &[&str]) -> String {
+        let connection = match &self.mtls {
+            Some(mtls) => mtls.grpcurl_flags(),
+            None => vec!["-plaintext".to_string()],
+        };
+        grpcurl_over(&connection, args)
     }
 
     /// Waits until responses carry rate-limit headers again (Envoy reconnected).
@@ -320,7 +350,11 @@ fn envoy_fails_open_while_ratelimitd_is_down_and_limits_again_when_it_is_back() 
         );
     }
 
-    trio.ratelimitd = Some(start_ratelimitd(trio.redis.as_ref(), port));
+    trio.ratelimitd = Some(start_ratelimitd(
+        trio.redis.as_ref(),
+        trio.mtls.as_ref(),
+        port,
+    ));
     trio.wait_until_limited();
     let seen = trio
         .within_one_minute(|trio| trio.times(11, "POST", "/leads/bulk", Some(&fresh_key("back"))));
@@ -336,20 +370,20 @@ fn grpcurl_lists_describes_calls_and_checks_health_through_reflection() {
     let trio = Trio::start();
     let addr = trio.ratelimitd.as_ref().expect("ratelimitd").addr.clone();
 
-    let list = grpcurl(&[&addr, "list"]);
+    let list = trio.grpcurl(&[&addr, "list"]);
     assert!(
         list.contains("envoy.service.ratelimit.v3.RateLimitService"),
         "{list}"
     );
     assert!(list.contains("grpc.health.v1.Health"), "{list}");
 
-    let describe = grpcurl(&[
+    let describe = trio.grpcurl(&[
         &addr,
         "describe",
         "envoy.service.ratelimit.v3.RateLimitService",
     ]);
     assert!(describe.contains("rpc ShouldRateLimit"), "{describe}");
-    let describe = grpcurl(&[
+    let describe = trio.grpcurl(&[
         &addr,
         "describe",
         "envoy.service.ratelimit.v3.RateLimitRequest",
@@ -358,7 +392,7 @@ fn grpcurl_lists_describes_calls_and_checks_health_through_reflection() {
 
     for service in ["", "envoy.service.ratelimit.v3.RateLimitService"] {
         let body = format!(r#"{{"service":"{service}"}}"#);
-        let health = grpcurl(&["-d", &body, &addr, "grpc.health.v1.Health/Check"]);
+        let health = trio.grpcurl(&["-d", &body, &addr, "grpc.health.v1.Health/Check"]);
         assert!(
             health.contains("\"status\": \"SERVING\""),
             "{service:?}: {health}"
@@ -372,8 +406,8 @@ fn grpcurl_lists_describes_calls_and_checks_health_through_reflection() {
             fresh_key("grpcurl")
         );
         (
-            grpcurl(&["-d", &call, &addr, method]),
-            grpcurl(&["-d", &call, &addr, method]),
+            trio.grpcurl(&["-d", &call, &addr, method]),
+            trio.grpcurl(&["-d", &call, &addr, method]),
         )
     });
     assert!(first.contains("\"overallCode\": \"OK\""), "{first}");

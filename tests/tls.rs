@@ -14,45 +14,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::process::{Ratelimitd, grpcurl_path, wait_until};
+use common::tls::{Ca, Mtls, ca, leaf, write};
 use prost::Message;
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-};
+use rcgen::ExtendedKeyUsagePurpose;
 use rustls_pki_types::pem::PemObject;
-
-/// A certificate authority made for one test.
-struct Ca {
-    issuer: Issuer<'static, KeyPair>,
-    pem: String,
-}
-
-fn ca(name: &str) -> Ca {
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, name);
-    let pem = params.self_signed(&key).unwrap().pem();
-    Ca {
-        issuer: Issuer::new(params, key),
-        pem,
-    }
-}
-
-/// A certificate for `names` signed by `ca`, for a server or a client: (certificate, key).
-fn leaf(ca: &Ca, names: &[&str], usage: ExtendedKeyUsagePurpose) -> (String, String) {
-    let key = KeyPair::generate().unwrap();
-    let mut params =
-        CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
-    params.extended_key_usages = vec![usage];
-    let cert = params.signed_by(&key, &ca.issuer).unwrap();
-    (cert.pem(), key.serialize_pem())
-}
-
-fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path
-}
 
 /// Writes a server certificate the way a Secret mount does: `cert.pem` and `key.pem` are
 /// symlinks through `..data`, a symlink to a directory of this version; a new version is a
@@ -383,70 +348,16 @@ async fn a_certificate_swapped_on_disk_serves_new_connections_and_open_ones_keep
     rl.stop();
 }
 
-/// `examples/envoy/envoy.yaml` with its `ratelimitd` cluster replaced by
-/// `examples/envoy/ratelimitd-cluster-mtls.yaml`, the certificate paths set to `tls`.
-fn envoy_yaml_with_mtls(tls: &Path) -> String {
-    let example =
-        std::fs::read_to_string(common::process::project("examples/envoy/envoy.yaml")).unwrap();
-    let cluster = std::fs::read_to_string(common::process::project(
-        "examples/envoy/ratelimitd-cluster-mtls.yaml",
-    ))
-    .unwrap();
-    let cluster: String = cluster
-        .lines()
-        .filter(|line| !line.starts_with('#'))
-        .map(|line| format!("{line}\n"))
-        .collect::<String>()
-        .replace("/etc/envoy/tls", tls.to_str().unwrap());
-    let start = example
-        .find("    - name: ratelimitd\n")
-        .expect("the ratelimitd cluster");
-    let end = example
-        .find("    - name: upstream\n")
-        .expect("the upstream cluster");
-    format!("{}{cluster}{}", &example[..start], &example[end..])
-}
-
 #[test]
 fn envoy_speaks_mtls_to_ratelimitd_and_limits_as_in_plaintext() {
-    let dir = tempfile::tempdir().unwrap();
-    let (servers, clients) = (ca("ratelimitd CA"), ca("Envoy CA"));
-    let (cert, key) = leaf(
-        &servers,
-        &["ratelimitd", "127.0.0.1"],
-        ExtendedKeyUsagePurpose::ServerAuth,
-    );
-    let (cert, key) = (
-        write(dir.path(), "cert.pem", &cert),
-        write(dir.path(), "key.pem", &key),
-    );
-    let client_ca = write(dir.path(), "envoy-ca.pem", &clients.pem);
-    let (envoy_cert, envoy_key) = leaf(
-        &clients,
-        &["envoy.internal"],
-        ExtendedKeyUsagePurpose::ClientAuth,
-    );
-    write(dir.path(), "envoy.pem", &envoy_cert);
-    write(dir.path(), "envoy.key", &envoy_key);
-    write(dir.path(), "ratelimitd-ca.pem", &servers.pem);
-    let rl = Ratelimitd::start_with(
-        config(),
-        0,
-        &[
-            "--grpc-tls-cert",
-            cert.to_str().unwrap(),
-            "--grpc-tls-key",
-            key.to_str().unwrap(),
-            "--grpc-tls-client-ca",
-            client_ca.to_str().unwrap(),
-            "--grpc-tls-client-san",
-            "envoy.internal",
-        ],
-    );
+    let mtls = Mtls::make();
+    let flags = mtls.ratelimitd_flags();
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let rl = Ratelimitd::start_with(config(), 0, &flags);
     let upstream = common::process::Upstream::start();
-    let envoy_yaml = envoy_yaml_with_mtls(dir.path());
+    let envoy_yaml = mtls.envoy_yaml();
     // The configuration the docs show, as Envoy itself validates it.
-    let validate = write(dir.path(), "validate.yaml", &envoy_yaml);
+    let validate = write(mtls.dir.path(), "validate.yaml", &envoy_yaml);
     let checked = Command::new(common::process::envoy_path())
         .args(["--mode", "validate", "-c"])
         .arg(&validate)

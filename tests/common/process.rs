@@ -43,8 +43,15 @@ pub fn envoy_path() -> PathBuf {
 
 /// Runs grpcurl in plaintext and returns its stdout; fails the test if grpcurl fails.
 pub fn grpcurl(args: &[&str]) -> String {
+    grpcurl_over(&["-plaintext".to_string()], args)
+}
+
+/// Runs grpcurl with `connection` (`-plaintext`, or its TLS flags) and returns its stdout;
+/// fails the test if grpcurl fails.
+pub fn grpcurl_over(connection: &[String], args: &[&str]) -> String {
     let output = Command::new(grpcurl_path())
-        .args(["-plaintext", "-max-time", "10"])
+        .args(connection)
+        .args(["-max-time", "10"])
         .args(args)
         .output()
         .expect("grpcurl runs");
