@@ -28,7 +28,7 @@ sed -e 's/address: ratelimitd, port_value: 8081/address: 127.0.0.1, port_value: 
     examples/envoy/envoy.yaml > "$run/envoy.yaml"
 
 python3 examples/upstream/upstream.py --host 127.0.0.1 --port 8080 & pids+=($!)
-target/release/ratelimitd serve --config config --grpc-addr 127.0.0.1:8081 --http-addr 127.0.0.1:8082 & pids+=($!)
+target/release/ratelimitd serve --config config --grpc-addr 127.0.0.1:8081 --http-addr 127.0.0.1:8082 --redact-rule-values & pids+=($!)
 "$envoy" -c "$run/envoy.yaml" --disable-hot-restart -l warning & pids+=($!)
 
 cat <<'TRY'
