@@ -25,6 +25,10 @@ ENV RATELIMITD_CONFIG=/etc/ratelimitd \
 # 8081: gRPC (RateLimitService, health, reflection); 8080: /healthcheck, /metrics, /rlconfig, /json
 EXPOSE 8081 8080
 # Asks the server's own grpc.health.v1.Health; NOT_SERVING while it drains after SIGTERM.
+# With TLS on the gRPC port (RATELIMITD_GRPC_TLS_CERT and RATELIMITD_GRPC_TLS_KEY), set
+# RATELIMITD_HEALTH_TLS_CA (and RATELIMITD_HEALTH_TLS_CERT, RATELIMITD_HEALTH_TLS_KEY when
+# client certificates are required) so that this check speaks TLS too; the certificate must
+# name 127.0.0.1, or set RATELIMITD_HEALTH_TLS_SERVER_NAME (docs/security.md).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
     CMD ["ratelimitd", "health", "--grpc-addr", "127.0.0.1:8081"]
 STOPSIGNAL SIGTERM
