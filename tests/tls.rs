@@ -54,6 +54,23 @@ fn grpcurl_tls(args: &[&str]) -> (bool, String) {
     (output.status.success(), text)
 }
 
+/// A TLS client trusting `roots`, offering `alpn`.
+fn connector(roots: &[&Ca], alpn: &[u8]) -> tokio_rustls::TlsConnector {
+    let mut store = rustls::RootCertStore::empty();
+    for ca in roots {
+        let der = rustls_pki_types::CertificateDer::from_pem_slice(ca.pem.as_bytes()).unwrap();
+        store.add(der).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(store)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
 /// `GET path` over HTTPS (HTTP/1.1) from the admin port at `addr`, trusting `ca`: the whole
 /// response, or `None` if the connection or handshake fails.
 fn https_get(addr: &str, path: &str, ca: &Ca) -> Option<String> {
@@ -63,18 +80,9 @@ fn https_get(addr: &str, path: &str, ca: &Ca) -> Option<String> {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let mut store = rustls::RootCertStore::empty();
-        let der = rustls_pki_types::CertificateDer::from_pem_slice(ca.pem.as_bytes()).unwrap();
-        store.add(der).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(store)
-            .with_no_client_auth();
         let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
         let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
-        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        let mut tls = connector(&[ca], b"http/1.1")
             .connect(name, tcp)
             .await
             .ok()?;
@@ -246,24 +254,9 @@ fn mtls_needs_a_client_certificate_from_the_ca_with_an_allowed_name() {
 
 /// A TLS client of our own, for a connection kept open across the rotation.
 async fn open_connection(addr: &str, roots: &[&Ca]) -> h2::client::SendRequest<bytes::Bytes> {
-    let mut store = rustls::RootCertStore::empty();
-    for ca in roots {
-        let der = rustls_pki_types::CertificateDer::from_pem_slice(ca.pem.as_bytes()).unwrap();
-        store.add(der).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(store)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .unwrap();
+    let tls = connector(roots, b"h2").connect(name, tcp).await.unwrap();
     let (client, connection) = h2::client::handshake(tls).await.unwrap();
     tokio::spawn(connection);
     client

@@ -19,7 +19,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc::{Receiver, Sender};
 use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
+
+use crate::server::conn::MaybeTls;
 
 /// Most admin connections open at once; one more is closed as soon as it is accepted. Probes
 /// and scrapers need a handful.
@@ -53,10 +54,7 @@ impl GuardedListener {
 }
 
 /// An admin connection, in plain HTTP or HTTPS.
-pub enum AdminIo {
-    Plain(Guarded),
-    Tls(Box<TlsStream<Guarded>>),
-}
+pub type AdminIo = MaybeTls<Guarded>;
 
 impl axum::serve::Listener for GuardedListener {
     type Io = AdminIo;
@@ -76,13 +74,13 @@ impl axum::serve::Listener for GuardedListener {
             self.open.fetch_add(1, Ordering::Relaxed);
             let guarded = Guarded::new(stream, Arc::clone(&self.open));
             let Some(tls) = &self.tls else {
-                return (AdminIo::Plain(guarded), addr);
+                return (MaybeTls::Plain(guarded), addr);
             };
             let (tls, done) = (tls.clone(), self.handshaken.0.clone());
             tokio::spawn(async move {
                 match tls.accept(guarded).await {
                     Ok(stream) => {
-                        let _ = done.send((AdminIo::Tls(Box::new(stream)), addr)).await;
+                        let _ = done.send((MaybeTls::Tls(Box::new(stream)), addr)).await;
                     }
                     Err(error) => tracing::debug!(%error, "admin TLS handshake failed"),
                 }
@@ -92,46 +90,6 @@ impl axum::serve::Listener for GuardedListener {
 
     fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
         self.inner.local_addr()
-    }
-}
-
-impl AsyncRead for AdminIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            AdminIo::Plain(io) => Pin::new(io).poll_read(cx, buf),
-            AdminIo::Tls(io) => Pin::new(io.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for AdminIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            AdminIo::Plain(io) => Pin::new(io).poll_write(cx, data),
-            AdminIo::Tls(io) => Pin::new(io.as_mut()).poll_write(cx, data),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            AdminIo::Plain(io) => Pin::new(io).poll_flush(cx),
-            AdminIo::Tls(io) => Pin::new(io.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            AdminIo::Plain(io) => Pin::new(io).poll_shutdown(cx),
-            AdminIo::Tls(io) => Pin::new(io.as_mut()).poll_shutdown(cx),
-        }
     }
 }
 

@@ -2,7 +2,7 @@
 //! (v1, and v1alpha for grpcurl 1.8, which asks only v1alpha), on a listener already bound.
 
 mod batched_io;
-mod conn;
+pub mod conn;
 pub mod connection_cap;
 mod rls;
 pub mod tls;
@@ -75,7 +75,9 @@ fn incoming(
         }
     });
     let Some(tls) = tls else {
-        return admitted.map(|admitted| admitted.map(Conn::Plain)).boxed();
+        return admitted
+            .map(|admitted| admitted.map(conn::MaybeTls::Plain))
+            .boxed();
     };
     let (ready, handshaken) = tokio::sync::mpsc::channel(MAX_PENDING_HANDSHAKES);
     tokio::spawn(async move {
@@ -97,7 +99,7 @@ fn incoming(
                     tokio::spawn(async move {
                         match tls.accept(stream).await {
                             Ok(stream) => {
-                                let _ = ready.send(Ok(Conn::Tls(Box::new(stream)))).await;
+                                let _ = ready.send(Ok(conn::MaybeTls::Tls(Box::new(stream)))).await;
                             }
                             Err(error) => tracing::debug!(%error, "TLS handshake failed"),
                         }
