@@ -89,6 +89,10 @@ const TABLE_OVERHEAD: usize = 32;
 /// Shards wanted at the least, budget allowing: fewer entries per lock.
 const TARGET_SHARDS: usize = 512;
 
+/// Shards at the most: a budget past 65,536 full shards (~60 GB, 470 million counters) holds
+/// no more, so a mistyped `--max-counter-memory 1PB` cannot make a billion locks at start.
+const MAX_SHARDS: usize = 1 << 16;
+
 /// Turnovers of a full shard (its entries, replaced) that a key's arrival is remembered for,
 /// at the least: under a flood of 750,000 keys a second into room for 100,000, a turnover
 /// lasts 0.14 s, so a key that comes back within half a second is known to.
@@ -124,7 +128,7 @@ impl Layout {
             buckets /= 2;
         }
         let most_per_shard = buckets * 7 / 16 - 1;
-        let by_bytes = (bytes / shard_bytes(buckets)).max(1);
+        let by_bytes = (bytes / shard_bytes(buckets)).clamp(1, MAX_SHARDS);
         let by_count = max_entries.div_ceil(most_per_shard).max(1);
         let shards = by_bytes.min(by_count);
         let per_shard = if by_count <= by_bytes {
@@ -483,6 +487,8 @@ mod tests {
             );
             assert!(layout.per_shard < layout.buckets * 7 / 16);
         }
+        let huge = Layout::new(usize::MAX / 2, usize::MAX, bucket);
+        assert_eq!(huge.shards, 1 << 16, "a bounded number of shards");
         let few = Layout::new(1 << 30, 100, bucket);
         assert_eq!((few.shards, few.capacity()), (1, 100));
         assert_eq!(Layout::new(1 << 30, 1, bucket).capacity(), 1);
