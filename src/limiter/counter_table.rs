@@ -349,7 +349,14 @@ impl<V: Value, K: Kept> CounterTable<V, K> {
 
     /// The entry `id` (of `key`), write-locked, made if there is none; in a full shard, making
     /// it evicts another first. `now` (or a moment before it) tells which windows have ended.
-    pub fn get_or_make(&self, id: Id, key: &[u8], now: Duration) -> MappedRwLockWriteGuard<'_, V> {
+    /// Also whether the entry was just made for a key that had arrived at the full shard before:
+    /// its earlier entry was evicted, with what it had counted.
+    pub fn get_or_make(
+        &self,
+        id: Id,
+        key: &[u8],
+        now: Duration,
+    ) -> (MappedRwLockWriteGuard<'_, V>, bool) {
         let mut shard = self.shard(id).write();
         let absent = shard
             .slots
@@ -371,7 +378,7 @@ impl<V: Value, K: Kept> CounterTable<V, K> {
         }
         let born = shard.made;
         shard.made = born.wrapping_add(u32::from(absent));
-        RwLockWriteGuard::map(shard, |shard| {
+        let entry = RwLockWriteGuard::map(shard, |shard| {
             let slot = shard
                 .slots
                 .entry(id.table_bits, |slot| slot.id == id, slot_hash)
@@ -383,7 +390,8 @@ impl<V: Value, K: Kept> CounterTable<V, K> {
                     kept: K::keep(key),
                 });
             &mut slot.into_mut().value
-        })
+        });
+        (entry, absent && returning)
     }
 
     /// Entries now.
@@ -468,7 +476,10 @@ mod tests {
 
     fn make(table: &CounterTable<Hits>, name: &str, count: u64) {
         let id = table.id(name.as_bytes());
-        table.get_or_make(id, name.as_bytes(), Duration::ZERO).count = count;
+        table
+            .get_or_make(id, name.as_bytes(), Duration::ZERO)
+            .0
+            .count = count;
     }
 
     fn has(table: &CounterTable<Hits>, name: &str) -> bool {
@@ -559,12 +570,18 @@ mod tests {
         for name in names {
             make(&table, name, 100);
         }
-        table.get_or_make(table.id(b"c"), b"c", Duration::ZERO).ends = 10;
+        table
+            .get_or_make(table.id(b"c"), b"c", Duration::ZERO)
+            .0
+            .ends = 10;
         let id = table.id(b"e");
-        table.get_or_make(id, b"e", Duration::from_secs(10)).count = 100;
+        table.get_or_make(id, b"e", Duration::from_secs(10)).0.count = 100;
         assert!(!has(&table, "c"), "the ended entry made room");
         assert!(names.iter().filter(|n| **n != "c").all(|n| has(&table, n)));
-        table.get_or_make(table.id(b"a"), b"a", Duration::ZERO).ends = 5;
+        table
+            .get_or_make(table.id(b"a"), b"a", Duration::ZERO)
+            .0
+            .ends = 5;
         assert_eq!(table.sweep(Duration::from_secs(6)), 1);
         assert_eq!(table.len(), 3);
     }
@@ -574,7 +591,10 @@ mod tests {
         let table: CounterTable<Hits, Box<[u8]>> = CounterTable::new(1 << 20, 100);
         for name in ["x", "y"] {
             let id = table.id(name.as_bytes());
-            table.get_or_make(id, name.as_bytes(), Duration::ZERO).count = 3;
+            table
+                .get_or_make(id, name.as_bytes(), Duration::ZERO)
+                .0
+                .count = 3;
         }
         let mut keys: Vec<Box<[u8]>> = table.drain().into_iter().map(|(k, _)| k).collect();
         keys.sort();

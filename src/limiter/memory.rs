@@ -450,7 +450,20 @@ impl<K: Kept> MemoryStore<K> {
         }
         // The key or this window is new: take the shard's write lock once to add it.
         let key = batch.keys[inc.key].as_bytes();
-        let mut entry = self.entries.get_or_make(id, key, window_start(inc));
+        let (mut entry, came_back) = self.entries.get_or_make(id, key, window_start(inc));
+        if came_back {
+            // The key's earlier entry was evicted, and the hits it held with it: count its last
+            // hit again, in each window this request counts for it, so that an eviction lets
+            // through no request more (at worst one fewer, if that hit was in an earlier window).
+            for window in batch.increments.iter().filter(|other| other.key == inc.key) {
+                if entry.get(window.window_seconds).is_none() {
+                    entry.add(window.window_seconds, window.window_index);
+                }
+                if let Some(counter) = entry.get(window.window_seconds) {
+                    counter.raise_to(window.window_index, 1);
+                }
+            }
+        }
         if entry.get(inc.window_seconds).is_none() {
             entry.add(inc.window_seconds, inc.window_index);
         }
@@ -667,6 +680,22 @@ mod tests {
             0,
             "the least counted key made room"
         );
+    }
+
+    #[test]
+    fn a_key_evicted_and_back_counts_the_hit_it_lost() {
+        let store = MemoryStore::new(Budget::keys(8));
+        let one_hit = |name: &str| store.apply(&batch(name, &[(60, 5, 1, 1)])).1[0].value;
+        for i in 0..8 {
+            one_hit(&format!("first-{i}"));
+        }
+        assert_eq!(one_hit("k"), 1, "k arrives at a full table");
+        for i in 0..20 {
+            one_hit(&format!("flood-{i}"));
+        }
+        let k = CounterKey::new("d", [("k", "k")].into_iter());
+        assert_eq!(store.peek(&k, 60, 1), 0, "k was evicted with its hit");
+        assert_eq!(one_hit("k"), 2, "back: its lost hit counts again, and this one");
     }
 
     #[test]
