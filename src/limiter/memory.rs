@@ -695,7 +695,11 @@ mod tests {
         }
         let k = CounterKey::new("d", [("k", "k")].into_iter());
         assert_eq!(store.peek(&k, 60, 1), 0, "k was evicted with its hit");
-        assert_eq!(one_hit("k"), 2, "back: its lost hit counts again, and this one");
+        assert_eq!(
+            one_hit("k"),
+            2,
+            "back: its lost hit counts again, and this one"
+        );
     }
 
     #[test]
