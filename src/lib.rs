@@ -30,6 +30,7 @@ pub mod app;
 pub mod background;
 pub mod config;
 pub mod container;
+pub mod envoy_env;
 pub mod limiter;
 pub mod metrics;
 pub mod probe;

@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 
 use cli::{Cli, Command, LogFormat};
 use ratelimitd::app::{self, InitialRules, Listeners};
-use ratelimitd::{config, probe};
+use ratelimitd::{config, envoy_env, probe};
 
 /// Raises the soft limit on open files to the hard limit: every connection costs one, and the
 /// usual soft limit (1,024 or 4,096) let a few thousand slow admin connections exhaust it, so a
@@ -32,12 +32,25 @@ fn raise_open_file_limit() {
 
 fn main() -> ExitCode {
     ratelimitd::allocator::return_freed_memory_at_once();
-    let cli = Cli::parse();
+    let args = envoy_env::command_line(std::env::args_os().collect(), |name| {
+        std::env::var(name).ok()
+    });
+    let (args, no_effect) = match args {
+        Ok(translated) => translated,
+        Err(unsupported) => {
+            eprintln!("ratelimitd: envoyproxy/ratelimit's {unsupported}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let cli = Cli::parse_from(args);
     match cli.command {
         Command::Check(check) => run_check(&check),
         Command::Health(health) => run_health(&health),
         Command::Serve(serve) => {
             init_logging(&serve.log);
+            for name in no_effect {
+                tracing::info!(variable = %name, "envoyproxy/ratelimit's variable has no effect here");
+            }
             raise_open_file_limit();
             match run_serve(*serve) {
                 Ok(()) => ExitCode::SUCCESS,

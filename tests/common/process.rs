@@ -203,16 +203,18 @@ impl Ratelimitd {
             }
             None => Command::new(binary),
         };
-        let mut process = Process::spawn(
-            command
-                .args(["serve", "--log-format", "json", "--grpc-addr"])
-                .arg(format!("127.0.0.1:{port}"))
-                .args(["--http-addr", "127.0.0.1:0", "--config"])
-                .arg(config)
-                .args(flags)
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped()),
-        );
+        command
+            .args(["serve", "--log-format", "json", "--grpc-addr"])
+            .arg(format!("127.0.0.1:{port}"))
+            .args(["--http-addr", "127.0.0.1:0", "--config"])
+            .arg(config)
+            .args(flags);
+        Ratelimitd::spawn(&mut command)
+    }
+
+    /// Runs `command` (a ratelimitd that logs JSON) and waits until it serves.
+    pub fn spawn(command: &mut Command) -> Ratelimitd {
+        let mut process = Process::spawn(command.stdout(Stdio::null()).stderr(Stdio::piped()));
         let log = Lines::of(process.stderr());
         let line = log.wait_for("ratelimitd serving", Duration::from_secs(20));
         let field = |name: &str| {

@@ -1,0 +1,106 @@
+//! The binary as envoyproxy/ratelimit's image runs it: named `ratelimit`, started with no
+//! arguments, configured by envoyproxy/ratelimit's environment variables (Istio's sample
+//! Deployment: the rules a ConfigMap under `RUNTIME_ROOT/RUNTIME_SUBDIRECTORY/config`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::process::Ratelimitd;
+use common::*;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
+
+/// A directory holding a `ratelimit` symlink to the binary.
+fn named_ratelimit() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("ratelimit");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_ratelimitd"), &link).unwrap();
+    (dir, link)
+}
+
+/// `ratelimit` with no arguments and envoyproxy/ratelimit's variables `env`, nothing else.
+fn ratelimit_command(link: &std::path::Path, env: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(link);
+    command.env_clear().envs(env.iter().copied());
+    command
+}
+
+#[tokio::test]
+async fn istio_s_sample_environment_serves_the_configmap_rules() {
+    let (_bin, link) = named_ratelimit();
+    let runtime = tempfile::tempdir().unwrap();
+    let rules = runtime.path().join("ratelimit").join("config");
+    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::write(
+        rules.join("config.yaml"),
+        "domain: ratelimit\ndescriptors:\n  - key: PATH\n    value: /productpage\n    rate_limit:\n      unit: minute\n      requests_per_unit: 1\n",
+    )
+    .unwrap();
+    let root = runtime.path().to_str().unwrap();
+    let rl = Ratelimitd::spawn(&mut ratelimit_command(
+        &link,
+        &[
+            ("RUNTIME_ROOT", root),
+            ("RUNTIME_SUBDIRECTORY", "ratelimit"),
+            ("RUNTIME_IGNOREDOTFILES", "true"),
+            ("RUNTIME_WATCH_ROOT", "false"),
+            ("USE_STATSD", "false"),
+            ("LOG_LEVEL", "INFO"),
+            ("LOG_FORMAT", "json"),
+            ("HOST", "127.0.0.1"),
+            ("PORT", "0"),
+            ("GRPC_HOST", "127.0.0.1"),
+            ("GRPC_PORT", "0"),
+            ("REDIS_POOL_SIZE", "10"),
+        ],
+    ));
+    let client = Client::connect(format!("http://{}", rl.addr))
+        .await
+        .unwrap();
+    let (first, second) = within_one_window(60, |_| {
+        let mut client = client.clone();
+        async move {
+            let ask = || request("ratelimit", vec![descriptor(&[("PATH", "/productpage")])]);
+            let first = call(&mut client, ask()).await.overall_code;
+            let second = call(&mut client, ask()).await.overall_code;
+            // A retry runs in a fresh minute: nothing else counts this key.
+            (first, second)
+        }
+    })
+    .await;
+    assert_eq!(
+        (first, second),
+        (Code::Ok as i32, Code::OverLimit as i32),
+        "the ConfigMap's rule (1 a minute) decides"
+    );
+    let log = rl.log.all(Duration::from_millis(200)).join("\n");
+    assert!(
+        log.contains("REDIS_POOL_SIZE") && log.contains("no effect"),
+        "a tuning knob is reported, not silently dropped"
+    );
+    drop(client);
+    rl.stop();
+}
+
+#[test]
+fn a_variable_ratelimitd_cannot_honour_stops_the_start_and_is_named() {
+    let (_bin, link) = named_ratelimit();
+    for (variable, value) in [
+        ("USE_STATSD", "true"),
+        ("CONFIG_TYPE", "GRPC_XDS_SOTW"),
+        ("MEMCACHE_HOST_PORT", "memcache:11211"),
+    ] {
+        let output = ratelimit_command(&link, &[(variable, value), ("RUNTIME_ROOT", "/nowhere")])
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{variable}={value} refused");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains(&format!("{variable}={value}")),
+            "the message names it: {stderr}"
+        );
+    }
+}
