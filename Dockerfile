@@ -16,6 +16,10 @@ RUN cargo build --release --locked --bin ratelimitd
 FROM debian:bookworm-slim
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin ratelimitd
 COPY --from=build /src/target/release/ratelimitd /usr/local/bin/ratelimitd
+# envoyproxy/ratelimit's image runs /bin/ratelimit: under that name, with no arguments, the same
+# binary serves, configured by envoyproxy/ratelimit's variables (docs/envoyproxy-ratelimit.md).
+# It writes nothing to disk, so a read-only root filesystem and any non-root uid work.
+RUN ln -s /usr/local/bin/ratelimitd /bin/ratelimit
 COPY config /etc/ratelimitd
 USER 10001
 ENV RATELIMITD_CONFIG=/etc/ratelimitd \
