@@ -105,6 +105,21 @@ pub async fn serve(
     Ok(())
 }
 
+/// Serves `/metrics` alone on `listener` until `shutdown` completes.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    admin: Admin,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), AdminError> {
+    let router = Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(admin);
+    axum::serve(guarded::GuardedListener::new(listener, None), router)
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    Ok(())
+}
+
 async fn healthcheck(State(admin): State<Admin>) -> Response {
     if !admin.serving.load(Ordering::Relaxed) {
         return (StatusCode::INTERNAL_SERVER_ERROR, "draining\n").into_response();

@@ -125,6 +125,9 @@ pub struct InitialRules {
 pub struct Listeners {
     pub grpc: TcpListener,
     pub http: Option<TcpListener>,
+    /// `/metrics` alone, for scrapers that look for it on a port of its own
+    /// (`--metrics-addr`, envoyproxy/ratelimit's `PROMETHEUS_ADDR`).
+    pub metrics: Option<TcpListener>,
 }
 
 /// Why ratelimitd could not run.
@@ -155,6 +158,11 @@ pub async fn serve(
 ) -> Result<(), AppError> {
     let http_addr = listeners
         .http
+        .as_ref()
+        .map(display_addr)
+        .unwrap_or_default();
+    let metrics_addr = listeners
+        .metrics
         .as_ref()
         .map(display_addr)
         .unwrap_or_default();
@@ -219,6 +227,17 @@ pub async fn serve(
                 Arc::clone(&connections),
             )?
             .with_remote_debug(settings.admin_remote_debug);
+            if let Some(metrics) = listeners.metrics {
+                let (admin, mut stop) = (admin.clone(), admin_stop.clone());
+                let stop = async move {
+                    let _ = stop.wait_for(|stop| *stop).await;
+                };
+                tokio::spawn(async move {
+                    if let Err(error) = admin::serve_metrics(metrics, admin, stop).await {
+                        tracing::warn!(%error, "the metrics listener failed");
+                    }
+                });
+            }
             let stop = async move {
                 let _ = admin_stop.wait_for(|stop| *stop).await;
             };
@@ -234,6 +253,7 @@ pub async fn serve(
     tracing::info!(
         grpc = %display_addr(&listeners.grpc),
         http = %http_addr,
+        metrics = %metrics_addr,
         config = %settings.reload.as_ref().map(|r| r.path.display().to_string()).unwrap_or_default(),
         rules_hash = %hash,
         backend = settings.backend.kind(),

@@ -79,6 +79,10 @@ pub struct Serve {
     /// Address of the admin HTTP server (/healthcheck, /metrics, /rlconfig, POST /json).
     #[arg(long, env = "RATELIMITD_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,
+    /// Also serve `/metrics` alone on this address (envoyproxy/ratelimit's `PROMETHEUS_ADDR`,
+    /// where Envoy Gateway scrapes); it stays on the admin port too.
+    #[arg(long, env = "RATELIMITD_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
     /// How often the rule files are read to catch changes that sent no file event, in
     /// milliseconds (changes are also watched with inotify, and SIGHUP reloads at once).
     #[arg(long, env = "RATELIMITD_RELOAD_POLL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..))]

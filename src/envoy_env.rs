@@ -129,13 +129,6 @@ pub fn translate(get: impl Fn(&str) -> Option<String>) -> Result<Translated, Uns
             ));
         }
     }
-    if let Some(v) = set("PROMETHEUS_ADDR") {
-        return Err(refuse(
-            "PROMETHEUS_ADDR",
-            v,
-            "a separate metrics listener is not built yet: /metrics is on the admin port (PORT)",
-        ));
-    }
     if let Some(v) = set("PROMETHEUS_PATH").filter(|v| v != "/metrics") {
         return Err(refuse("PROMETHEUS_PATH", v, "metrics are at /metrics only"));
     }
@@ -217,6 +210,14 @@ pub fn translate(get: impl Fn(&str) -> Option<String>) -> Result<Translated, Uns
     if let Some(port) = set("PORT") {
         let host = set("HOST").unwrap_or_else(|| "0.0.0.0".into());
         flag("--http-addr", join(&host, &port));
+    }
+    if let Some(addr) = set("PROMETHEUS_ADDR") {
+        // Go's `:19001` listens on every address.
+        let addr = match addr.strip_prefix(':') {
+            Some(port) => format!("0.0.0.0:{port}"),
+            None => addr,
+        };
+        flag("--metrics-addr", addr);
     }
     if let Some(port) = set("GRPC_PORT") {
         let host = set("GRPC_HOST").unwrap_or_else(|| "0.0.0.0".into());
@@ -454,6 +455,7 @@ mod tests {
             ("RUNTIME_SUBDIRECTORY", "ratelimit"),
             ("LIMIT_RESPONSE_HEADERS_ENABLED", "false"),
             ("SHADOW_MODE", "1"),
+            ("PROMETHEUS_ADDR", ":19001"),
         ];
         let got = flags(&all);
         let has = |name: &str, value: &str| got.iter().any(|(f, v)| f == name && v == value);
@@ -464,6 +466,7 @@ mod tests {
         assert!(has("--config", "/data/ratelimit/config"));
         assert!(has("--header-style", "none"));
         assert!(has("--shadow-mode", "true"));
+        assert!(has("--metrics-addr", "0.0.0.0:19001"));
         let no_tls = [("GRPC_SERVER_TLS_CERT", "/tls/cert.pem")];
         assert!(
             flags(&no_tls).is_empty(),
@@ -477,7 +480,6 @@ mod tests {
             ("USE_STATSD", "true"),
             ("GRPC_UDS", "/tmp/rl.sock"),
             ("CONFIG_TYPE", "GRPC_XDS_SOTW"),
-            ("PROMETHEUS_ADDR", ":19001"),
             ("BACKEND_TYPE", "memcache"),
             ("MERGE_DOMAIN_CONFIG", "true"),
             ("TRACING_ENABLED", "true"),

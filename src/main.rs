@@ -143,9 +143,18 @@ fn run_serve(serve: cli::Serve) -> anyhow::Result<()> {
         let http = TcpListener::bind(serve.http_addr)
             .await
             .with_context(|| format!("cannot listen on {}", serve.http_addr))?;
+        let metrics = match serve.metrics_addr {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr}"))?,
+            ),
+            None => None,
+        };
         let listeners = Listeners {
             grpc,
             http: Some(http),
+            metrics,
         };
         app::serve(settings, initial, listeners, shutdown_signal()).await?;
         tracing::info!("ratelimitd stopped");

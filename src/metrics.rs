@@ -34,6 +34,12 @@ pub struct Metrics {
     rule: RuleFamilies,
     domain_not_found: IntCounter,
     answered_ok: IntCounter,
+    /// envoyproxy/ratelimit's series, as its default statsd mapping (and Envoy Gateway's
+    /// dashboards) name them: every ShouldRateLimit call, its time, and its errors by kind.
+    total_requests: IntCounter,
+    response_time: Histogram,
+    redis_errors: IntCounter,
+    service_errors: IntCounter,
     answered_over_limit: IntCounter,
     errors: IntCounterVec,
     decision_seconds: Histogram,
@@ -216,6 +222,32 @@ impl Metrics {
             .buckets(DECISION_BUCKETS.to_vec()),
         )?;
         registry.register(Box::new(decision_seconds.clone()))?;
+        let total_requests = IntCounterVec::new(
+            Opts::new(
+                "ratelimit_service_total_requests",
+                "ShouldRateLimit calls (envoyproxy/ratelimit's name).",
+            ),
+            &["grpc_method"],
+        )?;
+        registry.register(Box::new(total_requests.clone()))?;
+        let response_time = prometheus::HistogramVec::new(
+            HistogramOpts::new(
+                "ratelimit_service_response_time_seconds",
+                "Time to answer one ShouldRateLimit call (envoyproxy/ratelimit's name).",
+            )
+            .buckets(DECISION_BUCKETS.to_vec()),
+            &["grpc_method"],
+        )?;
+        registry.register(Box::new(response_time.clone()))?;
+        let call_errors = IntCounterVec::new(
+            Opts::new(
+                "ratelimit_service_should_rate_limit_error",
+                "ShouldRateLimit calls that failed: redis_error (the store could not count), \
+                 service_error (anything else) (envoyproxy/ratelimit's name).",
+            ),
+            &["err_type"],
+        )?;
+        registry.register(Box::new(call_errors.clone()))?;
         let config_info = IntGaugeVec::new(
             Opts::new(
                 "ratelimitd_config_info",
@@ -235,6 +267,10 @@ impl Metrics {
                 "Requests for a domain that no rule file defines (answered OK).",
             )?,
             answered_ok: decisions.with_label_values(&["OK"]),
+            total_requests: total_requests.with_label_values(&["ShouldRateLimit"]),
+            response_time: response_time.with_label_values(&["ShouldRateLimit"]),
+            redis_errors: call_errors.with_label_values(&["redis_error"]),
+            service_errors: call_errors.with_label_values(&["service_error"]),
             answered_over_limit: decisions.with_label_values(&["OVER_LIMIT"]),
             errors,
             decision_seconds,
@@ -376,13 +412,26 @@ impl Metrics {
         if !domain_known {
             self.domain_not_found.inc();
         }
-        self.decision_seconds.observe(took.as_secs_f64());
+        self.took(took);
+    }
+
+    /// Every call's time, in both histograms; counted in envoyproxy/ratelimit's total.
+    fn took(&self, took: Duration) {
+        let seconds = took.as_secs_f64();
+        self.decision_seconds.observe(seconds);
+        self.response_time.observe(seconds);
+        self.total_requests.inc();
     }
 
     /// One request refused with an error (`code` is the gRPC code's name).
     pub fn refused(&self, code: &str, took: Duration) {
         self.errors.with_label_values(&[code]).inc();
-        self.decision_seconds.observe(took.as_secs_f64());
+        if code == "UNAVAILABLE" {
+            self.redis_errors.inc();
+        } else {
+            self.service_errors.inc();
+        }
+        self.took(took);
     }
 
     /// A rule load that succeeded: `hash` names the files' contents.

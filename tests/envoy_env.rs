@@ -55,6 +55,8 @@ async fn istio_s_sample_environment_serves_the_configmap_rules() {
             ("GRPC_HOST", "127.0.0.1"),
             ("GRPC_PORT", "0"),
             ("REDIS_POOL_SIZE", "10"),
+            ("USE_PROMETHEUS", "true"),
+            ("PROMETHEUS_ADDR", "127.0.0.1:0"),
         ],
     ));
     let client = Client::connect(format!("http://{}", rl.addr))
@@ -77,6 +79,22 @@ async fn istio_s_sample_environment_serves_the_configmap_rules() {
         "the ConfigMap's rule (1 a minute) decides"
     );
     let log = rl.log.all(Duration::from_millis(200)).join("\n");
+    // /metrics on its own listener, as Envoy Gateway scrapes it, with envoyproxy's series.
+    let serving = log
+        .lines()
+        .find(|l| l.contains("ratelimitd serving"))
+        .expect("the serving line");
+    let key = "\"metrics\":\"";
+    let at = serving.find(key).expect("the metrics address") + key.len();
+    let metrics_addr = serving[at..].split('"').next().unwrap();
+    let scrape = http_get(metrics_addr, "/metrics").1;
+    let calls = metric(
+        &scrape,
+        r#"ratelimit_service_total_requests{grpc_method="ShouldRateLimit"}"#,
+    );
+    assert!(calls >= 2.0, "{calls} ShouldRateLimit calls counted");
+    assert!(scrape.contains("ratelimit_service_response_time_seconds_bucket"));
+    assert!(scrape.contains("ratelimit_service_rate_limit_over_limit"));
     assert!(
         log.contains("REDIS_POOL_SIZE") && log.contains("no effect"),
         "a tuning knob is reported, not silently dropped"

@@ -66,6 +66,7 @@ impl TestServer {
             hash: "test".to_string(),
         };
         let listeners = Listeners {
+            metrics: None,
             grpc: listener,
             http: Some(http),
         };
