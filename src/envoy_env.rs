@@ -207,8 +207,10 @@ pub fn translate(get: impl Fn(&str) -> Option<String>) -> Result<Translated, Uns
     }
 
     // Translations.
-    if let Some(port) = set("PORT") {
+    // Either half set means the listener moves: Istio's sample sets only `HOST: "::"`.
+    if set("HOST").is_some() || set("PORT").is_some() {
         let host = set("HOST").unwrap_or_else(|| "0.0.0.0".into());
+        let port = set("PORT").unwrap_or_else(|| "8080".into());
         flag("--http-addr", join(&host, &port));
     }
     if let Some(addr) = set("PROMETHEUS_ADDR") {
@@ -219,8 +221,9 @@ pub fn translate(get: impl Fn(&str) -> Option<String>) -> Result<Translated, Uns
         };
         flag("--metrics-addr", addr);
     }
-    if let Some(port) = set("GRPC_PORT") {
+    if set("GRPC_HOST").is_some() || set("GRPC_PORT").is_some() {
         let host = set("GRPC_HOST").unwrap_or_else(|| "0.0.0.0".into());
+        let port = set("GRPC_PORT").unwrap_or_else(|| "8081".into());
         flag("--grpc-addr", join(&host, &port));
     }
     if is_true("GRPC_SERVER_USE_TLS") {
@@ -467,6 +470,9 @@ mod tests {
         assert!(has("--header-style", "none"));
         assert!(has("--shadow-mode", "true"));
         assert!(has("--metrics-addr", "0.0.0.0:19001"));
+        let istio = [("HOST", "::"), ("GRPC_HOST", "::")];
+        assert_eq!(flag(&istio, "--http-addr").as_deref(), Some("[::]:8080"));
+        assert_eq!(flag(&istio, "--grpc-addr").as_deref(), Some("[::]:8081"));
         let no_tls = [("GRPC_SERVER_TLS_CERT", "/tls/cert.pem")];
         assert!(
             flags(&no_tls).is_empty(),
