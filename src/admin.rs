@@ -124,8 +124,14 @@ async fn healthcheck(State(admin): State<Admin>) -> Response {
     if !admin.serving.load(Ordering::Relaxed) {
         return (StatusCode::INTERNAL_SERVER_ERROR, "draining\n").into_response();
     }
-    // Still serving while Redis is down, by the failure policy: say so.
+    // Still serving while Redis is down, by the failure policy: say so. Not ready before
+    // Redis was first reached, as envoyproxy/ratelimit is not.
     match admin.service.limiter().backend() {
+        Some(backend) if !backend.connected => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "waiting for Redis: not reached yet\n",
+        )
+            .into_response(),
         Some(backend) if !backend.up => (
             StatusCode::OK,
             format!(

@@ -260,6 +260,13 @@ pub async fn serve(
         "ratelimitd serving"
     );
     let (health_tx, mut health_rx) = watch::channel::<Option<Health>>(None);
+    if service.limiter().backend().is_some_and(|b| !b.connected) {
+        not_ready_until_redis(
+            Arc::clone(service.limiter()),
+            health_rx.clone(),
+            Arc::clone(&serving),
+        );
+    }
     let (stopping_tx, mut stopping_rx) = watch::channel(false);
     let stop_accepting = async move {
         shutdown.await;
@@ -308,6 +315,32 @@ pub async fn serve(
         }
     }
     result
+}
+
+/// gRPC health says NOT_SERVING until Redis is first reached, then SERVING (unless shutdown has
+/// begun), as `/healthcheck` does: a replica that never reached its Redis is not ready.
+fn not_ready_until_redis(
+    limiter: Arc<Limiter>,
+    mut health: watch::Receiver<Option<Health>>,
+    serving: Arc<AtomicBool>,
+) {
+    tokio::spawn(async move {
+        let handle = match health.wait_for(Option::is_some).await {
+            Ok(handle) => handle.clone(),
+            Err(_) => return,
+        };
+        let Some(handle) = handle else {
+            return;
+        };
+        handle.set(false).await;
+        while limiter.backend().is_some_and(|backend| !backend.connected) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if serving.load(Ordering::Relaxed) {
+            handle.set(true).await;
+            tracing::info!("Redis reached: ready");
+        }
+    });
 }
 
 fn display_addr(listener: &TcpListener) -> String {

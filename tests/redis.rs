@@ -673,3 +673,41 @@ async fn counting_locally_takes_a_share_of_what_is_left_and_writes_it_back() {
     );
     rl.stop();
 }
+
+/// A replica whose Redis is not up yet keeps trying and is not ready (`/healthcheck` 500, gRPC
+/// health NOT_SERVING) until it first reaches Redis; it never exits for it.
+#[test]
+fn not_ready_until_redis_is_first_reached() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap();
+    let rules = rules_dir();
+    let rl = replica(rules.path(), &format!("redis://127.0.0.1:{port}"), &[]);
+    let grpc_health = || {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_ratelimitd"))
+            .args(["health", "--grpc-addr", &rl.addr])
+            .output()
+            .expect("ratelimitd health runs");
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    };
+    let (status, body) = http_get(&rl.http_addr, "/healthcheck");
+    assert_eq!(
+        (status, body.trim()),
+        (500, "waiting for Redis: not reached yet")
+    );
+    wait_until(Duration::from_secs(5), "gRPC health NOT_SERVING", || {
+        (grpc_health() == "NOT_SERVING").then_some(())
+    });
+    let redis = RedisServer::start_on(port, &[]);
+    wait_until(
+        Duration::from_secs(20),
+        "ready once Redis is reached",
+        || {
+            (http_get(&rl.http_addr, "/healthcheck").0 == 200 && grpc_health() == "SERVING")
+                .then_some(())
+        },
+    );
+    rl.stop();
+    drop(redis);
+}

@@ -172,6 +172,11 @@ impl RedisStore {
         self.timeout * LATE_ANSWER_TIMEOUTS
     }
 
+    /// Whether a first connection has been made (it reconnects by itself after that).
+    pub fn is_connected(&self) -> bool {
+        self.connection.get().is_some()
+    }
+
     /// Waits until connected, for at most `within`; whether it is.
     pub async fn wait_connected(&self, within: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + within;

@@ -79,6 +79,7 @@ impl Shared {
     pub fn snapshot(&self) -> BackendSnapshot {
         let read = |n: &AtomicU64| n.load(Ordering::Relaxed);
         BackendSnapshot {
+            connected: self.redis.is_connected(),
             up: self.state.is_up(),
             policy: self.on_error,
             errors: read(&self.state.errors),
@@ -197,6 +198,8 @@ impl OnBackendError {
 /// and metrics, read at one moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BackendSnapshot {
+    /// Whether Redis has been reached at least once since start.
+    pub connected: bool,
     pub up: bool,
     /// What answers while Redis is down.
     pub policy: OnBackendError,
