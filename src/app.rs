@@ -69,6 +69,8 @@ pub enum Backend {
         /// The longest a decision waits for Redis.
         timeout: Duration,
         on_error: OnBackendError,
+        /// Put before every Redis key (`--redis-key-prefix`).
+        key_prefix: String,
     },
 }
 
@@ -183,8 +185,9 @@ pub async fn serve(
             target,
             timeout,
             on_error,
+            key_prefix,
         } => {
-            let redis = RedisStore::start(target.clone(), *timeout);
+            let redis = RedisStore::start(target.clone(), *timeout, key_prefix);
             // Start serving with Redis when it is there; without it when it is not.
             if !redis.wait_connected(REDIS_START_WAIT).await {
                 tracing::warn!(

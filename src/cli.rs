@@ -165,6 +165,10 @@ pub struct Serve {
     /// Serve the admin port over HTTPS, with `--grpc-tls-cert` (no client certificate asked).
     #[arg(long, env = "RATELIMITD_HTTP_TLS", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", requires = "grpc_tls_cert")]
     pub http_tls: bool,
+    /// Put before every Redis key (envoyproxy/ratelimit's `CACHE_KEY_PREFIX`), to share a Redis
+    /// with other users; no `{` or `}`, which would change a key's Cluster slot.
+    #[arg(long, env = "RATELIMITD_REDIS_KEY_PREFIX", default_value = "", value_parser = key_prefix)]
+    pub redis_key_prefix: String,
     /// The most gRPC connections open at once; one more closes the connection idle longest.
     /// Default: the open-file limit less 1,024, between 64 and 10,000.
     #[arg(long, env = "RATELIMITD_MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..))]
@@ -194,6 +198,7 @@ impl Serve {
                 target: Target::parse(&self.backend)?,
                 timeout: Duration::from_millis(self.backend_timeout_ms),
                 on_error: self.on_backend_error.into(),
+                key_prefix: self.redis_key_prefix.clone(),
             }
         };
         Ok(Settings {
@@ -317,4 +322,15 @@ fn counter_memory(text: &str) -> Result<usize, String> {
         return Err(format!("{text} is less than the least, 1MiB"));
     }
     Ok(usize::try_from(bytes).unwrap_or(usize::MAX))
+}
+
+/// Reads `--redis-key-prefix`: any text but `{` and `}` (a Redis Cluster hashes what braces
+/// enclose, so a prefix with them would put every key in one slot).
+fn key_prefix(text: &str) -> Result<String, String> {
+    if text.contains(['{', '}']) {
+        return Err(format!(
+            "{text:?} holds a brace: Redis Cluster would hash it"
+        ));
+    }
+    Ok(text.to_string())
 }

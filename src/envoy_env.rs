@@ -165,13 +165,6 @@ pub fn translate(get: impl Fn(&str) -> Option<String>) -> Result<Translated, Uns
             "tracing export is not built yet",
         ));
     }
-    if let Some(v) = set("CACHE_KEY_PREFIX") {
-        return Err(refuse(
-            "CACHE_KEY_PREFIX",
-            v,
-            "Redis keys are ratelimitd's own (hashed), with no prefix",
-        ));
-    }
     for name in [
         "REDIS_TLS_CACERT",
         "REDIS_TLS_CLIENT_CERT",
@@ -255,6 +248,9 @@ pub fn translate(get: impl Fn(&str) -> Option<String>) -> Result<Translated, Uns
     }
     if let Some(url) = set("REDIS_URL") {
         flag("--backend", redis_backend(&url, &set)?);
+    }
+    if let Some(prefix) = set("CACHE_KEY_PREFIX") {
+        flag("--redis-key-prefix", prefix);
     }
     if is_true("SHADOW_MODE") {
         flag("--shadow-mode", "true".into());
@@ -402,6 +398,11 @@ mod tests {
     #[test]
     fn redis_variables_make_a_backend() {
         let tcp = [("REDIS_URL", "redis:6379"), ("REDIS_SOCKET_TYPE", "tcp")];
+        let prefixed = [("CACHE_KEY_PREFIX", "rl_")];
+        assert_eq!(
+            flag(&prefixed, "--redis-key-prefix").as_deref(),
+            Some("rl_")
+        );
         assert_eq!(
             flag(&tcp, "--backend").as_deref(),
             Some("redis://redis:6379")
@@ -489,7 +490,6 @@ mod tests {
             ("BACKEND_TYPE", "memcache"),
             ("MERGE_DOMAIN_CONFIG", "true"),
             ("TRACING_ENABLED", "true"),
-            ("CACHE_KEY_PREFIX", "rl_"),
             ("NEAR_LIMIT_RATIO", "0.9"),
             ("LIMIT_LIMIT_HEADER", "X-Limit"),
         ] {

@@ -711,3 +711,22 @@ fn not_ready_until_redis_is_first_reached() {
     rl.stop();
     drop(redis);
 }
+
+/// `--redis-key-prefix` (envoyproxy/ratelimit's `CACHE_KEY_PREFIX`) puts every key after it.
+#[tokio::test]
+async fn every_key_starts_with_the_key_prefix() {
+    let redis = RedisServer::start();
+    let rules = rules_dir();
+    let rl = replica(rules.path(), &redis.url(), &["--redis-key-prefix", "rl_"]);
+    let mut client = Client::connect(format!("http://{}", rl.addr))
+        .await
+        .unwrap();
+    for i in 0..5 {
+        call(&mut client, shared("k", &format!("key-{i}"))).await;
+    }
+    let keys = cli(redis.port, &["KEYS", "*"]);
+    let keys: Vec<&str> = keys.lines().filter(|l| !l.is_empty()).collect();
+    assert!(!keys.is_empty(), "counted in Redis");
+    assert!(keys.iter().all(|k| k.starts_with("rl_{")), "{keys:?}");
+    rl.stop();
+}

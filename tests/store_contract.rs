@@ -69,7 +69,7 @@ impl Subject for InRedis {
 async fn redis_store(url: &str) -> std::sync::Arc<RedisStore> {
     let target = Target::parse(url).expect("a Redis address");
     // The contract is not about time: a generous timeout for a loaded machine.
-    let store = RedisStore::start(target, Duration::from_secs(2));
+    let store = RedisStore::start(target, Duration::from_secs(2), "");
     assert!(
         store.wait_connected(Duration::from_secs(10)).await,
         "Redis accepts the connection"

@@ -117,6 +117,8 @@ enum Connection {
 pub struct RedisStore {
     target: Target,
     timeout: Duration,
+    /// Put before every key (`--redis-key-prefix`, envoyproxy/ratelimit's `CACHE_KEY_PREFIX`).
+    key_prefix: Box<str>,
     connection: OnceCell<Connection>,
     count: Script,
     release: Script,
@@ -145,10 +147,12 @@ const CONNECT_RETRY: Duration = Duration::from_secs(1);
 impl RedisStore {
     /// A store for `target`; connects in the background (call within the runtime), so that
     /// ratelimitd starts, and answers by its failure policy, while Redis is away.
-    pub fn start(target: Target, timeout: Duration) -> Arc<RedisStore> {
+    /// Counting in `target`, every key after `key_prefix` (usually empty).
+    pub fn start(target: Target, timeout: Duration, key_prefix: &str) -> Arc<RedisStore> {
         let store = Arc::new(RedisStore {
             target,
             timeout,
+            key_prefix: Box::from(key_prefix),
             connection: OnceCell::new(),
             count: Script::new(SCRIPT),
             release: Script::new(RELEASE_SCRIPT),
@@ -252,7 +256,7 @@ impl RedisStore {
         let all: Vec<usize> = (0..batch.increments.len()).collect();
         match connection {
             Connection::Single(jobs) => {
-                let mut tags = KeyTags::new(batch);
+                let mut tags = KeyTags::new(batch, &self.key_prefix);
                 let (reply, answer) = oneshot::channel();
                 let job = Job {
                     keys: batch.increments.iter().map(|inc| tags.key(inc)).collect(),
@@ -319,7 +323,7 @@ impl RedisStore {
         // One request: the script's list of requests holds just this one.
         let mut invocation = self.count.prepare_invoke();
         invocation.arg(1).arg(group.len());
-        let mut tags = KeyTags::new(batch);
+        let mut tags = KeyTags::new(batch, &self.key_prefix);
         for &i in group {
             let inc = &batch.increments[i];
             invocation.key(tags.key(inc));
@@ -338,7 +342,7 @@ impl RedisStore {
         group: &[usize],
     ) -> Result<(), BackendError> {
         let mut invocation = self.release.prepare_invoke();
-        let mut tags = KeyTags::new(batch);
+        let mut tags = KeyTags::new(batch, &self.key_prefix);
         for &i in group {
             let inc = &batch.increments[i];
             if inc.hits > 0 {
@@ -411,13 +415,15 @@ type Tag = [u8; 18];
 /// Hashes each descriptor of a batch once, however many windows it has.
 struct KeyTags<'b> {
     batch: &'b Batch,
+    prefix: &'b str,
     tags: Vec<Option<Tag>>,
 }
 
 impl<'b> KeyTags<'b> {
-    fn new(batch: &'b Batch) -> KeyTags<'b> {
+    fn new(batch: &'b Batch, prefix: &'b str) -> KeyTags<'b> {
         KeyTags {
             batch,
+            prefix,
             tags: vec![None; batch.keys.len()],
         }
     }
@@ -434,7 +440,8 @@ impl<'b> KeyTags<'b> {
                 tag
             }
         };
-        let mut key = Vec::with_capacity(32);
+        let mut key = Vec::with_capacity(32 + self.prefix.len());
+        key.extend_from_slice(self.prefix.as_bytes());
         key.extend_from_slice(&tag);
         key.extend_from_slice(
             format!("{}:{}", inc.window_seconds, inc.window_index % 100).as_bytes(),
@@ -505,7 +512,7 @@ mod tests {
                 hits: 1,
                 enforced: true,
             };
-            String::from_utf8(KeyTags::new(&batch).key(&inc)).unwrap()
+            String::from_utf8(KeyTags::new(&batch, "").key(&inc)).unwrap()
         };
         let a = key("customer-1", 60, 29_931_234);
         assert_eq!(a.len(), 1 + 16 + 1 + "60:34".len(), "{a}");
