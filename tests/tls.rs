@@ -107,6 +107,14 @@ fn health(addr: &str, args: &[&str]) -> bool {
 const CHECK: &str = r#"{"domain":"mega-api","descriptors":[{"entries":[{"key":"api_key","value":"tls"},{"key":"bucket","value":"default"}]}]}"#;
 const SHOULD_RATE_LIMIT: &str = "envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit";
 
+/// ratelimitd on the seed rules with TLS from `cert` and `key`, and `more` flags.
+fn start_tls(cert: &Path, key: &Path, more: &[&str]) -> Ratelimitd {
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let mut flags = vec!["--grpc-tls-cert", cert, "--grpc-tls-key", key];
+    flags.extend_from_slice(more);
+    Ratelimitd::start_with(config(), 0, &flags)
+}
+
 fn config() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config"))
 }
@@ -125,17 +133,7 @@ fn tls_refuses_plaintext_and_serves_reflection_health_and_decisions() {
         write(dir.path(), "key.pem", &key),
     );
     let ca_file = write(dir.path(), "ca.pem", &authority.pem);
-    let rl = Ratelimitd::start_with(
-        config(),
-        0,
-        &[
-            "--grpc-tls-cert",
-            cert.to_str().unwrap(),
-            "--grpc-tls-key",
-            key.to_str().unwrap(),
-            "--http-tls",
-        ],
-    );
+    let rl = start_tls(&cert, &key, &["--http-tls"]);
     let healthcheck = https_get(&rl.http_addr, "/healthcheck", &authority);
     assert!(
         healthcheck.is_some_and(|a| a.starts_with("HTTP/1.1 200")),
@@ -203,14 +201,10 @@ fn mtls_needs_a_client_certificate_from_the_ca_with_an_allowed_name() {
     let envoy = client("envoy.internal", &clients);
     let stranger = client("stranger.internal", &clients);
     let forged = client("envoy.forged", &servers);
-    let rl = Ratelimitd::start_with(
-        config(),
-        0,
+    let rl = start_tls(
+        &cert,
+        &key,
         &[
-            "--grpc-tls-cert",
-            cert.to_str().unwrap(),
-            "--grpc-tls-key",
-            key.to_str().unwrap(),
             "--grpc-tls-client-ca",
             client_ca.to_str().unwrap(),
             "--grpc-tls-client-san",
@@ -305,15 +299,10 @@ async fn a_certificate_swapped_on_disk_serves_new_connections_and_open_ones_keep
     mount_version(dir.path(), "v1", &cert, &key);
     let first_file = write(dir.path(), "first-ca.pem", &first.pem);
     let second_file = write(dir.path(), "second-ca.pem", &second.pem);
-    let rl = Ratelimitd::start_with(
-        config(),
-        0,
-        &[
-            "--grpc-tls-cert",
-            dir.path().join("cert.pem").to_str().unwrap(),
-            "--grpc-tls-key",
-            dir.path().join("key.pem").to_str().unwrap(),
-        ],
+    let rl = start_tls(
+        &dir.path().join("cert.pem"),
+        &dir.path().join("key.pem"),
+        &[],
     );
     let mut open = open_connection(&rl.addr, &[&first, &second]).await;
     assert!(

@@ -1,7 +1,9 @@
 //! At most `--max-connections` gRPC connections at once. When one more is accepted, the
-//! connection that has been idle longest (no byte read or written) is closed to make room:
+//! connection that has been idle longest (no byte read from its peer) is closed to make room:
 //! refusing the new one instead would let whoever holds the connections keep a restarted Envoy
-//! out, while an Envoy that is sending calls is never the idlest.
+//! out, while an Envoy that is sending calls is never the idlest. Activity is what the peer
+//! sends: every answer follows a call read, and the server's own keepalive pings say nothing of
+//! the peer, so only reads are noted (one clock read each).
 //!
 //! Each accepted stream is wrapped in a [`Tracked`] stream that notes its last activity; closing
 //! it marks it and wakes its reader, which then reads end-of-stream, so HTTP/2 closes the
@@ -174,11 +176,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
         if self.is_closed() {
             return Poll::Ready(Err(io::ErrorKind::ConnectionAborted.into()));
         }
-        let polled = Pin::new(&mut self.io).poll_write(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.touch();
-        }
-        polled
+        Pin::new(&mut self.io).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
