@@ -161,6 +161,10 @@ struct Binaries {
     /// `--backend` for ratelimitd (set by `--redis`).
     #[arg(skip)]
     backend: Option<String>,
+    /// `--default-algorithm` for ratelimitd: how the rules of `--config` count
+    /// (fixed_window, sliding_window, token_bucket).
+    #[arg(long)]
+    algorithm: Option<String>,
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -381,6 +385,12 @@ impl Server {
                             .backend
                             .iter()
                             .flat_map(|url| ["--backend", url.as_str()]),
+                    )
+                    .args(
+                        binaries
+                            .algorithm
+                            .iter()
+                            .flat_map(|a| ["--default-algorithm", a.as_str()]),
                     )
                     .arg("--config")
                     .arg(config.unwrap_or(&binaries.config));

@@ -17,7 +17,7 @@ use crate::admin::{self, Admin, AdminError};
 use crate::limiter::{Budget, Limiter, MemoryStore, OnBackendError, RedisStore, Target, clock};
 use crate::metrics::{Metrics, MetricsError};
 use crate::reload::{self, ReloadSettings};
-use crate::rules::RuleSet;
+use crate::rules::{Algorithm, RuleSet};
 use crate::server::{self, Health, ServerError};
 use crate::service::{LiveRules, ResponseSettings, RlsService};
 
@@ -29,6 +29,8 @@ pub struct Settings {
     pub counter_budget: Budget,
     /// How often counters of ended windows are removed.
     pub sweep_interval: Duration,
+    /// `--default-algorithm`: how limits that name no algorithm count.
+    pub default_algorithm: Algorithm,
     /// How long in-flight calls may take to finish after a shutdown signal.
     pub drain_timeout: Duration,
     /// How long to keep serving after health turns failing on shutdown, so that load
@@ -83,6 +85,7 @@ impl Default for Settings {
                 max_keys: usize::MAX,
             },
             sweep_interval: Duration::from_secs(5),
+            default_algorithm: Algorithm::FixedWindow,
             drain_timeout: Duration::from_secs(10),
             shutdown_delay: Duration::ZERO,
             decision_metrics: true,
@@ -143,6 +146,8 @@ pub enum AppError {
     Metrics(#[from] MetricsError),
     #[error("gRPC TLS: {0}")]
     Tls(#[from] server::tls::TlsError),
+    #[error("{0}")]
+    Rules(String),
 }
 
 /// How long start-up waits for a first Redis connection before serving without it.
@@ -172,32 +177,45 @@ pub async fn serve(
     let _ = clock::now();
     let hash = initial.hash.clone();
     let metrics = Arc::new(Metrics::new()?.with_max_metric_values(settings.max_metric_values));
-    let live = Arc::new(LiveRules::new(
-        initial.rules,
-        initial.hash.clone(),
-        Arc::clone(&metrics),
-        settings.redact_rule_values,
-    ));
     let budget = settings.counter_budget;
-    let limiter = Arc::new(match &settings.backend {
-        Backend::Memory => Limiter::new(MemoryStore::new(budget)),
-        Backend::Redis {
-            target,
-            timeout,
-            on_error,
-            key_prefix,
-        } => {
-            let redis = RedisStore::start(target.clone(), *timeout, key_prefix);
-            // Start serving with Redis when it is there; without it when it is not.
-            if !redis.wait_connected(REDIS_START_WAIT).await {
-                tracing::warn!(
-                    policy = on_error.name(),
-                    "Redis not reachable yet: answering by --on-backend-error until it is"
-                );
+    let limiter = Arc::new(
+        match &settings.backend {
+            Backend::Memory => Limiter::new(MemoryStore::new(budget)),
+            Backend::Redis {
+                target,
+                timeout,
+                on_error,
+                key_prefix,
+            } => {
+                let redis = RedisStore::start(target.clone(), *timeout, key_prefix);
+                // Start serving with Redis when it is there; without it when it is not.
+                if !redis.wait_connected(REDIS_START_WAIT).await {
+                    tracing::warn!(
+                        policy = on_error.name(),
+                        "Redis not reachable yet: answering by --on-backend-error until it is"
+                    );
+                }
+                Limiter::shared(redis, *on_error, budget, settings.replicas)
             }
-            Limiter::shared(redis, *on_error, budget, settings.replicas)
         }
-    });
+        .with_default_algorithm(settings.default_algorithm),
+    );
+    if let Some(why) = limiter.refuses(&initial.rules) {
+        return Err(AppError::Rules(why));
+    }
+    let refuses = {
+        let limiter = Arc::clone(&limiter);
+        Box::new(move |rules: &RuleSet| limiter.refuses(rules))
+    };
+    let live = Arc::new(
+        LiveRules::new(
+            initial.rules,
+            initial.hash.clone(),
+            Arc::clone(&metrics),
+            settings.redact_rule_values,
+        )
+        .refusing(refuses),
+    );
     let _sweeper = Sweeper::start(Arc::clone(&limiter), settings.sweep_interval);
     let _reloader = settings
         .reload

@@ -11,6 +11,7 @@ use ratelimitd::app::{Backend, Settings};
 use ratelimitd::limiter::redis::BadAddress;
 use ratelimitd::limiter::{Budget, OnBackendError, Target};
 use ratelimitd::reload::ReloadSettings;
+use ratelimitd::rules::Algorithm;
 use ratelimitd::server::tls::TlsSettings;
 use ratelimitd::service::{HeaderStyle, ResponseSettings};
 
@@ -136,6 +137,10 @@ pub struct Serve {
     /// admits one share in this many of what Redis last said was left for each counter.
     #[arg(long, env = "RATELIMITD_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub replicas: u32,
+    /// How limits that name no `algorithm` count: fixed_window (envoyproxy/ratelimit's),
+    /// sliding_window or token_bucket (see docs/algorithms.md). Redis counts fixed windows only.
+    #[arg(long, env = "RATELIMITD_DEFAULT_ALGORITHM", value_enum, default_value_t = Algorithm::FixedWindow)]
+    pub default_algorithm: Algorithm,
     /// Bytes the counters in memory may take (`512MiB`, `2GiB`, or bytes); default: half the
     /// container's memory limit, else 1GiB. When full, a new key evicts the key counted least.
     #[arg(long, env = "RATELIMITD_MAX_COUNTER_MEMORY", value_parser = counter_memory)]
@@ -207,6 +212,7 @@ impl Serve {
                 over_limit_body: Some(self.over_limit_body.clone()).filter(|b| !b.is_empty()),
                 over_limit_content_type: self.over_limit_content_type.clone(),
             },
+            default_algorithm: self.default_algorithm,
             counter_budget: Budget {
                 bytes: self
                     .max_counter_memory

@@ -32,7 +32,7 @@ fn each_broken_file_is_refused_with_its_place_and_reason() {
     let table = [
         (
             "bad_unknown_field.yaml",
-            "bad_unknown_field.yaml:7:7: unknown field `burst` (expected one of: unit, requests_per_unit, unlimited, name, replaces, unit_multiplier, algorithm)",
+            "bad_unknown_field.yaml:7:7: unknown field `requests_per_hour` (expected one of: unit, requests_per_unit, unlimited, name, replaces, unit_multiplier, algorithm, burst)",
         ),
         (
             "bad_unit.yaml",

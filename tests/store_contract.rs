@@ -13,8 +13,8 @@ mod common;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ratelimitd::limiter::{
-    Batch, Budget, Count, CounterKey, CounterStore, Increment, MemoryStore, RedisStore, StoreError,
-    Target,
+    Batch, Budget, Count, CounterKey, CounterStore, Counting, Increment, MemoryStore, RedisStore,
+    StoreError, Target,
 };
 
 use common::redis::{RedisCluster, RedisServer};
@@ -115,6 +115,8 @@ fn batch(test: &str, counters: &[Spec<'_>]) -> Batch {
             requests_per_unit,
             hits,
             enforced,
+            counting: Counting::Fixed,
+            now_us: 0,
         });
     }
     batch
@@ -138,7 +140,7 @@ fn left_ms(seconds: u32, index: u32) -> u64 {
 }
 
 fn c(value: u64, over_limit: bool) -> Count {
-    Count { value, over_limit }
+    Count::fixed(value, over_limit)
 }
 
 /// Up to the limit every request is admitted; the next is refused and moves nothing.

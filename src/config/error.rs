@@ -60,8 +60,15 @@ pub enum ConfigErrorKind {
     Empty(&'static str),
     #[error("unknown unit {0:?} (expected {units})", units = crate::rules::Unit::NAMES)]
     UnknownUnit(String),
-    #[error("unknown algorithm {0:?} (expected fixed_window)")]
+    #[error("unknown algorithm {0:?} (expected {names})", names = crate::rules::Algorithm::NAMES)]
     UnknownAlgorithm(String),
+    #[error("`burst` is for `algorithm: token_bucket` only")]
+    BurstWithoutBucket,
+    #[error(
+        "this bucket takes longer than {} seconds to refill from empty (`burst` / `requests_per_unit` × the window)",
+        crate::rules::MAX_WINDOW_SECONDS
+    )]
+    RefillTooLong,
     #[error(
         "duplicate descriptor: this level already has key {key:?}{}",
         value_text(value)

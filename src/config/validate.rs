@@ -13,15 +13,15 @@ use super::limits::{MAX_DESCRIPTOR_DEPTH, MAX_DESCRIPTORS};
 use super::tree::{Data, Node as Yaml, Place};
 use super::yaml::{Field, Reader, is_null};
 use crate::rules::{
-    Children, Domain, DuplicateNode, InvalidWindow, Limit, Node, NodeValue, Policy, Unit, Wildcard,
-    Window,
+    Algorithm, Children, Domain, DuplicateNode, InvalidWindow, Limit, MAX_WINDOW_SECONDS, Node,
+    NodeValue, Policy, Unit, Wildcard, Window,
 };
 
 const ROOT_FIELDS: &str = "name, domain, descriptors";
 const DESCRIPTOR_FIELDS: &str = "key, value, rate_limit, rate_limits, descriptors, shadow_mode, \
      detailed_metric, value_to_metric, share_threshold, quota_mode, metadata";
 const LIMIT_FIELDS: &str =
-    "unit, requests_per_unit, unlimited, name, replaces, unit_multiplier, algorithm";
+    "unit, requests_per_unit, unlimited, name, replaces, unit_multiplier, algorithm, burst";
 const REPLACES_FIELDS: &str = "name";
 
 /// Reads a whole rule file; `None` when it has errors (they are in `reader.errors`).
@@ -250,6 +250,8 @@ fn limit(reader: &mut Reader<'_>, node: &Yaml<'_>, flags: &NodeFlags) -> Option<
     let mut name = None;
     let mut replaces = Vec::new();
     let mut multiplier = 1;
+    let mut algorithm = None;
+    let mut burst: Option<(u32, Place)> = None;
     for field in &fields {
         match field.name.as_str() {
             "unit" => {
@@ -265,7 +267,8 @@ fn limit(reader: &mut Reader<'_>, node: &Yaml<'_>, flags: &NodeFlags) -> Option<
             "name" => name = reader.string(field).filter(|n| !n.is_empty()),
             "replaces" => replaces = replaced_names(reader, field),
             "unit_multiplier" => multiplier = reader.u32(field).unwrap_or(1),
-            "algorithm" => algorithm(reader, field),
+            "algorithm" => algorithm = algorithm_of(reader, field),
+            "burst" => burst = reader.u32(field).map(|b| (b, field.value.span)),
             _ => {}
         }
     }
@@ -320,6 +323,13 @@ fn limit(reader: &mut Reader<'_>, node: &Yaml<'_>, flags: &NodeFlags) -> Option<
             return None;
         }
     };
+    if let Some((burst, span)) = burst {
+        if algorithm.is_some_and(|a| a != Algorithm::TokenBucket) {
+            reader.error(span, ConfigErrorKind::BurstWithoutBucket);
+        } else if refill_seconds(burst, requests_per_unit, window) > MAX_WINDOW_SECONDS as f64 {
+            reader.error(span, ConfigErrorKind::RefillTooLong);
+        }
+    }
     if reader.errors.len() != errors_before {
         return None;
     }
@@ -332,7 +342,17 @@ fn limit(reader: &mut Reader<'_>, node: &Yaml<'_>, flags: &NodeFlags) -> Option<
         quota_mode: flags.quota_mode,
         shared_values: None,
         id: None,
+        algorithm,
+        burst: burst.map(|(b, _)| b),
     }))
+}
+
+/// How long a token bucket of `burst` takes to refill from empty at `rate` per `window`.
+fn refill_seconds(burst: u32, rate: u32, window: Window) -> f64 {
+    if rate == 0 {
+        return 0.0;
+    }
+    f64::from(burst) / f64::from(rate) * f64::from(window.seconds())
 }
 
 /// `replaces: [{name: …}, …]`, each name with its place for messages.
@@ -351,20 +371,15 @@ fn replaced_names(reader: &mut Reader<'_>, field: &Field<'_, '_>) -> Vec<(String
     names
 }
 
-/// `algorithm`: only envoyproxy/ratelimit's fixed window exists so far.
-fn algorithm(reader: &mut Reader<'_>, field: &Field<'_, '_>) {
+/// `algorithm`: `fixed_window` (envoyproxy/ratelimit's), `sliding_window` or `token_bucket`.
+fn algorithm_of(reader: &mut Reader<'_>, field: &Field<'_, '_>) -> Option<Algorithm> {
     if is_null(field.value) {
-        return;
+        return None;
     }
-    let Some(name) = reader.string(field) else {
-        return;
-    };
-    match name.as_str() {
-        "fixed_window" => {}
-        "sliding_window" | "token_bucket" => reader.error(
-            field.value.span,
-            ConfigErrorKind::NotSupported(format!("algorithm: {name}")),
-        ),
-        _ => reader.error(field.value.span, ConfigErrorKind::UnknownAlgorithm(name)),
+    let name = reader.string(field)?;
+    let algorithm = Algorithm::parse(&name);
+    if algorithm.is_none() {
+        reader.error(field.value.span, ConfigErrorKind::UnknownAlgorithm(name));
     }
+    algorithm
 }

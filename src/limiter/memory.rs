@@ -14,6 +14,12 @@
 //! so a rejected request moves no counter. Because a counter is never raised past its limit,
 //! concurrent requests on one key admit exactly `requests_per_unit` per window.
 //!
+//! A refill counter (sliding window, token bucket: `algorithm.rs`) has an entry of its own, under
+//! its own key: a sliding window keeps its current window's number and count in one cell and the
+//! previous window's in the other (seconds `[0, L]`); a token bucket keeps its theoretical
+//! arrival time, in microseconds, in the first cell (seconds `[0, 0]`). Each moves by one
+//! compare-and-swap as a fixed counter does.
+//!
 //! Entries whose windows have all ended are removed by [`MemoryStore::sweep`], which the server
 //! runs on a timer, so memory follows the keys active now rather than all keys ever seen.
 
@@ -23,9 +29,10 @@ use std::time::Duration;
 use parking_lot::MappedRwLockReadGuard;
 use smallvec::SmallVec;
 
+use super::algorithm::{SlidingCounts, Standing};
 use super::counter_table::{self, CounterTable, Id, Kept};
 use super::key::CounterKey;
-use super::store::{Batch, Count, Counts, Increment, StoreError, is_over};
+use super::store::{Batch, Count, Counting, Counts, Increment, StoreError, is_over};
 use super::window;
 
 /// The in-memory counter store; `K` is what each entry keeps of its descriptor key besides its
@@ -196,7 +203,29 @@ impl Counter {
     }
 }
 
+/// What an entry holds, read from its layout (see the module's doc).
+enum Held {
+    Fixed,
+    Sliding { seconds: u32 },
+    Bucket,
+}
+
 impl Counters {
+    fn held(&self) -> Held {
+        match self.seconds {
+            [0, 0] if self.states[0].0.load(Ordering::Acquire) != 0 => Held::Bucket,
+            [0, seconds] if seconds != 0 => Held::Sliding { seconds },
+            _ => Held::Fixed,
+        }
+    }
+
+    /// Makes a fresh entry a refill counter's (a bucket's needs nothing).
+    fn make_refill(&mut self, inc: &Increment) {
+        if inc.counting == Counting::Sliding && self.seconds == [0, 0] {
+            self.seconds = [0, inc.window_seconds];
+        }
+    }
+
     fn get(&self, window_seconds: u32) -> Option<&Counter> {
         if let Some(i) = self.seconds.iter().position(|&s| s == window_seconds) {
             return self.states.get(i);
@@ -219,13 +248,14 @@ impl Counters {
         }
     }
 
-    /// Each counter with its window length.
+    /// Each fixed counter with its window length (none in a refill counter's entry).
     fn iter(&self) -> impl Iterator<Item = (u32, &Counter)> {
+        let fixed = self.seconds[0] != 0;
         let inline = self
             .seconds
             .iter()
             .zip(&self.states)
-            .filter(|(s, _)| **s != 0)
+            .filter(move |(s, _)| fixed && **s != 0)
             .map(|(s, c)| (*s, c));
         let more = self
             .more
@@ -244,10 +274,144 @@ impl Counters {
         })
     }
 
-    /// Whether every counter's window has ended by `now`.
+    /// Whether every counter's window has ended by `now` (a sliding window's counts weigh until
+    /// the window after theirs ends; a bucket's until it is full again).
     fn all_ended(&self, now: Duration) -> bool {
-        self.iter().all(|(s, c)| c.ended(s, now))
+        match self.held() {
+            Held::Fixed => self.iter().all(|(s, c)| c.ended(s, now)),
+            Held::Sliding { seconds } => {
+                let (index, _) = unpack(self.states[0].0.load(Ordering::Acquire));
+                u64::from(index) + 1 < u64::from(window::position(now, seconds).index)
+            }
+            Held::Bucket => self.states[0].0.load(Ordering::Acquire) <= micros(now),
+        }
     }
+
+    /// The sliding window's counts at the increment's moment, and the window they count in.
+    fn sliding_counts(&self, main: u64, inc: &Increment) -> (SlidingCounts, u32) {
+        let (at, count) = unpack(main);
+        let (before, previous) = unpack(self.states[1].0.load(Ordering::Acquire));
+        let index = inc.window_index;
+        let (counts, at) = if at >= index {
+            let previous = if u64::from(before) + 1 == u64::from(at) {
+                previous
+            } else {
+                0
+            };
+            let elapsed_ms = if at == index { inc.elapsed_ms() } else { 0 };
+            let counts = SlidingCounts {
+                previous,
+                current: count,
+                elapsed_ms,
+            };
+            (counts, at)
+        } else {
+            let previous = if u64::from(at) + 1 == u64::from(index) {
+                count
+            } else {
+                0
+            };
+            let counts = SlidingCounts {
+                previous,
+                current: 0,
+                elapsed_ms: inc.elapsed_ms(),
+            };
+            (counts, index)
+        };
+        (counts, at)
+    }
+
+    /// Does `op` to a sliding window's counters: see [`run`].
+    fn run_sliding(&self, inc: &Increment, op: &Op) -> Result<(u32, u64), u64> {
+        let sliding = inc.sliding();
+        let main = &self.states[0].0;
+        let mut state = main.load(Ordering::Acquire);
+        loop {
+            let (counts, at) = self.sliding_counts(state, inc);
+            let used = sliding.used(&counts);
+            match op {
+                Op::Peek => return Ok((at, used)),
+                Op::Reserve if !sliding.fits(&counts, inc.hits) => return Err(used),
+                Op::Reserve | Op::Add if inc.hits == 0 => return Ok((at, used)),
+                Op::Reserve | Op::Add => {}
+            }
+            let (stored, count) = unpack(state);
+            if stored < at {
+                // Moving to a new window: its count becomes the previous window's, first, so
+                // that whoever sees the new window sees the previous count too. The largest
+                // count recorded for a window wins, so a slower mover cannot lower it.
+                let previous = if u64::from(stored) + 1 == u64::from(at) {
+                    pack(stored, count)
+                } else {
+                    pack(at.saturating_sub(1), 0)
+                };
+                self.states[1].0.fetch_max(previous, Ordering::AcqRel);
+            }
+            let after = SlidingCounts {
+                current: counts.current.saturating_add(inc.hits),
+                ..counts
+            };
+            let next = pack(at, after.current);
+            match main.compare_exchange_weak(state, next, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Ok((at, sliding.used(&after))),
+                Err(actual) => state = actual,
+            }
+        }
+    }
+
+    /// Does `op` to a token bucket: see [`run`].
+    fn run_bucket(&self, inc: &Increment, burst: u32, op: &Op) -> Result<(u32, u64), u64> {
+        let bucket = inc.bucket(burst);
+        let cell = &self.states[0].0;
+        let mut tat = cell.load(Ordering::Acquire);
+        loop {
+            let used = bucket.used(tat, inc.now_us);
+            let step = bucket.take(tat, inc.now_us, inc.hits, matches!(op, Op::Reserve));
+            match op {
+                Op::Peek => return Ok((0, used)),
+                Op::Reserve if !step.fits => return Err(used),
+                Op::Reserve | Op::Add if inc.hits == 0 => return Ok((0, used)),
+                Op::Reserve | Op::Add => {}
+            }
+            match cell.compare_exchange_weak(tat, step.tat, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Ok((0, bucket.used(step.tat, inc.now_us))),
+                Err(actual) => tat = actual,
+            }
+        }
+    }
+
+    /// Gives back what a reservation took from a refill counter.
+    fn release_refill(&self, inc: &Increment, at: u32) {
+        match inc.counting {
+            Counting::Fixed => {}
+            Counting::Sliding => self.states[0].release(at, inc.hits),
+            Counting::Bucket { burst } => {
+                let bucket = inc.bucket(burst);
+                let cell = &self.states[0].0;
+                let _ = cell.fetch_update(Ordering::AcqRel, Ordering::Acquire, |tat| {
+                    Some(bucket.give_back(tat, inc.hits))
+                });
+            }
+        }
+    }
+
+    /// A refill counter's answer to the client now, for `inc`'s hits.
+    fn standing(&self, inc: &Increment) -> Standing {
+        let main = self.states[0].0.load(Ordering::Acquire);
+        match inc.counting {
+            Counting::Fixed => Standing::default(),
+            Counting::Sliding => {
+                let (counts, _) = self.sliding_counts(main, inc);
+                inc.sliding().standing(&counts, inc.hits)
+            }
+            Counting::Bucket { burst } => inc.bucket(burst).standing(main, inc.now_us, inc.hits),
+        }
+    }
+}
+
+/// Microseconds since the epoch.
+fn micros(now: Duration) -> u64 {
+    u64::try_from(now.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// What to do with one counter, once found.
@@ -260,8 +424,18 @@ enum Op {
 /// A read-locked entry of the table.
 type EntryRef<'a> = MappedRwLockReadGuard<'a, Counters>;
 
-/// Does `op` to `counter` for `inc`: the window it counted in and the count, or (for a
-/// reservation that does not fit) the count left alone.
+/// Does `op` to the increment's counter in `entry`, if it has it: the window it counted in and
+/// the count, or (for a reservation that does not fit) the count left alone. A refill counter
+/// answers the requests it holds (`Count::value`).
+fn run_in(inc: &Increment, entry: &Counters, op: &Op) -> Option<Result<(u32, u64), u64>> {
+    match inc.counting {
+        Counting::Fixed => entry.get(inc.window_seconds).map(|c| run(inc, c, op)),
+        Counting::Sliding => Some(entry.run_sliding(inc, op)),
+        Counting::Bucket { burst } => Some(entry.run_bucket(inc, burst, op)),
+    }
+}
+
+/// Does `op` to a fixed `counter` for `inc`.
 fn run(inc: &Increment, counter: &Counter, op: &Op) -> Result<(u32, u64), u64> {
     match op {
         Op::Reserve => counter.reserve(inc.window_index, inc.hits, inc.requests_per_unit),
@@ -342,10 +516,7 @@ impl<K: Kept> MemoryStore<K> {
         let mut current: Option<(usize, EntryRef<'_>)> = None;
         for (i, inc) in batch.increments.iter().enumerate() {
             if !inc.enforced {
-                counts.push(Count {
-                    value: 0,
-                    over_limit: false,
-                });
+                counts.push(Count::default());
                 continue;
             }
             let op = if admitted { Op::Reserve } else { Op::Peek };
@@ -355,8 +526,7 @@ impl<K: Kept> MemoryStore<K> {
             }
             let found = current
                 .as_ref()
-                .and_then(|(_, entry)| entry.get(inc.window_seconds))
-                .map(|counter| run(inc, counter, &op));
+                .and_then(|(_, entry)| run_in(inc, entry, &op));
             let outcome = match found {
                 Some(outcome) => outcome,
                 None => {
@@ -369,24 +539,15 @@ impl<K: Kept> MemoryStore<K> {
                     // Only read: over if its hits would not have fitted either.
                     let value = outcome.map_or_else(|current| current, |(_, count)| count);
                     let after = value.saturating_add(inc.hits);
-                    counts.push(Count {
-                        value,
-                        over_limit: is_over(after, inc.hits, inc.requests_per_unit),
-                    });
+                    counts.push(Count::fixed(value, is_over(after, inc.hits, inc.ceiling())));
                 }
                 (true, Ok((at, after))) => {
                     reserved.push((i, at));
-                    counts.push(Count {
-                        value: after,
-                        over_limit: false,
-                    });
+                    counts.push(Count::fixed(after, false));
                 }
                 (true, Err(current)) => {
                     admitted = false;
-                    counts.push(Count {
-                        value: current,
-                        over_limit: true,
-                    });
+                    counts.push(Count::fixed(current, true));
                 }
             }
         }
@@ -412,8 +573,15 @@ impl<K: Kept> MemoryStore<K> {
                 .on_counter(batch, ids[inc.key], inc, op)
                 .unwrap_or_default()
                 .1;
-            let over_limit = is_over(value, inc.hits, inc.requests_per_unit);
-            counts[i] = Count { value, over_limit };
+            let over_limit = is_over(value, inc.hits, inc.ceiling());
+            counts[i] = Count::fixed(value, over_limit);
+        }
+        for (inc, count) in batch.increments.iter().zip(&mut counts) {
+            if inc.counting.refills()
+                && let Some(entry) = self.entries.get(ids[inc.key])
+            {
+                count.standing = Some(entry.standing(inc));
+            }
         }
         (admitted, counts)
     }
@@ -422,10 +590,15 @@ impl<K: Kept> MemoryStore<K> {
     fn release(&self, ids: &[Id], batch: &Batch, reserved: &[(usize, u32)]) {
         for &(i, at) in reserved {
             let inc = &batch.increments[i];
-            if inc.hits > 0
-                && let Some(entry) = self.entries.get(ids[inc.key])
-                && let Some(counter) = entry.get(inc.window_seconds)
-            {
+            if inc.hits == 0 {
+                continue;
+            }
+            let Some(entry) = self.entries.get(ids[inc.key]) else {
+                continue;
+            };
+            if inc.counting.refills() {
+                entry.release_refill(inc, at);
+            } else if let Some(counter) = entry.get(inc.window_seconds) {
                 counter.release(at, inc.hits);
             }
         }
@@ -441,9 +614,9 @@ impl<K: Kept> MemoryStore<K> {
         op: Op,
     ) -> Result<(u32, u64), u64> {
         if let Some(entry) = self.entries.get(id)
-            && let Some(counter) = entry.get(inc.window_seconds)
+            && let Some(outcome) = run_in(inc, &entry, &op)
         {
-            return run(inc, counter, &op);
+            return outcome;
         }
         if matches!(op, Op::Peek) {
             return Ok((inc.window_index, 0));
@@ -451,6 +624,10 @@ impl<K: Kept> MemoryStore<K> {
         // The key or this window is new: take the shard's write lock once to add it.
         let key = batch.keys[inc.key].as_bytes();
         let (mut entry, came_back) = self.entries.get_or_make(id, key, window_start(inc));
+        if inc.counting.refills() {
+            entry.make_refill(inc);
+            return run_in(inc, &entry, &op).unwrap_or(Ok((inc.window_index, 0)));
+        }
         if came_back {
             // The key's earlier entry was evicted, and the hits it held with it: count its last
             // hit again, in each window this request counts for it, so that an eviction lets
@@ -483,6 +660,10 @@ impl<K: Kept> MemoryStore<K> {
     /// making the counters it lacks.
     pub fn mirror(&self, batch: &Batch, counts: &[Count]) {
         for (inc, count) in batch.increments.iter().zip(counts) {
+            if inc.counting.refills() {
+                // Redis alone keeps refill counters: the local store counts them from full.
+                continue;
+            }
             let id = self.entries.id(batch.keys[inc.key].as_bytes());
             let mut peek = Increment { hits: 0, ..*inc };
             peek.enforced = false;
@@ -531,6 +712,16 @@ impl counter_table::Value for Counters {
     }
 
     fn weight(&self, now: Duration) -> u64 {
+        match self.held() {
+            Held::Fixed => {}
+            // The counts of the window now, or a bucket's debt in seconds: what evicting it
+            // forgets, roughly.
+            Held::Sliding { .. } => return unpack(self.states[0].0.load(Ordering::Acquire)).1,
+            Held::Bucket => {
+                let tat = self.states[0].0.load(Ordering::Acquire);
+                return tat.saturating_sub(micros(now)) / 1_000_000;
+            }
+        }
         self.each()
             .filter(|&(seconds, index, _)| index >= window::position(now, seconds).index)
             .map(|(_, _, count)| count)
@@ -569,6 +760,8 @@ mod tests {
                         requests_per_unit,
                         hits,
                         enforced: true,
+                        counting: Counting::Fixed,
+                        now_us: 0,
                     },
                 )
                 .collect(),
@@ -585,13 +778,7 @@ mod tests {
         }
         let (admitted, counts) = store.apply(&batch("a", &[(60, 3, 1, 7)]));
         assert!(!admitted);
-        assert_eq!(
-            counts[0],
-            Count {
-                value: 3,
-                over_limit: true
-            }
-        );
+        assert_eq!(counts[0], Count::fixed(3, true));
     }
 
     #[test]
@@ -622,20 +809,8 @@ mod tests {
         store.apply(&batch("a", &[(3600, 2, 2, 1)]));
         let (admitted, counts) = store.apply(&batch("a", &[(60, 10, 1, 1), (3600, 2, 1, 1)]));
         assert!(!admitted);
-        assert_eq!(
-            counts[0],
-            Count {
-                value: 0,
-                over_limit: false
-            }
-        );
-        assert_eq!(
-            counts[1],
-            Count {
-                value: 2,
-                over_limit: true
-            }
-        );
+        assert_eq!(counts[0], Count::fixed(0, false));
+        assert_eq!(counts[1], Count::fixed(2, true));
         let (_, counts) = store.apply(&batch("a", &[(60, 10, 0, 1)]));
         assert_eq!(counts[0].value, 0, "the minute counter did not move");
     }
@@ -736,5 +911,132 @@ mod tests {
         assert!(store.apply(&batch("a", &[(60, 1, 0, 1)])).0);
         store.apply(&batch("a", &[(60, 1, 1, 1)]));
         assert!(!store.apply(&batch("a", &[(60, 1, 0, 1)])).0);
+    }
+
+    /// One refill counter (its own key, as the limiter makes it) of `limit` per `seconds`,
+    /// taking `hits` at `now`.
+    fn refill(counting: Counting, seconds: u32, limit: u32, hits: u64, now: Duration) -> Batch {
+        let position = window::position(now, seconds);
+        Batch {
+            keys: smallvec::smallvec![CounterKey::new("d", [("k", "refill")].into_iter()).refill(
+                if counting == Counting::Sliding {
+                    b's'
+                } else {
+                    b'b'
+                },
+                seconds
+            )],
+            increments: smallvec::smallvec![Increment {
+                key: 0,
+                window_seconds: seconds,
+                window_index: position.index,
+                expires_in_ms: position.reset_in.as_millis() as u64,
+                requests_per_unit: limit,
+                hits,
+                enforced: true,
+                counting,
+                now_us: now.as_micros() as u64,
+            }],
+        }
+    }
+
+    #[test]
+    fn a_token_bucket_admits_its_burst_and_says_when_to_retry() {
+        let store = MemoryStore::new(Budget::keys(10));
+        let now = Duration::from_secs(1_800_000_000);
+        let bucket = Counting::Bucket { burst: 10 };
+        let admitted = (0..15)
+            .filter(|_| store.apply(&refill(bucket, 60, 10, 1, now)).0)
+            .count();
+        assert_eq!(admitted, 10);
+        let (admitted, counts) = store.apply(&refill(bucket, 60, 10, 1, now));
+        assert!(!admitted);
+        assert!(counts[0].over_limit);
+        let standing = counts[0].standing.expect("a refill counter's standing");
+        assert_eq!(standing.retry_in_ms, 6_000);
+        assert_eq!(standing.reset_in_ms, 60_000);
+        let later = now + Duration::from_secs(6);
+        assert!(store.apply(&refill(bucket, 60, 10, 1, later)).0);
+        assert!(!store.apply(&refill(bucket, 60, 10, 1, later)).0);
+        // Full again after a whole period: swept, as a fixed window that ended.
+        assert_eq!(store.sweep(later + Duration::from_secs(61)), 1);
+    }
+
+    #[test]
+    fn a_sliding_window_carries_the_previous_window_over() {
+        let store = MemoryStore::new(Budget::keys(10));
+        let sliding = Counting::Sliding;
+        // Ten spent half a second before a window edge.
+        let before_edge = Duration::from_millis(1_800_000_009_500);
+        let spent = (0..12)
+            .filter(|_| store.apply(&refill(sliding, 10, 10, 1, before_edge)).0)
+            .count();
+        assert_eq!(spent, 10);
+        // Just after the edge the previous window still weighs almost all of it.
+        let after_edge = before_edge + Duration::from_millis(700);
+        let after = (0..10)
+            .filter(|_| store.apply(&refill(sliding, 10, 10, 1, after_edge)).0)
+            .count();
+        assert_eq!(after, 0);
+        let (_, counts) = store.apply(&refill(sliding, 10, 10, 1, after_edge));
+        let standing = counts[0].standing.expect("a refill counter's standing");
+        assert_eq!(
+            standing.retry_in_ms, 800,
+            "at a tenth of the window one fits"
+        );
+        // Halfway through, half of it has slid out.
+        let halfway = before_edge + Duration::from_millis(5_500);
+        let half = (0..10)
+            .filter(|_| store.apply(&refill(sliding, 10, 10, 1, halfway)).0)
+            .count();
+        assert_eq!(half, 5);
+    }
+
+    #[test]
+    fn sixteen_threads_on_one_key_admit_exactly_what_each_algorithm_allows() {
+        let now = Duration::from_millis(1_800_000_000_250);
+        for counting in [
+            Counting::Fixed,
+            Counting::Sliding,
+            Counting::Bucket { burst: 500 },
+        ] {
+            let store = MemoryStore::new(Budget::keys(10));
+            let admitted = std::sync::atomic::AtomicU64::new(0);
+            std::thread::scope(|scope| {
+                for _ in 0..16 {
+                    scope.spawn(|| {
+                        for _ in 0..100 {
+                            if store.apply(&refill(counting, 60, 500, 1, now)).0 {
+                                admitted.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    });
+                }
+            });
+            assert_eq!(admitted.into_inner(), 500, "{counting:?}");
+        }
+    }
+
+    #[test]
+    fn a_refused_request_gives_back_what_its_refill_counters_took() {
+        let store = MemoryStore::new(Budget::keys(10));
+        let now = Duration::from_secs(1_800_000_000);
+        for counting in [Counting::Sliding, Counting::Bucket { burst: 5 }] {
+            let mut both = refill(counting, 60, 5, 1, now);
+            // A second descriptor whose fixed window of 0 refuses every request.
+            both.keys
+                .push(CounterKey::new("d", [("k", "closed")].into_iter()));
+            both.increments.push(Increment {
+                key: 1,
+                requests_per_unit: 0,
+                counting: Counting::Fixed,
+                ..both.increments[0]
+            });
+            assert!(!store.apply(&both).0);
+            let alone = (0..10)
+                .filter(|_| store.apply(&refill(counting, 60, 5, 1, now)).0)
+                .count();
+            assert_eq!(alone, 5, "{counting:?}");
+        }
     }
 }

@@ -15,6 +15,7 @@
 //! around them does not change. A decision is one path, plan → count → conclude; in memory the
 //! count is made at once ([`Limiter::decide_now`]), with Redis it is awaited.
 
+pub mod algorithm;
 mod arrivals;
 pub mod clock;
 mod counter_table;
@@ -37,9 +38,9 @@ pub use key::CounterKey;
 pub use memory::{Budget, MemoryStore, MemoryUsage};
 pub use redis::{BackendError, RedisStore, Target};
 pub use shared::{BackendSnapshot, Counted, OnBackendError, Shared};
-pub use store::{Batch, Count, CounterStore, Counts, Increment, StoreError};
+pub use store::{Batch, Count, CounterStore, Counting, Counts, Increment, StoreError};
 
-use crate::rules::{Entry, Limit, Policy, RuleSet, Unit, Window};
+use crate::rules::{Algorithm, Entry, Limit, Policy, RuleSet, Unit, Window};
 
 /// A validated `ShouldRateLimit` request (read by `service::request`), borrowing its strings
 /// from the message; a request of up to two descriptors of up to two entries is not allocated.
@@ -127,6 +128,8 @@ pub struct WindowOutcome {
 /// failure policy.
 pub struct Limiter {
     store: Store,
+    /// The algorithm of limits that name none (`--default-algorithm`).
+    default_algorithm: Algorithm,
 }
 
 /// Where a limiter counts.
@@ -165,7 +168,33 @@ impl Limiter {
     pub fn new(store: MemoryStore) -> Limiter {
         Limiter {
             store: Store::Memory(store),
+            default_algorithm: Algorithm::FixedWindow,
         }
+    }
+
+    /// Why this limiter cannot count with `rules`, if it cannot: in Redis mode, a limit whose
+    /// algorithm refills.
+    pub fn refuses(&self, rules: &RuleSet) -> Option<String> {
+        let Store::Redis(_) = self.store else {
+            return None;
+        };
+        let rule = rules.rules().iter().find(|rule| {
+            rule.limit
+                .as_ref()
+                .is_some_and(|l| counting(l, self.default_algorithm).refills())
+        })?;
+        Some(format!(
+            "{}: domain {:?}, rule {}: {REDIS_REFILL}",
+            rule.source.display(),
+            rule.domain,
+            rule.path.join(".")
+        ))
+    }
+
+    /// Limits that name no algorithm count with `algorithm`.
+    pub fn with_default_algorithm(mut self, algorithm: Algorithm) -> Limiter {
+        self.default_algorithm = algorithm;
+        self
     }
 
     /// Counting in Redis; with `OnBackendError::Local`, what Redis last said and the hits
@@ -179,6 +208,7 @@ impl Limiter {
     ) -> Limiter {
         Limiter {
             store: Store::Redis(Shared::new(redis, on_error, budget, replicas)),
+            default_algorithm: Algorithm::FixedWindow,
         }
     }
 
@@ -224,7 +254,7 @@ impl Limiter {
         let Some(applied) = applied(rules, request) else {
             return Some(Ok(Decision::unknown_domain(request.descriptors.len())));
         };
-        let plan = Plan::new(&applied, request, now);
+        let plan = Plan::new(&applied, request, now, self.default_algorithm);
         let (admitted, counts) = store.apply(&plan.batch);
         let counted = Counted::Counts(admitted, counts);
         Some(Ok(plan.conclude(request, counted, observe)))
@@ -241,11 +271,16 @@ impl Limiter {
         let Some(applied) = applied(rules, request) else {
             return Ok(Decision::unknown_domain(request.descriptors.len()));
         };
-        let plan = Plan::new(&applied, request, now);
+        let plan = Plan::new(&applied, request, now, self.default_algorithm);
         let counted = match &self.store {
             Store::Memory(store) => {
                 let (admitted, counts) = store.apply(&plan.batch);
                 Ok(Counted::Counts(admitted, counts))
+            }
+            Store::Redis(_) if plan.batch.increments.iter().any(|i| i.counting.refills()) => {
+                // Refused when rules load in Redis mode (`Limiter::refuses`); kept here so that
+                // no such counter ever reaches Redis.
+                return Err(StoreError::Refused(REDIS_REFILL.to_string()));
             }
             Store::Redis(shared) => shared.count(&plan.batch).await,
         };
@@ -269,6 +304,8 @@ fn applied<'r>(rules: &'r RuleSet, request: &Request<'_>) -> Option<SmallVec<[Ap
                 quota_mode: false,
                 shared_values: None,
                 id: None,
+                algorithm: None,
+                burst: None,
             }),
             None => {
                 let entries = descriptor
@@ -292,7 +329,12 @@ struct Plan<'l> {
 }
 
 impl<'l> Plan<'l> {
-    fn new(applied: &'l [Applied<'_>], request: &Request<'_>, now: Duration) -> Plan<'l> {
+    fn new(
+        applied: &'l [Applied<'_>],
+        request: &Request<'_>,
+        now: Duration,
+        default_algorithm: Algorithm,
+    ) -> Plan<'l> {
         // `replaces`: a limit named by another applied limit is dropped, uncounted. Most
         // requests have none, and then no set is built.
         let replaces = applied
@@ -337,13 +379,22 @@ impl<'l> Plan<'l> {
                 if is_replaced(limit) {
                     continue;
                 }
-                let key = *key.get_or_insert_with(|| {
-                    batch
-                        .keys
-                        .push(counter_key(request.domain, descriptor, limit));
-                    batch.keys.len() - 1
-                });
                 let seconds = limit.window.seconds();
+                let counting = counting(limit, default_algorithm);
+                let key = if counting.refills() {
+                    // A refill counter has a key of its own (see `CounterKey::refill`).
+                    let tag = refill_tag(counting);
+                    let own = counter_key(request.domain, descriptor, limit).refill(tag, seconds);
+                    batch.keys.push(own);
+                    batch.keys.len() - 1
+                } else {
+                    *key.get_or_insert_with(|| {
+                        batch
+                            .keys
+                            .push(counter_key(request.domain, descriptor, limit));
+                        batch.keys.len() - 1
+                    })
+                };
                 let position = window::position(now, seconds);
                 batch.increments.push(Increment {
                     key,
@@ -355,6 +406,8 @@ impl<'l> Plan<'l> {
                     requests_per_unit: limit.requests_per_unit,
                     hits,
                     enforced: !limit.shadow_mode && (!limit.quota_mode || one_quota_group),
+                    counting,
+                    now_us: u64::try_from(now.as_micros()).unwrap_or(u64::MAX),
                 });
                 planned.push(Planned {
                     descriptor: i,
@@ -461,6 +514,20 @@ impl Decision {
         let quota = QuotaGroups::of(request, planned, counts);
         for (plan, count) in planned.iter().zip(counts) {
             let limit = u64::from(plan.limit.requests_per_unit);
+            // A fixed window is fully available again, and a refused request passes, when it
+            // ends; a refill counter says when (`algorithm.rs`).
+            let (remaining, reset_in, retry_in) = match count.standing {
+                None => (
+                    limit.saturating_sub(count.value),
+                    plan.reset_in,
+                    plan.reset_in,
+                ),
+                Some(s) => (
+                    s.remaining,
+                    Duration::from_millis(s.reset_in_ms),
+                    Duration::from_millis(s.retry_in_ms),
+                ),
+            };
             let report = WindowReport {
                 requests_per_unit: plan.limit.requests_per_unit,
                 window: plan.limit.window,
@@ -468,9 +535,9 @@ impl Decision {
                 remaining: if count.over_limit {
                     0
                 } else {
-                    limit.saturating_sub(count.value) as u32
+                    u32::try_from(remaining).unwrap_or(u32::MAX)
                 },
-                reset_in: plan.reset_in,
+                reset_in,
                 over_limit: count.over_limit,
                 shadow_mode: plan.limit.shadow_mode,
             };
@@ -483,7 +550,7 @@ impl Decision {
                 if !plan.limit.quota_mode {
                     decision.over_limit |= report.over_limit;
                     if report.over_limit {
-                        decision.retry_after = decision.retry_after.max(Some(report.reset_in));
+                        decision.retry_after = decision.retry_after.max(Some(retry_in));
                     }
                 }
                 if binds_more(&report, decision.headline.as_ref()) {
@@ -608,6 +675,30 @@ fn counter_key(domain: &str, descriptor: &Descriptor<'_>, limit: &Limit) -> Coun
             });
             CounterKey::new(domain, entries)
         }
+    }
+}
+
+/// Why Redis mode refuses refill algorithms, for now.
+pub const REDIS_REFILL: &str = "sliding_window and token_bucket count only in memory so far \
+     (--backend memory): Redis counts fixed windows";
+
+/// How `limit` counts, its algorithm resolved.
+fn counting(limit: &Limit, default_algorithm: Algorithm) -> Counting {
+    match limit.algorithm.unwrap_or(default_algorithm) {
+        Algorithm::FixedWindow => Counting::Fixed,
+        Algorithm::SlidingWindow => Counting::Sliding,
+        Algorithm::TokenBucket => Counting::Bucket {
+            burst: limit.burst.unwrap_or(limit.requests_per_unit),
+        },
+    }
+}
+
+/// The byte that tells a refill counter's key from the other algorithm's.
+fn refill_tag(counting: Counting) -> u8 {
+    match counting {
+        Counting::Fixed => 0,
+        Counting::Sliding => b's',
+        Counting::Bucket { .. } => b'b',
     }
 }
 

@@ -375,13 +375,7 @@ async fn preload_on_every_master(connection: &mut ClusterConnection) -> Result<(
 /// either; another is over when its count is past its limit.
 fn counts_of(batch: &Batch, answers: &[(Vec<usize>, Answer)]) -> (bool, Counts) {
     let admitted = answers.iter().all(|(_, a)| a.admitted);
-    let mut counts = Counts::from_elem(
-        Count {
-            value: 0,
-            over_limit: false,
-        },
-        batch.increments.len(),
-    );
+    let mut counts = Counts::from_elem(Count::default(), batch.increments.len());
     for (group, answer) in answers {
         for (place, (&i, &value)) in group.iter().zip(&answer.values).enumerate() {
             let inc = &batch.increments[i];
@@ -403,7 +397,7 @@ fn counts_of(batch: &Batch, answers: &[(Vec<usize>, Answer)]) -> (bool, Counts) 
                 _ if inc.enforced => false,
                 _ => is_over(value, inc.hits, inc.requests_per_unit),
             };
-            counts[i] = Count { value, over_limit };
+            counts[i] = Count::fixed(value, over_limit);
         }
     }
     (admitted, counts)
@@ -470,7 +464,7 @@ impl CounterStore for RedisStore {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::limiter::CounterKey;
+    use crate::limiter::{CounterKey, Counting};
 
     #[test]
     fn addresses_are_read_or_refused_with_the_forms_that_work() {
@@ -511,6 +505,8 @@ mod tests {
                 requests_per_unit: 60,
                 hits: 1,
                 enforced: true,
+                counting: Counting::Fixed,
+                now_us: 0,
             };
             String::from_utf8(KeyTags::new(&batch, "").key(&inc)).unwrap()
         };

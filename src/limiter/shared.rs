@@ -27,7 +27,7 @@ use super::clock;
 use super::memory::{Budget, MemoryStore};
 use super::redis::RedisStore;
 use super::redis_script::BackendError;
-use super::store::{Batch, Count, CounterStore, Counts, Increment, StoreError};
+use super::store::{Batch, Count, CounterStore, Counting, Counts, Increment, StoreError};
 
 /// Counting in Redis, and what to do when it fails.
 pub struct Shared {
@@ -45,6 +45,9 @@ pub struct Shared {
 
 /// What counting with a fallback gives: counts, from Redis or from the local store, or the
 /// policy's answer when it counts nowhere.
+// `Counts` is inline so that a decision allocates nothing; a `Counted` lives on the stack for
+// one call, so its size costs a copy, where a box would cost an allocation.
+#[allow(clippy::large_enum_variant)]
 pub enum Counted {
     Counts(bool, Counts),
     /// `--on-backend-error allow`: admit, uncounted.
@@ -125,7 +128,7 @@ impl Shared {
             .zip(&seeds)
             .map(|(count, seed)| Count {
                 value: seed.saturating_add(count.value),
-                over_limit: count.over_limit,
+                ..*count
             })
             .collect();
         (admitted, counts)
@@ -157,6 +160,8 @@ impl Shared {
                 requests_per_unit: u32::MAX,
                 hits,
                 enforced: false,
+                counting: Counting::Fixed,
+                now_us: 0,
             });
         }
         let redis = Arc::clone(&self.redis);

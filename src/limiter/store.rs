@@ -14,6 +14,7 @@ use std::future::Future;
 
 use smallvec::SmallVec;
 
+use super::algorithm::{Bucket, Sliding, Standing};
 use super::key::CounterKey;
 
 /// One request's counters: the descriptor keys, and one increment per window. Inline for
@@ -46,17 +47,93 @@ pub struct Increment {
     /// `false` for limits that never refuse (shadow mode, quota mode across several groups):
     /// counted when the request is admitted, past their limit too.
     pub enforced: bool,
+    /// How the counter counts; a refill counter's key is its own (see [`CounterKey::refill`]).
+    pub counting: Counting,
+    /// Now, in microseconds since the Unix epoch, by the caller's clock: a token bucket in
+    /// memory refills by it (Redis reads its own `TIME`).
+    pub now_us: u64,
+}
+
+impl Increment {
+    /// The window's length in milliseconds.
+    pub fn window_ms(&self) -> u64 {
+        u64::from(self.window_seconds) * 1000
+    }
+
+    /// How far into its window `now` is, in milliseconds.
+    pub fn elapsed_ms(&self) -> u64 {
+        self.window_ms().saturating_sub(self.expires_in_ms)
+    }
+
+    /// The token bucket this increment counts in (`burst` from [`Counting::Bucket`]).
+    pub fn bucket(&self, burst: u32) -> Bucket {
+        Bucket {
+            period_us: u64::from(self.window_seconds) * 1_000_000,
+            rate: self.requests_per_unit,
+            burst,
+        }
+    }
+
+    /// The sliding window this increment counts in.
+    pub fn sliding(&self) -> Sliding {
+        Sliding {
+            length_ms: self.window_ms(),
+            limit: self.requests_per_unit,
+        }
+    }
+
+    /// The most requests the counter holds: a bucket's burst, else the limit.
+    pub fn ceiling(&self) -> u32 {
+        match self.counting {
+            Counting::Bucket { burst } => burst,
+            Counting::Fixed | Counting::Sliding => self.requests_per_unit,
+        }
+    }
+}
+
+/// How one counter counts (see `algorithm.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Counting {
+    /// From 0 in each window aligned to the epoch.
+    #[default]
+    Fixed,
+    /// The two-window weighted estimate.
+    Sliding,
+    /// A token bucket holding `burst` at most.
+    Bucket { burst: u32 },
+}
+
+impl Counting {
+    /// Whether the counter refills as time passes (its own key, its own answer).
+    pub fn refills(self) -> bool {
+        self != Counting::Fixed
+    }
 }
 
 /// What one counter says after a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Count {
-    /// The count after this request (or, if the request was refused, the count it left alone).
+    /// The count after this request (or, if the request was refused, the count it left alone);
+    /// for a refill counter, the requests it holds (its limit less what remains).
     pub value: u64,
     /// This counter's limit is exceeded by the request: an enforced counter whose hits do not
     /// fit (the one that refused, and any other that would not have taken its hits either); a
     /// counter that never refuses whose count is over its limit.
     pub over_limit: bool,
+    /// A refill counter's own answer to the client; `None` for a fixed window, whose answer
+    /// follows from its count and its window.
+    pub standing: Option<Standing>,
+}
+
+impl Count {
+    /// A fixed window's count.
+    pub fn fixed(value: u64, over_limit: bool) -> Count {
+        Count {
+            value,
+            over_limit,
+            standing: None,
+        }
+    }
 }
 
 /// Whether a counter that reads `value` after a request's `hits` is over `limit`: past it, or,

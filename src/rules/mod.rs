@@ -390,6 +390,46 @@ pub struct Limit {
     /// Its place in [`RuleSet::rules`], given by [`RuleSet::new`]; `None` for a limit that
     /// came with the request (Envoy's per-descriptor `limit`).
     pub id: Option<usize>,
+    /// `algorithm`; `None`: the server's `--default-algorithm`.
+    pub algorithm: Option<Algorithm>,
+    /// `burst`: what a token bucket holds at most; `None`: `requests_per_unit`.
+    pub burst: Option<u32>,
+}
+
+/// How a limit counts its window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, clap::ValueEnum)]
+pub enum Algorithm {
+    /// Windows aligned to the epoch, counted from 0 in each (envoyproxy/ratelimit's).
+    #[default]
+    #[value(name = "fixed_window")]
+    FixedWindow,
+    /// The current and previous windows' counts, the previous weighted by what is left of it.
+    #[value(name = "sliding_window")]
+    SlidingWindow,
+    /// Refills `requests_per_unit` per window, holding `burst` at most.
+    #[value(name = "token_bucket")]
+    TokenBucket,
+}
+
+impl Algorithm {
+    pub const NAMES: &'static str = "fixed_window|sliding_window|token_bucket";
+
+    pub fn parse(name: &str) -> Option<Algorithm> {
+        match name {
+            "fixed_window" => Some(Algorithm::FixedWindow),
+            "sliding_window" => Some(Algorithm::SlidingWindow),
+            "token_bucket" => Some(Algorithm::TokenBucket),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::FixedWindow => "fixed_window",
+            Algorithm::SlidingWindow => "sliding_window",
+            Algorithm::TokenBucket => "token_bucket",
+        }
+    }
 }
 
 /// A fixed window: `multiplier` × `unit`, aligned to the Unix epoch.
