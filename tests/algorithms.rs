@@ -8,6 +8,7 @@ mod common;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::{TestServer, call, descriptor, header_u64, request};
+use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitResponse;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
 use ratelimitd::app::{Backend, InitialRules, Listeners, Settings};
 use ratelimitd::limiter::{OnBackendError, Target};
@@ -26,11 +27,16 @@ descriptors:
     rate_limit: {unit: minute, requests_per_unit: 10}
 ";
 
+/// One request for `(key, value)` in domain `algo`.
+async fn ask(client: &mut common::Client, key: &str, value: &str) -> RateLimitResponse {
+    call(client, request("algo", vec![descriptor(&[(key, value)])])).await
+}
+
 /// Sends `n` requests for `(key, value)`; how many were admitted.
 async fn admitted(client: &mut common::Client, key: &str, value: &str, n: usize) -> usize {
     let mut ok = 0;
     for _ in 0..n {
-        let answer = call(client, request("algo", vec![descriptor(&[(key, value)])])).await;
+        let answer = ask(client, key, value).await;
         ok += usize::from(answer.overall_code == Code::Ok as i32);
     }
     ok
@@ -42,11 +48,7 @@ async fn a_token_bucket_refuses_the_eleventh_and_admits_one_after_retry_after() 
     let mut client = server.client().await;
     let key = common::fresh_key("tb");
     assert_eq!(admitted(&mut client, "bucket", &key, 10).await, 10);
-    let refused = call(
-        &mut client,
-        request("algo", vec![descriptor(&[("bucket", &key)])]),
-    )
-    .await;
+    let refused = ask(&mut client, "bucket", &key).await;
     assert_eq!(refused.overall_code, Code::OverLimit as i32);
     let retry_after = header_u64(&refused, "retry-after");
     let reset = header_u64(&refused, "ratelimit-reset");
@@ -120,11 +122,7 @@ async fn the_default_algorithm_applies_to_limits_that_name_none() {
     let mut client = server.client().await;
     let key = common::fresh_key("plain");
     assert_eq!(admitted(&mut client, "plain", &key, 12).await, 10);
-    let refused = call(
-        &mut client,
-        request("algo", vec![descriptor(&[("plain", &key)])]),
-    )
-    .await;
+    let refused = ask(&mut client, "plain", &key).await;
     // A fixed minute would say up to 60 s; a bucket of 10 a minute refills one in 6 s.
     assert!(header_u64(&refused, "retry-after") <= 6);
     server.stop().await;

@@ -194,21 +194,20 @@ impl Sliding {
         };
         let n = hits.max(1);
         let limit = u64::from(self.limit);
+        // When, into a window, a count `weighing` from the window before has slid out enough to
+        // leave room for `room` requests: weighing × (length − t) ≤ room × length.
+        let slid_out_at = |room: u64, weighing: u64| {
+            let left = u128::from(room) * length / u128::from(weighing);
+            u64::try_from(length.saturating_sub(left)).unwrap_or(u64::MAX)
+        };
         let retry_in_ms = if self.fits(c, hits) {
             0
         } else if c.current + n <= limit && c.previous > 0 {
-            // Later in this window, once enough of the previous one has slid out:
-            // previous × (length − t) ≤ (limit − current − n) × length.
-            let room = u128::from(limit - c.current - n) * length / u128::from(c.previous);
-            let at = length.saturating_sub(room);
-            u64::try_from(at)
-                .unwrap_or(u64::MAX)
-                .saturating_sub(c.elapsed_ms)
+            // Later in this window, once enough of the previous one has slid out.
+            slid_out_at(limit - c.current - n, c.previous).saturating_sub(c.elapsed_ms)
         } else if n <= limit && c.current > 0 {
             // In the next window, once enough of this one has slid out.
-            let room = u128::from(limit - n) * length / u128::from(c.current);
-            let at = length.saturating_sub(room);
-            to_next.saturating_add(u64::try_from(at).unwrap_or(u64::MAX))
+            to_next.saturating_add(slid_out_at(limit - n, c.current))
         } else {
             reset_in_ms
         };

@@ -321,18 +321,19 @@ impl Counters {
         (counts, at)
     }
 
-    /// Does `op` to a sliding window's counters: see [`run`].
-    fn run_sliding(&self, inc: &Increment, op: &Op) -> Result<(u32, u64), u64> {
+    /// Does `op` to a sliding window's counters: see [`run_in`].
+    fn run_sliding(&self, inc: &Increment, op: &Op) -> Ran {
         let sliding = inc.sliding();
         let main = &self.states[0].0;
         let mut state = main.load(Ordering::Acquire);
         loop {
             let (counts, at) = self.sliding_counts(state, inc);
             let used = sliding.used(&counts);
+            let standing = || Some(sliding.standing(&counts, inc.hits));
             match op {
-                Op::Peek => return Ok((at, used)),
-                Op::Reserve if !sliding.fits(&counts, inc.hits) => return Err(used),
-                Op::Reserve | Op::Add if inc.hits == 0 => return Ok((at, used)),
+                Op::Peek => return (Ok((at, used)), standing()),
+                Op::Reserve if !sliding.fits(&counts, inc.hits) => return (Err(used), standing()),
+                Op::Reserve | Op::Add if inc.hits == 0 => return (Ok((at, used)), standing()),
                 Op::Reserve | Op::Add => {}
             }
             let (stored, count) = unpack(state);
@@ -353,35 +354,42 @@ impl Counters {
             };
             let next = pack(at, after.current);
             match main.compare_exchange_weak(state, next, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return Ok((at, sliding.used(&after))),
+                Ok(_) => {
+                    let standing = sliding.standing(&after, inc.hits);
+                    return (Ok((at, sliding.used(&after))), Some(standing));
+                }
                 Err(actual) => state = actual,
             }
         }
     }
 
-    /// Does `op` to a token bucket: see [`run`].
-    fn run_bucket(&self, inc: &Increment, burst: u32, op: &Op) -> Result<(u32, u64), u64> {
+    /// Does `op` to a token bucket: see [`run_in`].
+    fn run_bucket(&self, inc: &Increment, burst: u32, op: &Op) -> Ran {
         let bucket = inc.bucket(burst);
         let cell = &self.states[0].0;
         let mut tat = cell.load(Ordering::Acquire);
         loop {
             let used = bucket.used(tat, inc.now_us);
+            let standing = || Some(bucket.standing(tat, inc.now_us, inc.hits));
             let step = bucket.take(tat, inc.now_us, inc.hits, matches!(op, Op::Reserve));
             match op {
-                Op::Peek => return Ok((0, used)),
-                Op::Reserve if !step.fits => return Err(used),
-                Op::Reserve | Op::Add if inc.hits == 0 => return Ok((0, used)),
+                Op::Peek => return (Ok((0, used)), standing()),
+                Op::Reserve if !step.fits => return (Err(used), standing()),
+                Op::Reserve | Op::Add if inc.hits == 0 => return (Ok((0, used)), standing()),
                 Op::Reserve | Op::Add => {}
             }
             match cell.compare_exchange_weak(tat, step.tat, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return Ok((0, bucket.used(step.tat, inc.now_us))),
+                Ok(_) => {
+                    let standing = bucket.standing(step.tat, inc.now_us, inc.hits);
+                    return (Ok((0, bucket.used(step.tat, inc.now_us))), Some(standing));
+                }
                 Err(actual) => tat = actual,
             }
         }
     }
 
-    /// Gives back what a reservation took from a refill counter.
-    fn release_refill(&self, inc: &Increment, at: u32) {
+    /// Gives back what a reservation took from a refill counter; its answer to the client then.
+    fn release_refill(&self, inc: &Increment, at: u32) -> Standing {
         match inc.counting {
             Counting::Fixed => {}
             Counting::Sliding => self.states[0].release(at, inc.hits),
@@ -393,6 +401,7 @@ impl Counters {
                 });
             }
         }
+        self.standing(inc)
     }
 
     /// A refill counter's answer to the client now, for `inc`'s hits.
@@ -424,12 +433,18 @@ enum Op {
 /// A read-locked entry of the table.
 type EntryRef<'a> = MappedRwLockReadGuard<'a, Counters>;
 
-/// Does `op` to the increment's counter in `entry`, if it has it: the window it counted in and
-/// the count, or (for a reservation that does not fit) the count left alone. A refill counter
-/// answers the requests it holds (`Count::value`).
-fn run_in(inc: &Increment, entry: &Counters, op: &Op) -> Option<Result<(u32, u64), u64>> {
+/// What an operation on one counter gave: the window it counted in and the count, or (for a
+/// reservation that does not fit) the count left alone; and a refill counter's answer to the
+/// client as the operation left it (`None` for a fixed window).
+type Ran = (Result<(u32, u64), u64>, Option<Standing>);
+
+/// Does `op` to the increment's counter in `entry`, if it has it (see [`Ran`]). A refill
+/// counter's count is the requests it holds (`Count::value`).
+fn run_in(inc: &Increment, entry: &Counters, op: &Op) -> Option<Ran> {
     match inc.counting {
-        Counting::Fixed => entry.get(inc.window_seconds).map(|c| run(inc, c, op)),
+        Counting::Fixed => entry
+            .get(inc.window_seconds)
+            .map(|c| (run(inc, c, op), None)),
         Counting::Sliding => Some(entry.run_sliding(inc, op)),
         Counting::Bucket { burst } => Some(entry.run_bucket(inc, burst, op)),
     }
@@ -527,33 +542,34 @@ impl<K: Kept> MemoryStore<K> {
             let found = current
                 .as_ref()
                 .and_then(|(_, entry)| run_in(inc, entry, &op));
-            let outcome = match found {
-                Some(outcome) => outcome,
+            let (outcome, standing) = match found {
+                Some(ran) => ran,
                 None => {
                     current = None;
                     self.on_counter(batch, ids[inc.key], inc, op)
                 }
             };
-            match (admitted, outcome) {
+            let count = match (admitted, outcome) {
                 (false, outcome) => {
                     // Only read: over if its hits would not have fitted either.
                     let value = outcome.map_or_else(|current| current, |(_, count)| count);
                     let after = value.saturating_add(inc.hits);
-                    counts.push(Count::fixed(value, is_over(after, inc.hits, inc.ceiling())));
+                    Count::fixed(value, is_over(after, inc.hits, inc.ceiling()))
                 }
                 (true, Ok((at, after))) => {
                     reserved.push((i, at));
-                    counts.push(Count::fixed(after, false));
+                    Count::fixed(after, false)
                 }
                 (true, Err(current)) => {
                     admitted = false;
-                    counts.push(Count::fixed(current, true));
+                    Count::fixed(current, true)
                 }
-            }
+            };
+            counts.push(Count { standing, ..count });
         }
         drop(current);
         if !admitted {
-            self.release(&ids, batch, &reserved);
+            self.release(&ids, batch, &reserved, &mut counts);
             for &(i, _) in &reserved {
                 let hits = batch.increments[i].hits;
                 counts[i].value = counts[i].value.saturating_sub(hits);
@@ -569,25 +585,20 @@ impl<K: Kept> MemoryStore<K> {
             } else {
                 Op::Peek
             };
-            let value = self
-                .on_counter(batch, ids[inc.key], inc, op)
-                .unwrap_or_default()
-                .1;
+            let (outcome, standing) = self.on_counter(batch, ids[inc.key], inc, op);
+            let value = outcome.unwrap_or_default().1;
             let over_limit = is_over(value, inc.hits, inc.ceiling());
-            counts[i] = Count::fixed(value, over_limit);
-        }
-        for (inc, count) in batch.increments.iter().zip(&mut counts) {
-            if inc.counting.refills()
-                && let Some(entry) = self.entries.get(ids[inc.key])
-            {
-                count.standing = Some(entry.standing(inc));
-            }
+            counts[i] = Count {
+                standing,
+                ..Count::fixed(value, over_limit)
+            };
         }
         (admitted, counts)
     }
 
-    /// Takes back the hits `reserved` for these increments of `batch` (index, window index).
-    fn release(&self, ids: &[Id], batch: &Batch, reserved: &[(usize, u32)]) {
+    /// Takes back the hits `reserved` for these increments of `batch` (index, window index);
+    /// a refill counter's answer in `counts` becomes what it says once they are back.
+    fn release(&self, ids: &[Id], batch: &Batch, reserved: &[(usize, u32)], counts: &mut Counts) {
         for &(i, at) in reserved {
             let inc = &batch.increments[i];
             if inc.hits == 0 {
@@ -597,7 +608,7 @@ impl<K: Kept> MemoryStore<K> {
                 continue;
             };
             if inc.counting.refills() {
-                entry.release_refill(inc, at);
+                counts[i].standing = Some(entry.release_refill(inc, at));
             } else if let Some(counter) = entry.get(inc.window_seconds) {
                 counter.release(at, inc.hits);
             }
@@ -606,27 +617,26 @@ impl<K: Kept> MemoryStore<K> {
 
     /// Runs `op` on the increment's counter (its key's entry is `id`), making the counter, and
     /// its entry, unless only peeking. A peek at a counter that does not exist reads 0.
-    fn on_counter(
-        &self,
-        batch: &Batch,
-        id: Id,
-        inc: &Increment,
-        op: Op,
-    ) -> Result<(u32, u64), u64> {
+    fn on_counter(&self, batch: &Batch, id: Id, inc: &Increment, op: Op) -> Ran {
         if let Some(entry) = self.entries.get(id)
-            && let Some(outcome) = run_in(inc, &entry, &op)
+            && let Some(ran) = run_in(inc, &entry, &op)
         {
-            return outcome;
+            return ran;
         }
         if matches!(op, Op::Peek) {
-            return Ok((inc.window_index, 0));
+            // Nothing counted yet: a refill counter is full.
+            let standing = inc
+                .counting
+                .refills()
+                .then(|| Counters::default().standing(inc));
+            return (Ok((inc.window_index, 0)), standing);
         }
         // The key or this window is new: take the shard's write lock once to add it.
         let key = batch.keys[inc.key].as_bytes();
         let (mut entry, came_back) = self.entries.get_or_make(id, key, window_start(inc));
         if inc.counting.refills() {
             entry.make_refill(inc);
-            return run_in(inc, &entry, &op).unwrap_or(Ok((inc.window_index, 0)));
+            return run_in(inc, &entry, &op).unwrap_or((Ok((inc.window_index, 0)), None));
         }
         if came_back {
             // The key's earlier entry was evicted, and the hits it held with it: count its last
@@ -645,7 +655,10 @@ impl<K: Kept> MemoryStore<K> {
             entry.add(inc.window_seconds, inc.window_index);
         }
         let counter = entry.get(inc.window_seconds);
-        counter.map_or(Ok((inc.window_index, 0)), |c| run(inc, c, &op))
+        (
+            counter.map_or(Ok((inc.window_index, 0)), |c| run(inc, c, &op)),
+            None,
+        )
     }
 
     /// The count of one counter in window `index`; 0 when there is none.
