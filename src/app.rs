@@ -146,8 +146,6 @@ pub enum AppError {
     Metrics(#[from] MetricsError),
     #[error("gRPC TLS: {0}")]
     Tls(#[from] server::tls::TlsError),
-    #[error("{0}")]
-    Rules(String),
 }
 
 /// How long start-up waits for a first Redis connection before serving without it.
@@ -200,22 +198,12 @@ pub async fn serve(
         }
         .with_default_algorithm(settings.default_algorithm),
     );
-    if let Some(why) = limiter.refuses(&initial.rules) {
-        return Err(AppError::Rules(why));
-    }
-    let refuses = {
-        let limiter = Arc::clone(&limiter);
-        Box::new(move |rules: &RuleSet| limiter.refuses(rules))
-    };
-    let live = Arc::new(
-        LiveRules::new(
-            initial.rules,
-            initial.hash.clone(),
-            Arc::clone(&metrics),
-            settings.redact_rule_values,
-        )
-        .refusing(refuses),
-    );
+    let live = Arc::new(LiveRules::new(
+        initial.rules,
+        initial.hash.clone(),
+        Arc::clone(&metrics),
+        settings.redact_rule_values,
+    ));
     let _sweeper = Sweeper::start(Arc::clone(&limiter), settings.sweep_interval);
     let _reloader = settings
         .reload

@@ -138,7 +138,7 @@ pub struct Serve {
     #[arg(long, env = "RATELIMITD_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub replicas: u32,
     /// How limits that name no `algorithm` count: fixed_window (envoyproxy/ratelimit's),
-    /// sliding_window or token_bucket (see docs/algorithms.md). Redis counts fixed windows only.
+    /// sliding_window or token_bucket (see docs/algorithms.md).
     #[arg(long, env = "RATELIMITD_DEFAULT_ALGORITHM", value_enum, default_value_t = Algorithm::FixedWindow)]
     pub default_algorithm: Algorithm,
     /// Bytes the counters in memory may take (`512MiB`, `2GiB`, or bytes); default: half the

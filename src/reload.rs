@@ -146,11 +146,6 @@ fn attempt(path: &Path, live: &LiveRules, last_seen: String, forced: bool) -> Op
     }
     let parsed = read.and_then(|sources| sources.parse().map(|rules| (rules, sources.hash())));
     match parsed {
-        Ok((rules, _)) if live.refuses(&rules).is_some() => {
-            live.metrics().config_refused();
-            let why = live.refuses(&rules).unwrap_or_default();
-            tracing::warn!(path = %path.display(), "rules not reloaded, the running rules stay: {why}");
-        }
         Ok((rules, hash)) => {
             let count = rules.rules().len();
             live.install(rules, hash.clone());

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use common::{TestServer, call, descriptor, header_u64, request};
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitResponse;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
-use ratelimitd::app::{Backend, InitialRules, Listeners, Settings};
+use ratelimitd::app::{Backend, Settings};
 use ratelimitd::limiter::{OnBackendError, Target};
 use ratelimitd::rules::Algorithm;
 
@@ -128,45 +128,37 @@ async fn the_default_algorithm_applies_to_limits_that_name_none() {
     server.stop().await;
 }
 
+/// The same answers with the counters in a real `redis-server`, shared by two replicas: the
+/// bucket's time is Redis's own, so the second replica sees the first one's hits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_mode_refuses_refill_rules_at_start_naming_the_rule() {
-    let domain = ratelimitd::config::parse_domain(std::path::Path::new("algo.yaml"), RULES)
-        .expect("the rules load");
-    let rules = ratelimitd::rules::RuleSet::new(vec![domain]);
-    // No Redis on this port: the refusal does not depend on reaching it.
-    let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = unused.local_addr().unwrap().port();
-    drop(unused);
-    let settings = Settings {
+async fn two_replicas_share_a_token_bucket_and_a_sliding_window_in_redis() {
+    let redis = common::redis::RedisServer::start();
+    let settings = || Settings {
         backend: Backend::Redis {
-            target: Target::parse(&format!("redis://127.0.0.1:{port}")).unwrap(),
-            timeout: Duration::from_millis(50),
-            on_error: OnBackendError::Allow,
+            target: Target::parse(&redis.url()).unwrap(),
+            timeout: Duration::from_secs(2),
+            on_error: OnBackendError::Deny,
             key_prefix: String::new(),
         },
         ..Settings::default()
     };
-    let listeners = Listeners {
-        grpc: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        http: None,
-        metrics: None,
-    };
-    let initial = InitialRules {
-        rules,
-        hash: "test".to_string(),
-    };
-    let outcome = tokio::time::timeout(
-        Duration::from_secs(20),
-        ratelimitd::app::serve(settings, initial, listeners, std::future::pending()),
-    )
-    .await
-    .expect("serve returns at once with an error");
-    let error = outcome
-        .expect_err("refill rules are refused in Redis mode")
-        .to_string();
-    assert!(error.contains("algo.yaml"), "{error}");
-    assert!(error.contains("bucket"), "{error}");
-    assert!(error.contains("--backend memory"), "{error}");
+    let first = TestServer::start_with(RULES, settings()).await;
+    let second = TestServer::start_with(RULES, settings()).await;
+    let (mut a, mut b) = (first.client().await, second.client().await);
+    let bucket = common::fresh_key("tb-redis");
+    assert_eq!(admitted(&mut a, "bucket", &bucket, 6).await, 6);
+    assert_eq!(admitted(&mut b, "bucket", &bucket, 6).await, 4);
+    let refused = ask(&mut a, "bucket", &bucket).await;
+    assert_eq!(refused.overall_code, Code::OverLimit as i32);
+    let retry_after = header_u64(&refused, "retry-after");
+    assert!((1..=6).contains(&retry_after), "Retry-After {retry_after}");
+    assert!((50..=60).contains(&header_u64(&refused, "ratelimit-reset")));
+    let sliding = common::fresh_key("sw-redis");
+    let spent = admitted(&mut a, "sliding", &sliding, 7).await
+        + admitted(&mut b, "sliding", &sliding, 7).await;
+    assert_eq!(spent, 10, "one limit across both replicas");
+    first.stop().await;
+    second.stop().await;
 }
 
 #[test]
@@ -201,6 +193,11 @@ fn burst_is_for_token_buckets_and_a_bucket_refills_within_the_longest_window() {
     ))
     .unwrap_err();
     assert!(error.contains("to refill from empty"), "{error}");
+    let error = load(&limit(
+        "unit: day, requests_per_unit: 4000000000, algorithm: sliding_window",
+    ))
+    .unwrap_err();
+    assert!(error.contains("cannot be counted exactly"), "{error}");
     let error = load(&limit(
         "unit: minute, requests_per_unit: 1, algorithm: leaky",
     ))

@@ -242,6 +242,45 @@ fn three_busy_replicas_on_one_redis_admit_exactly_the_limit_ten_runs_of_ten() {
     stop_all(replicas);
 }
 
+/// The refill algorithms on one Redis, three busy replicas (`--default-algorithm`, the rules'
+/// 1,000 an hour): a sliding window on a fresh key admits exactly the limit; a token bucket its
+/// burst of 1,000 and what refilled while the run lasted (1,000 an hour), not one more.
+#[test]
+fn three_busy_replicas_count_each_refill_algorithm_exactly_in_one_redis() {
+    let redis = RedisServer::start();
+    let rules = rules_dir();
+    for algorithm in ["sliding_window", "token_bucket"] {
+        let replicas = three_replicas(
+            rules.path(),
+            &redis.url(),
+            &["--default-algorithm", algorithm],
+        );
+        let addrs = grpc_addrs(&replicas);
+        let _turn = one_busy_test_at_a_time();
+        for run in 0..3 {
+            let started = std::time::Instant::now();
+            let load = BusyLoad {
+                replicas: &addrs,
+                key: "busy",
+                value: fresh_key(&format!("{algorithm}-{run}")),
+                requests: 3_000,
+                in_flight: 16,
+            };
+            let tally = busy_load(load, |_| {});
+            let refilled = (started.elapsed().as_secs_f64() * 1_000.0 / 3_600.0).ceil() as usize;
+            let allowed = match algorithm {
+                "sliding_window" => 1_000..=1_000,
+                _ => 1_000..=1_000 + refilled,
+            };
+            assert!(
+                allowed.contains(&tally.ok) && tally.errors == 0 && tally.ok + tally.over == 3_000,
+                "{algorithm}: run {run}: {tally:?}, allowed {allowed:?}"
+            );
+        }
+        stop_all(replicas);
+    }
+}
+
 #[test]
 fn three_busy_replicas_on_a_cluster_admit_exactly_the_limit_ten_runs_of_ten() {
     let cluster = RedisCluster::start();

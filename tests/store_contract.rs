@@ -337,6 +337,126 @@ async fn many_descriptors_count_together(s: &impl Subject, t: &str) {
 }
 
 /// Runs every behaviour on one store, one after another, naming each in a failure.
+/// One counter of a batch of refill and fixed counters: (descriptor, how it counts, window
+/// seconds, limit, hits, enforced); windows and time from the real clock.
+type Counter<'a> = (&'a str, Counting, u32, u32, u64, bool);
+
+/// A batch over descriptors named `name`; a refill counter gets its own key, as the limiter
+/// gives it.
+fn mixed(test: &str, counters: &[Counter<'_>]) -> Batch {
+    let mut batch = Batch::default();
+    let now = now();
+    for &(name, counting, window_seconds, requests_per_unit, hits, enforced) in counters {
+        let value = format!("{test}-{name}");
+        let key = CounterKey::new("contract", [("k", value.as_str())].into_iter());
+        let key = match counting {
+            Counting::Fixed => key,
+            Counting::Sliding => key.refill(b's', window_seconds),
+            Counting::Bucket { .. } => key.refill(b'b', window_seconds),
+        };
+        batch.keys.push(key);
+        let window_index = index(now, window_seconds);
+        batch.increments.push(Increment {
+            key: batch.keys.len() - 1,
+            window_seconds,
+            window_index,
+            expires_in_ms: left_ms(window_seconds, window_index),
+            requests_per_unit,
+            hits,
+            enforced,
+            counting,
+            now_us: now.as_micros() as u64,
+        });
+    }
+    batch
+}
+
+async fn count_mixed(s: &impl Subject, test: &str, counters: &[Counter<'_>]) -> (bool, Vec<Count>) {
+    let (admitted, counts) = s
+        .store()
+        .count(&mixed(test, counters))
+        .await
+        .unwrap_or_else(|e| panic!("{test}: the store counts: {e}"));
+    (admitted, counts.to_vec())
+}
+
+const REFILLS: [(&str, Counting); 2] = [
+    ("bucket", Counting::Bucket { burst: 10 }),
+    ("sliding", Counting::Sliding),
+];
+
+/// A token bucket admits its burst and a sliding window its limit; then each refuses, moving
+/// nothing, and says when a request would pass.
+async fn refill_counters_admit_what_their_algorithm_allows(s: &impl Subject, t: &str) {
+    for (name, counting) in REFILLS {
+        let one = [(name, counting, 60, 10, 1, true)];
+        let mut admitted = 0;
+        for _ in 0..12 {
+            admitted += usize::from(count_mixed(s, t, &one).await.0);
+        }
+        assert_eq!(admitted, 10, "{t}: {name}");
+        let (ok, counts) = count_mixed(s, t, &one).await;
+        assert!(!ok && counts[0].over_limit, "{t}: {name}: {counts:?}");
+        let standing = counts[0].standing.expect("a refill counter's standing");
+        assert_eq!(standing.remaining, 0, "{t}: {name}");
+        assert!(standing.retry_in_ms >= 1, "{t}: {name}: {standing:?}");
+        assert!(
+            standing.retry_in_ms <= standing.reset_in_ms,
+            "{t}: {name}: {standing:?}"
+        );
+        match counting {
+            Counting::Bucket { .. } => {
+                assert!(standing.retry_in_ms <= 6_000, "{t}: {standing:?}");
+                assert!(
+                    (54_000..=60_000).contains(&standing.reset_in_ms),
+                    "{t}: {standing:?}"
+                );
+            }
+            _ => assert!(standing.reset_in_ms <= 120_000, "{t}: {standing:?}"),
+        }
+        let check = [(name, counting, 60, 10, 0, true)];
+        assert!(
+            !count_mixed(s, t, &check).await.0,
+            "{t}: {name}: a check is over too"
+        );
+    }
+}
+
+/// A request refused by another counter (here a fixed window of 0, another descriptor: another
+/// slot in a Cluster) gives back what its refill counters took.
+async fn a_refused_request_gives_back_what_refill_counters_took(s: &impl Subject, t: &str) {
+    for (name, counting) in REFILLS {
+        let both = [
+            (name, counting, 60, 10, 4, true),
+            ("closed", Counting::Fixed, 60, 0, 1, true),
+        ];
+        for _ in 0..3 {
+            let (ok, counts) = count_mixed(s, t, &both).await;
+            assert!(!ok && counts[1].over_limit, "{t}: {name}: {counts:?}");
+        }
+        let alone = [(name, counting, 60, 10, 1, true)];
+        let mut admitted = 0;
+        for _ in 0..12 {
+            admitted += usize::from(count_mixed(s, t, &alone).await.0);
+        }
+        assert_eq!(admitted, 10, "{t}: {name}: nothing stayed taken");
+    }
+}
+
+/// Shadow refill counters count what was admitted and never refuse.
+async fn shadow_refill_counters_never_refuse(s: &impl Subject, t: &str) {
+    for (name, counting) in [("bucket", Counting::Bucket { burst: 2 }), REFILLS[1]] {
+        let shadow = [(name, counting, 60, 2, 1, false)];
+        let mut overs = 0;
+        for _ in 0..4 {
+            let (ok, counts) = count_mixed(s, t, &shadow).await;
+            assert!(ok, "{t}: {name}");
+            overs += usize::from(counts[0].over_limit);
+        }
+        assert_eq!(overs, 2, "{t}: {name}: the third and fourth are over");
+    }
+}
+
 async fn run_contract(subject: &impl Subject, store: &str) {
     let test = |name: &str| format!("{store}/{name}/{}", now().as_nanos());
     let t = test("expiry");
@@ -359,6 +479,12 @@ async fn run_contract(subject: &impl Subject, store: &str) {
     many_descriptors_count_together(subject, &t).await;
     let t = test("clock-behind");
     a_caller_whose_clock_is_behind_still_counts(subject, &t).await;
+    let t = test("refill");
+    refill_counters_admit_what_their_algorithm_allows(subject, &t).await;
+    let t = test("refill-refused");
+    a_refused_request_gives_back_what_refill_counters_took(subject, &t).await;
+    let t = test("refill-shadow");
+    shadow_refill_counters_never_refuse(subject, &t).await;
 }
 
 #[tokio::test]

@@ -70,6 +70,10 @@ pub enum ConfigErrorKind {
     )]
     RefillTooLong,
     #[error(
+        "a sliding window of `requests_per_unit` × its length in milliseconds above 2^50 cannot be counted exactly"
+    )]
+    SlidingTooLarge,
+    #[error(
         "duplicate descriptor: this level already has key {key:?}{}",
         value_text(value)
     )]

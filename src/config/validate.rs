@@ -330,6 +330,13 @@ fn limit(reader: &mut Reader<'_>, node: &Yaml<'_>, flags: &NodeFlags) -> Option<
             reader.error(span, ConfigErrorKind::RefillTooLong);
         }
     }
+    // Redis computes a sliding window in doubles, exact below 2^53; 2^50 leaves room for the
+    // counts of shadow mode, which may pass the limit.
+    if algorithm == Some(Algorithm::SlidingWindow)
+        && f64::from(requests_per_unit) * f64::from(window.seconds()) * 1000.0 > (1u64 << 50) as f64
+    {
+        reader.error(unit_span, ConfigErrorKind::SlidingTooLarge);
+    }
     if reader.errors.len() != errors_before {
         return None;
     }

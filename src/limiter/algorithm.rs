@@ -134,10 +134,13 @@ impl Bucket {
         }
     }
 
-    /// Requests the counter holds now, for statistics and eviction: the burst less what
-    /// remains.
+    /// Requests the counter holds now (its debt in intervals, rounded up), for statistics and
+    /// for shadow mode, whose debt may pass the burst.
     pub fn used(&self, tat: u64, now: u64) -> u64 {
-        u64::from(self.burst).saturating_sub(self.standing(tat, now, 1).remaining)
+        if self.closed() {
+            return 0;
+        }
+        (tat.saturating_sub(now) as f64 / self.interval()).ceil() as u64
     }
 }
 

@@ -172,25 +172,6 @@ impl Limiter {
         }
     }
 
-    /// Why this limiter cannot count with `rules`, if it cannot: in Redis mode, a limit whose
-    /// algorithm refills.
-    pub fn refuses(&self, rules: &RuleSet) -> Option<String> {
-        let Store::Redis(_) = self.store else {
-            return None;
-        };
-        let rule = rules.rules().iter().find(|rule| {
-            rule.limit
-                .as_ref()
-                .is_some_and(|l| counting(l, self.default_algorithm).refills())
-        })?;
-        Some(format!(
-            "{}: domain {:?}, rule {}: {REDIS_REFILL}",
-            rule.source.display(),
-            rule.domain,
-            rule.path.join(".")
-        ))
-    }
-
     /// Limits that name no algorithm count with `algorithm`.
     pub fn with_default_algorithm(mut self, algorithm: Algorithm) -> Limiter {
         self.default_algorithm = algorithm;
@@ -276,11 +257,6 @@ impl Limiter {
             Store::Memory(store) => {
                 let (admitted, counts) = store.apply(&plan.batch);
                 Ok(Counted::Counts(admitted, counts))
-            }
-            Store::Redis(_) if plan.batch.increments.iter().any(|i| i.counting.refills()) => {
-                // Refused when rules load in Redis mode (`Limiter::refuses`); kept here so that
-                // no such counter ever reaches Redis.
-                return Err(StoreError::Refused(REDIS_REFILL.to_string()));
             }
             Store::Redis(shared) => shared.count(&plan.batch).await,
         };
@@ -677,10 +653,6 @@ fn counter_key(domain: &str, descriptor: &Descriptor<'_>, limit: &Limit) -> Coun
         }
     }
 }
-
-/// Why Redis mode refuses refill algorithms, for now.
-pub const REDIS_REFILL: &str = "sliding_window and token_bucket count only in memory so far \
-     (--backend memory): Redis counts fixed windows";
 
 /// How `limit` counts, its algorithm resolved.
 fn counting(limit: &Limit, default_algorithm: Algorithm) -> Counting {

@@ -9,7 +9,8 @@
 //! Keys are short, to keep Redis small: `{H}S:I`, where `H` is 16 base64url characters of a
 //! BLAKE3 hash of the counter key (domain and descriptor entries), `S` the window length in
 //! seconds and `I` the window number modulo 100 (a key lives one window, so this only guards
-//! against clocks a little apart). The braces are a Cluster hash tag: all windows of one
+//! against clocks a little apart); a refill counter's key ends in `S:b` (token bucket) or `S:s`
+//! (sliding window) and lives as long as it weighs. The braces are a Cluster hash tag: all windows of one
 //! descriptor live in one slot and go in one script. In Cluster mode the descriptors of one
 //! request go out in parallel, one script each; if one refuses after another has counted, every
 //! hit the others counted is taken back (shadow ones too, as memory never counts them).
@@ -30,9 +31,10 @@ use redis::cluster_async::ClusterConnection;
 use redis::{RedisError, Script};
 use tokio::sync::{OnceCell, mpsc, oneshot};
 
+use super::algorithm::{SlidingCounts, Standing};
 use super::redis_batcher::{self, Job};
 use super::redis_script::{Answer, SCRIPT, key_args};
-use super::store::{Batch, Count, CounterStore, Counts, Increment, StoreError, is_over};
+use super::store::{Batch, Count, CounterStore, Counting, Counts, Increment, StoreError, is_over};
 
 pub use super::redis_script::BackendError;
 
@@ -124,11 +126,35 @@ pub struct RedisStore {
     release: Script,
 }
 
-/// Takes back hits counted by a script whose request another slot refused. ARGV: hits per key.
+/// Takes back hits counted by a script whose request another slot refused. ARGV, per key:
+/// hits, algorithm, limit, burst, window length in milliseconds (as in the counting script). A fixed window loses the hits; a bucket's arrival time moves back by what they cost
+/// (computed as the counting script computes it); a sliding window's current count loses them.
+/// Each keeps its expiry.
 const RELEASE_SCRIPT: &str = r"
 for i = 1, #KEYS do
-  if tonumber(redis.call('GET', KEYS[i]) or '0') >= tonumber(ARGV[i]) then
-    redis.call('DECRBY', KEYS[i], ARGV[i])
+  local at = (i - 1) * 5
+  local hits, algorithm = tonumber(ARGV[at + 1]), ARGV[at + 2]
+  local raw = redis.call('GET', KEYS[i])
+  if algorithm == '0' then
+    if tonumber(raw or '0') >= hits then
+      redis.call('DECRBY', KEYS[i], hits)
+    end
+  elseif raw and algorithm == '2' then
+    local limit, burst = tonumber(ARGV[at + 3]), tonumber(ARGV[at + 4])
+    if hits > burst + 1 then
+      hits = burst + 1
+    end
+    local cost = math.ceil(hits * ((tonumber(ARGV[at + 5]) * 1000) / limit))
+    local tat = tonumber(raw)
+    if tat and limit > 0 and tat >= cost then
+      redis.call('SET', KEYS[i], string.format('%.0f', tat - cost), 'KEEPTTL')
+    end
+  elseif raw then
+    local window, current, previous = string.match(raw, '^(%d+):(%d+):(%d+)$')
+    if window then
+      current = math.max(0, tonumber(current) - hits)
+      redis.call('SET', KEYS[i], window .. ':' .. string.format('%.0f', current) .. ':' .. previous, 'KEEPTTL')
+    end
   end
 end
 return 1
@@ -346,7 +372,10 @@ impl RedisStore {
         for &i in group {
             let inc = &batch.increments[i];
             if inc.hits > 0 {
-                invocation.key(tags.key(inc)).arg(inc.hits);
+                let [hits, limit, _, _, algorithm, burst, window_ms] = key_args(inc);
+                invocation
+                    .key(tags.key(inc))
+                    .arg(&[hits, algorithm, limit, burst, window_ms]);
             }
         }
         let _: i64 = invocation.invoke_async(connection).await?;
@@ -377,8 +406,9 @@ fn counts_of(batch: &Batch, answers: &[(Vec<usize>, Answer)]) -> (bool, Counts) 
     let admitted = answers.iter().all(|(_, a)| a.admitted);
     let mut counts = Counts::from_elem(Count::default(), batch.increments.len());
     for (group, answer) in answers {
-        for (place, (&i, &value)) in group.iter().zip(&answer.values).enumerate() {
+        for (place, (&i, numbers)) in group.iter().zip(&answer.values).enumerate() {
             let inc = &batch.increments[i];
+            let (value, standing) = read_numbers(inc, *numbers);
             // A counter this request incremented, in a request refused elsewhere, is back.
             let value = if answer.admitted && !admitted {
                 value.saturating_sub(inc.hits)
@@ -388,19 +418,44 @@ fn counts_of(batch: &Batch, answers: &[(Vec<usize>, Answer)]) -> (bool, Counts) 
             let over_limit = match answer.first_over {
                 // After the refusing counter the script only read: over if the hits would not
                 // have fitted either, as in memory.
-                Some(first) if inc.enforced && place > first => is_over(
-                    value.saturating_add(inc.hits),
-                    inc.hits,
-                    inc.requests_per_unit,
-                ),
+                Some(first) if inc.enforced && place > first => {
+                    is_over(value.saturating_add(inc.hits), inc.hits, inc.ceiling())
+                }
                 Some(first) if inc.enforced => place == first,
                 _ if inc.enforced => false,
-                _ => is_over(value, inc.hits, inc.requests_per_unit),
+                _ => is_over(value, inc.hits, inc.ceiling()),
             };
-            counts[i] = Count::fixed(value, over_limit);
+            counts[i] = Count {
+                standing,
+                ..Count::fixed(value, over_limit)
+            };
         }
     }
     (admitted, counts)
+}
+
+/// A key's count, and a refill counter's answer, from the script's three numbers for it.
+fn read_numbers(inc: &Increment, [a, b, c]: [u64; 3]) -> (u64, Option<Standing>) {
+    match inc.counting {
+        Counting::Fixed => (a, None),
+        Counting::Bucket { burst } => {
+            let (bucket, tat, now) = (inc.bucket(burst), a, b);
+            let standing = bucket.standing(tat, now, inc.hits);
+            (bucket.used(tat, now), Some(standing))
+        }
+        Counting::Sliding => {
+            let counts = SlidingCounts {
+                current: a,
+                previous: b,
+                elapsed_ms: c,
+            };
+            let sliding = inc.sliding();
+            (
+                sliding.used(&counts),
+                Some(sliding.standing(&counts, inc.hits)),
+            )
+        }
+    }
 }
 
 /// The `{H}` part of a descriptor's keys: 18 bytes.
@@ -437,9 +492,13 @@ impl<'b> KeyTags<'b> {
         let mut key = Vec::with_capacity(32 + self.prefix.len());
         key.extend_from_slice(self.prefix.as_bytes());
         key.extend_from_slice(&tag);
-        key.extend_from_slice(
-            format!("{}:{}", inc.window_seconds, inc.window_index % 100).as_bytes(),
-        );
+        // A refill counter's key lives as long as it weighs, whatever the window number.
+        let suffix = match inc.counting {
+            Counting::Fixed => format!("{}:{}", inc.window_seconds, inc.window_index % 100),
+            Counting::Sliding => format!("{}:s", inc.window_seconds),
+            Counting::Bucket { .. } => format!("{}:b", inc.window_seconds),
+        };
+        key.extend_from_slice(suffix.as_bytes());
         key
     }
 }
@@ -464,7 +523,7 @@ impl CounterStore for RedisStore {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::limiter::{CounterKey, Counting};
+    use crate::limiter::CounterKey;
 
     #[test]
     fn addresses_are_read_or_refused_with_the_forms_that_work() {

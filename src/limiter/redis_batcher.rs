@@ -12,7 +12,7 @@ use redis::Script;
 use redis::aio::ConnectionManager;
 use tokio::sync::{mpsc, oneshot};
 
-use super::redis_script::{Answer, BackendError, SCRIPT};
+use super::redis_script::{Answer, BackendError, KEY_ARGS, SCRIPT};
 
 /// The most requests in one call: bounds the script's run time, during which Redis serves
 /// nobody else.
@@ -26,8 +26,8 @@ const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 /// One request's part of a call.
 pub struct Job {
     pub keys: Vec<Vec<u8>>,
-    /// Per key: hits, limit, enforced (1/0), expiry.
-    pub args: Vec<[u64; 4]>,
+    /// Per key: its ARGV (`redis_script::key_args`).
+    pub args: Vec<[u64; KEY_ARGS]>,
     pub reply: oneshot::Sender<Result<Answer, BackendError>>,
 }
 
@@ -90,7 +90,7 @@ async fn send(script: &Script, connection: &mut ConnectionManager, batch: &mut V
         Ok(reply) => {
             let mut rest = reply.as_slice();
             for job in batch.drain(..) {
-                let length = 2 + job.keys.len();
+                let length = 2 + 3 * job.keys.len();
                 let answer = match rest.get(..length) {
                     Some(part) => {
                         rest = &rest[length..];

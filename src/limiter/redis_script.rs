@@ -7,24 +7,41 @@
 
 use redis::RedisError;
 
-use super::store::{Increment, StoreError};
+use super::store::{Counting, Increment, StoreError};
 
-/// ARGV: the number of requests, then per request its number of keys and, per key, hits,
-/// limit, enforced (1/0), expiry (milliseconds: what the window has left, by the caller's
-/// clock; relative, so a caller whose clock is behind cannot expire a key at once). KEYS: every
-/// request's keys,
-/// in order. Returns, per request: admitted (1/0), first over (1-based, 0: none) and the value
-/// of each of its keys.
+/// ARGV: the number of requests, then per request its number of keys and, per key
+/// ([`KEY_ARGS`] numbers): hits, limit, enforced (1/0), expiry (milliseconds: what the window
+/// has left, by the caller's clock; relative, so a caller whose clock is behind cannot expire a
+/// key at once), algorithm (0 fixed window, 1 sliding window, 2 token bucket), burst, window
+/// length in milliseconds. KEYS: every request's keys, in order. Returns, per request: admitted
+/// (1/0), first over (1-based, 0: none) and three numbers per key: a fixed window's count
+/// (then 0, 0); a bucket's theoretical arrival time and Redis's time, in µs (then 0); a sliding
+/// window's current count, previous count and milliseconds into the window.
 ///
-/// Per request: each key is incremented in turn (a new key gets its expiry in the same step),
-/// and at the first enforced one that is over, everything this request counted is taken back
-/// and the rest only read: atomic, so nobody sees hits that were taken back. A request within
-/// its limits costs one INCRBY per key. Hits go to Redis as the caller wrote them (strings, never
-/// through Lua's floating-point numbers). A command that fails for one request (a counter that
-/// would overflow, a key holding something else) is caught (`redis.pcall`): that request's
-/// counts are taken back and it alone answers admitted -1, and the requests batched with it
-/// count as usual.
+/// Per request: each key is counted in turn (a new key gets its expiry in the same step), and
+/// at the first enforced one that is over, everything this request counted is taken back and
+/// the rest only read: atomic, so nobody sees hits that were taken back. A fixed window costs
+/// one INCRBY per key; hits go to Redis as the caller wrote them (strings, never through Lua's
+/// floating-point numbers). A refill counter is one key read and, when it moves, written with
+/// its expiry (`SET … PX`): a bucket's TAT lives until the bucket is full again, a sliding
+/// window (`window:current:previous`) until the window after it ends. Their time is Redis's own
+/// (`TIME`, read once per call), so replicas whose clocks differ agree; their arithmetic is
+/// `algorithm.rs`'s, in the same order (doubles: integers exact below 2^53). A command that
+/// fails for one request (a counter that would overflow, a key holding something else) is
+/// caught (`redis.pcall`): that request's counts are taken back and it alone answers admitted
+/// -1, and the requests batched with it count as usual.
 pub const SCRIPT: &str = r"
+local STRIDE = 7
+
+local now_us
+local function now()
+  if not now_us then
+    local t = redis.call('TIME')
+    now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  end
+  return now_us
+end
+
 local function is_over(value, hits, limit)
   if hits == 0 then
     return value >= limit
@@ -40,6 +57,95 @@ local function read(key)
   return tonumber(value or '0')
 end
 
+local function whole(x)
+  return string.format('%.0f', x)
+end
+
+local function at_least_one(hits)
+  if hits == 0 then
+    return 1
+  end
+  return hits
+end
+
+local function bucket(raw, hits, limit, enforced, burst, window_ms)
+  local tat = tonumber(raw or '0')
+  if tat == nil then
+    return nil
+  end
+  local t = now()
+  if limit == 0 or burst == 0 then
+    return false, {tat, t, 0}
+  end
+  local interval = (window_ms * 1000) / limit
+  local function cost(n)
+    if n > burst + 1 then
+      n = burst + 1
+    end
+    return math.ceil(n * interval)
+  end
+  local capacity = cost(burst)
+  local base = math.max(tat, t)
+  local fits = base - t + cost(at_least_one(hits)) <= capacity
+  if hits > 0 and (fits or not enforced) then
+    local after = math.min(base, t + capacity) + cost(hits)
+    return fits, {after, t, 0}, whole(after), math.max(1, math.ceil((after - t) / 1000))
+  end
+  return fits, {tat, t, 0}
+end
+
+local function sliding(raw, hits, limit, enforced, window_ms)
+  local t = math.floor(now() / 1000)
+  local index = math.floor(t / window_ms)
+  local elapsed = t - index * window_ms
+  local current, previous = 0, 0
+  if raw then
+    local at, c, p = string.match(raw, '^(%d+):(%d+):(%d+)$')
+    if not at then
+      return nil
+    end
+    at, c, p = tonumber(at), tonumber(c), tonumber(p)
+    if at >= index then
+      if at > index then
+        index, elapsed = at, 0
+      end
+      current, previous = c, p
+    elseif at == index - 1 then
+      previous = c
+    end
+  end
+  local fits = previous * (window_ms - elapsed) + (current + at_least_one(hits)) * window_ms
+    <= limit * window_ms
+  if hits > 0 and (fits or not enforced) then
+    local after = current + hits
+    local value = whole(index) .. ':' .. whole(after) .. ':' .. whole(previous)
+    return fits, {after, previous, elapsed}, value, 2 * window_ms - elapsed
+  end
+  return fits, {current, previous, elapsed}
+end
+
+local function refill(raw, at, hits)
+  local limit = tonumber(ARGV[at + 1])
+  local enforced = ARGV[at + 2] == '1'
+  local window_ms = tonumber(ARGV[at + 6])
+  if ARGV[at + 4] == '2' then
+    return bucket(raw, hits, limit, enforced, tonumber(ARGV[at + 5]), window_ms)
+  end
+  return sliding(raw, hits, limit, enforced, window_ms)
+end
+
+local function numbers_of(key, at)
+  if ARGV[at + 4] == '0' then
+    return {read(key) or 0, 0, 0}
+  end
+  local raw = redis.pcall('GET', key)
+  if type(raw) == 'table' then
+    return {0, 0, 0}
+  end
+  local _, numbers = refill(raw, at, 0)
+  return numbers or {0, 0, 0}
+end
+
 local out = {}
 local k = 0
 local a = 2
@@ -47,33 +153,54 @@ for r = 1, tonumber(ARGV[1]) do
   local n = tonumber(ARGV[a])
   a = a + 1
   local values = {}
+  local olds = {}
   local first_over = 0
   local failed = false
   local counted = 0
   for i = 1, n do
-    local at = a + (i - 1) * 4
+    local at = a + (i - 1) * STRIDE
     local key = KEYS[k + i]
     local hits = tonumber(ARGV[at])
-    local value
-    if hits > 0 then
-      value = redis.pcall('INCRBY', key, ARGV[at])
-      if type(value) == 'table' then
-        failed = true
-        break
+    local over
+    if ARGV[at + 4] == '0' then
+      local value
+      if hits > 0 then
+        value = redis.pcall('INCRBY', key, ARGV[at])
+        if type(value) == 'table' then
+          failed = true
+          break
+        end
+        if value == hits then
+          redis.call('PEXPIRE', key, ARGV[at + 3])
+        end
+      else
+        value = read(key)
+        if value == nil then
+          failed = true
+          break
+        end
       end
-      counted = i
-      if value == hits then
-        redis.call('PEXPIRE', key, ARGV[at + 3])
-      end
+      values[i] = {value, 0, 0}
+      over = is_over(value, hits, tonumber(ARGV[at + 1]))
     else
-      value = read(key)
-      if value == nil then
+      local raw = redis.pcall('GET', key)
+      local fits, numbers, store, ttl
+      if type(raw) ~= 'table' then
+        fits, numbers, store, ttl = refill(raw, at, hits)
+      end
+      if fits == nil then
         failed = true
         break
       end
+      if store then
+        olds[i] = raw
+        redis.call('SET', key, store, 'PX', ttl)
+      end
+      values[i] = numbers
+      over = not fits
     end
-    values[i] = value
-    if ARGV[at + 2] == '1' and is_over(value, hits, tonumber(ARGV[at + 1])) then
+    counted = i
+    if ARGV[at + 2] == '1' and over then
       first_over = i
       break
     end
@@ -81,41 +208,64 @@ for r = 1, tonumber(ARGV[1]) do
   if failed or first_over > 0 then
     local upto = failed and counted or first_over
     for j = 1, upto do
-      local taken = ARGV[a + (j - 1) * 4]
-      if tonumber(taken) > 0 then
-        values[j] = redis.pcall('DECRBY', KEYS[k + j], taken)
+      local at = a + (j - 1) * STRIDE
+      local key = KEYS[k + j]
+      if ARGV[at + 4] == '0' then
+        if tonumber(ARGV[at]) > 0 then
+          values[j] = {redis.pcall('DECRBY', key, ARGV[at]), 0, 0}
+        end
+      elseif olds[j] ~= nil then
+        if olds[j] then
+          redis.call('SET', key, olds[j], 'KEEPTTL')
+        else
+          redis.call('DEL', key)
+        end
+        values[j] = numbers_of(key, at)
       end
     end
     for j = upto + 1, n do
-      values[j] = read(KEYS[k + j]) or 0
+      values[j] = numbers_of(KEYS[k + j], a + (j - 1) * STRIDE)
     end
   end
   if failed then
     out[#out + 1] = -1
     out[#out + 1] = 0
-    for i = 1, n do
+    for i = 1, 3 * n do
       out[#out + 1] = 0
     end
   else
     out[#out + 1] = first_over == 0 and 1 or 0
     out[#out + 1] = first_over
     for i = 1, n do
-      out[#out + 1] = values[i]
+      out[#out + 1] = values[i][1]
+      out[#out + 1] = values[i][2]
+      out[#out + 1] = values[i][3]
     end
   end
   k = k + n
-  a = a + 4 * n
+  a = a + STRIDE * n
 end
 return out
 ";
 
-/// A key's ARGV in [`SCRIPT`]: hits, limit, enforced, expiry.
-pub fn key_args(inc: &Increment) -> [u64; 4] {
+/// Numbers per key in [`SCRIPT`]'s ARGV.
+pub const KEY_ARGS: usize = 7;
+
+/// A key's ARGV in [`SCRIPT`]: see there.
+pub fn key_args(inc: &Increment) -> [u64; KEY_ARGS] {
+    let (algorithm, burst) = match inc.counting {
+        Counting::Fixed => (0, 0),
+        Counting::Sliding => (1, 0),
+        Counting::Bucket { burst } => (2, burst),
+    };
     [
         inc.hits,
         u64::from(inc.requests_per_unit),
         u64::from(inc.enforced),
         inc.expires_in_ms,
+        algorithm,
+        u64::from(burst),
+        inc.window_ms(),
     ]
 }
 
@@ -153,7 +303,8 @@ pub struct Answer {
     pub admitted: bool,
     /// Index in the request of the first enforced counter without room.
     pub first_over: Option<usize>,
-    pub values: Vec<u64>,
+    /// Three numbers per key (see [`SCRIPT`]).
+    pub values: Vec<[u64; 3]>,
 }
 
 impl Answer {
@@ -165,7 +316,7 @@ impl Answer {
         if *admitted == -1 {
             return Err(BackendError::RequestFailed);
         }
-        if values.len() != keys {
+        if values.len() != 3 * keys {
             return Err(BackendError::Unexpected(format!("{reply:?}")));
         }
         Ok(Answer {
@@ -174,8 +325,8 @@ impl Answer {
                 .ok()
                 .and_then(|i| i.checked_sub(1)),
             values: values
-                .iter()
-                .map(|v| u64::try_from(*v).unwrap_or(0))
+                .chunks_exact(3)
+                .map(|v| [v[0], v[1], v[2]].map(|n| u64::try_from(n).unwrap_or(0)))
                 .collect(),
         })
     }

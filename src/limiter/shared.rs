@@ -5,7 +5,9 @@
 //! With `--on-backend-error local`, the local store mirrors what Redis last said of each counter,
 //! and a replica counting locally admits at most its share of what Redis said was left (the
 //! rest divided by `--replicas`), never a whole limit from zero; the hits it admitted are
-//! written back to Redis once, when Redis answers again.
+//! written back to Redis once, when Redis answers again. A refill counter (sliding window,
+//! token bucket) is neither mirrored nor written back: locally it counts from full, with its
+//! share of the whole limit and burst.
 //!
 //! One slow answer is not a failure, and one failure is not an outage. A call that misses
 //! `--backend-timeout-ms` is late; while Redis is not known to be down, its decision waits for
@@ -102,6 +104,10 @@ impl Shared {
             .increments
             .iter()
             .map(|inc| {
+                if inc.counting.refills() {
+                    // Redis's refill state is not mirrored: its share is of the whole limit.
+                    return 0;
+                }
                 let key = &batch.keys[inc.key];
                 self.local.peek(key, inc.window_seconds, inc.window_index)
             })
@@ -114,9 +120,16 @@ impl Shared {
                 .zip(&seeds)
                 .map(|(inc, seed)| {
                     let left = u64::from(inc.requests_per_unit).saturating_sub(*seed);
+                    let share = |n: u64| u32::try_from(n.div_ceil(replicas)).unwrap_or(u32::MAX);
+                    let counting = match inc.counting {
+                        Counting::Bucket { burst } => Counting::Bucket {
+                            burst: share(u64::from(burst)),
+                        },
+                        other => other,
+                    };
                     Increment {
-                        requests_per_unit: u32::try_from(left.div_ceil(replicas))
-                            .unwrap_or(u32::MAX),
+                        requests_per_unit: share(left),
+                        counting,
                         ..*inc
                     }
                 })

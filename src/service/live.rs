@@ -27,12 +27,7 @@ pub struct LiveRules {
     metrics: Arc<Metrics>,
     /// `--redact-rule-values`: every rule set installed shows its values hashed.
     redact: bool,
-    /// Why a rule set cannot be counted with (the limiter's [`Limiter::refuses`]).
-    refuse: Option<Refusal>,
 }
-
-/// Says why a rule set cannot be used by this server, if it cannot.
-pub type Refusal = Box<dyn Fn(&RuleSet) -> Option<String> + Send + Sync>;
 
 impl LiveRules {
     /// Installs the first rules (counted as a successful load).
@@ -42,19 +37,7 @@ impl LiveRules {
             current: ArcSwap::from_pointee(snapshot),
             metrics,
             redact,
-            refuse: None,
         }
-    }
-
-    /// Rule sets that `refuse` says why of are not installed by reloads.
-    pub fn refusing(mut self, refuse: Refusal) -> LiveRules {
-        self.refuse = Some(refuse);
-        self
-    }
-
-    /// Why `rules` cannot be installed, if they cannot.
-    pub fn refuses(&self, rules: &RuleSet) -> Option<String> {
-        self.refuse.as_ref().and_then(|refuse| refuse(rules))
     }
 
     /// The rules in use; hold the guard for one request, not longer.
