@@ -7,6 +7,9 @@
 //! counts in a real `redis-server` started for each scenario. With `RATELIMITD_E2E_TLS=mtls`
 //! (the third time), Envoy and grpcurl speak mTLS to ratelimitd
 //! (`examples/envoy/ratelimitd-cluster-mtls.yaml`), and ratelimitd requires their certificate.
+//! With `RATELIMITD_E2E_ALGORITHM=token_bucket` or `sliding_window` (as `scripts/test` runs the
+//! default bucket's scenario twice more), the shipped rules count with that algorithm
+//! (`--default-algorithm`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -44,8 +47,24 @@ fn start_ratelimitd(redis: Option<&RedisServer>, mtls: Option<&Mtls>, port: u16)
     if let Some(mtls) = mtls {
         flags.extend(mtls.ratelimitd_flags());
     }
+    if let Some(algorithm) = algorithm() {
+        flags.extend(["--default-algorithm".to_string(), algorithm.to_string()]);
+    }
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     Ratelimitd::start_with(&project("config"), port, &flags)
+}
+
+/// `RATELIMITD_E2E_ALGORITHM`: how the shipped rules count in this run (`None`: as shipped, a
+/// fixed window).
+fn algorithm() -> Option<&'static str> {
+    match std::env::var("RATELIMITD_E2E_ALGORITHM").as_deref() {
+        Ok("token_bucket") => Some("token_bucket"),
+        Ok("sliding_window") => Some("sliding_window"),
+        Ok("fixed_window") | Ok("") | Err(_) => None,
+        Ok(other) => panic!(
+            "RATELIMITD_E2E_ALGORITHM={other}: expected fixed_window, sliding_window or token_bucket"
+        ),
+    }
 }
 
 /// What a client sees of one response.
@@ -195,6 +214,7 @@ impl Trio {
 fn the_default_bucket_admits_60_then_429_with_headers_retry_after_and_the_json_body() {
     let mut trio = Trio::start();
     let seen = trio.within_one_minute(|trio| {
+        let started = std::time::Instant::now();
         let key = fresh_key("e2e");
         // GET /leads, POST /leads and the lead-webhooks routes share the default bucket.
         let mut seen = Vec::new();
@@ -211,22 +231,58 @@ fn the_default_bucket_admits_60_then_429_with_headers_retry_after_and_the_json_b
                 ),
             });
         }
-        seen.push(trio.send("GET", "/leads", Some(&key)));
-        seen
+        // A bucket of 60 a minute refills one a second while the 60 go out: send until the
+        // first 429, and count what passed after the 60.
+        let extra = if algorithm() == Some("token_bucket") {
+            120
+        } else {
+            1
+        };
+        for _ in 0..extra {
+            let next = trio.send("GET", "/leads", Some(&key));
+            let refused = next.status == 429;
+            seen.push(next);
+            if refused {
+                break;
+            }
+        }
+        (seen, started.elapsed())
     });
+    let (seen, elapsed) = seen;
     for (i, s) in seen[..60].iter().enumerate() {
         let expected_status = if i % 4 == 3 { 500 } else { 200 };
         assert_eq!(s.status, expected_status, "request {}: {s:?}", i + 1);
         assert_eq!(s.header("ratelimit-limit"), Some("60"), "request {}", i + 1);
-        assert_eq!(
-            s.number("ratelimit-remaining"),
-            59 - i as u64,
-            "counts down"
-        );
-        assert!((1..=60).contains(&s.number("ratelimit-reset")));
+        let remaining = s.number("ratelimit-remaining");
+        let reset = s.number("ratelimit-reset");
+        match algorithm() {
+            // Refilled meanwhile: at least what a fixed window leaves; full again within 60 s.
+            Some("token_bucket") => {
+                assert!(remaining >= 59 - i as u64, "request {}: {s:?}", i + 1);
+                assert!(reset <= 60, "request {}: {s:?}", i + 1);
+            }
+            // Fully available once this window and the next have slid by.
+            Some("sliding_window") => {
+                assert_eq!(remaining, 59 - i as u64, "counts down");
+                assert!((1..=120).contains(&reset), "request {}: {s:?}", i + 1);
+            }
+            _ => {
+                assert_eq!(remaining, 59 - i as u64, "counts down");
+                assert!((1..=60).contains(&reset));
+            }
+        }
         assert_eq!(s.header("retry-after"), None);
     }
-    let over = &seen[60];
+    let over = seen.last().expect("responses");
+    if algorithm() == Some("token_bucket") {
+        let refilled = seen.len() - 61;
+        assert!(
+            refilled as f64 <= elapsed.as_secs_f64() + 1.0,
+            "{refilled} passed after the 60 in {elapsed:?}"
+        );
+    } else {
+        assert_eq!(seen.len(), 61);
+    }
     assert_eq!(over.status, 429, "{over:?}");
     assert_eq!(over.header("ratelimit-limit"), Some("60"));
     assert_eq!(over.header("ratelimit-remaining"), Some("0"));
@@ -236,6 +292,10 @@ fn the_default_bucket_admits_60_then_429_with_headers_retry_after_and_the_json_b
         (1..=reset).contains(&retry_after),
         "Retry-After {retry_after}, Reset {reset}"
     );
+    if algorithm() == Some("token_bucket") {
+        // One request refills in a second: the client is told so, not the whole minute.
+        assert_eq!(retry_after, 1, "{over:?}");
+    }
     assert_eq!(over.header("content-type"), Some("application/json"));
     assert_eq!(over.body, SEED_BODY);
     let parsed: serde_json::Value = serde_json::from_str(&over.body).expect("the body is JSON");
