@@ -29,6 +29,8 @@ mod connections_bench;
 mod flood_bench;
 #[path = "support/lean_client.rs"]
 mod lean_client;
+#[path = "support/overload_bench.rs"]
+mod overload_bench;
 #[path = "support/reload_bench.rs"]
 mod reload_bench;
 #[path = "support/seed_request.rs"]
@@ -74,6 +76,8 @@ enum Cmd {
     Flood(flood_bench::FloodArgs),
     /// A fresh client's first answer while idle connections fill `--max-connections`.
     Connections(connections_bench::ConnectionsArgs),
+    /// The same steady overload through each algorithm: admitted per second, as CSV.
+    Overload(overload_bench::OverloadArgs),
 }
 
 #[derive(clap::Args)]
@@ -181,6 +185,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Cmd::Memory(args) => memory(args)?,
         Cmd::Instructions(args) => instructions(args)?,
         Cmd::Reload(args) => reload_bench::reload(args)?,
+        Cmd::Overload(args) => overload_bench::overload(args)?,
         Cmd::Sweep(args) => sweep_bench::sweep(args)?,
         Cmd::Flood(args) => flood_bench::flood_bench(args)?,
         Cmd::Connections(args) => connections_bench::connections(args)?,
