@@ -351,8 +351,7 @@ fn mixed(test: &str, counters: &[Counter<'_>]) -> Batch {
         let key = CounterKey::new("contract", [("k", value.as_str())].into_iter());
         let key = match counting {
             Counting::Fixed => key,
-            Counting::Sliding => key.refill(b's', window_seconds),
-            Counting::Bucket { .. } => key.refill(b'b', window_seconds),
+            Counting::Sliding | Counting::Bucket { .. } => key.refill(),
         };
         batch.keys.push(key);
         let window_index = index(now, window_seconds);

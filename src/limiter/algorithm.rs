@@ -18,9 +18,9 @@
 //! integers are exact below 2^53; rule loading bounds a bucket's refill time, so every time in
 //! microseconds stays below that: [`MAX_REFILL_US`]).
 
-/// A bucket never takes longer than this to refill from empty (136 years, the longest window):
+/// A bucket never takes longer than this to refill from empty (68 years, the longest window):
 /// keeps every time in microseconds below 2^53.
-pub const MAX_REFILL_US: f64 = u32::MAX as f64 * 1e6;
+pub const MAX_REFILL_US: f64 = crate::rules::MAX_WINDOW_SECONDS as f64 * 1e6;
 
 /// What a counter tells the client after a request.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -45,13 +45,11 @@ impl CounterKey {
         CounterKey(bytes)
     }
 
-    /// The key of a refill counter (sliding window or token bucket) of this descriptor, for a
-    /// window of `seconds`: one key per counter, where a fixed window's key holds all of the
-    /// descriptor's windows. Its bytes are this key's and five more, so it never equals a
-    /// descriptor's key (those end where their last value ends).
-    pub fn refill(mut self, tag: u8, seconds: u32) -> CounterKey {
-        self.0.push(tag);
-        self.0.extend_from_slice(&seconds.to_le_bytes());
+    /// The key of this descriptor's refill counters (sliding windows and token buckets), which
+    /// count apart from its fixed windows. One byte longer, so it never equals a descriptor's
+    /// key (those end where their last value ends).
+    pub fn refill(mut self) -> CounterKey {
+        self.0.push(b'r');
         self
     }
 

@@ -14,11 +14,10 @@
 //! so a rejected request moves no counter. Because a counter is never raised past its limit,
 //! concurrent requests on one key admit exactly `requests_per_unit` per window.
 //!
-//! A refill counter (sliding window, token bucket: `algorithm.rs`) has an entry of its own, under
-//! its own key: a sliding window keeps its current window's number and count in one cell and the
-//! previous window's in the other (seconds `[0, L]`); a token bucket keeps its theoretical
-//! arrival time, in microseconds, in the first cell (seconds `[0, 0]`). Each moves by one
-//! compare-and-swap as a fixed counter does.
+//! A descriptor's refill counters (sliding windows, token buckets: `algorithm.rs`) share an entry
+//! of their own, under the descriptor's refill key, one word each as fixed windows have: their
+//! places are marked ([`REFILL`]), and `refill_cell.rs` reads and writes their words. Each moves
+//! by one compare-and-swap as a fixed counter does.
 //!
 //! Entries whose windows have all ended are removed by [`MemoryStore::sweep`], which the server
 //! runs on a timer, so memory follows the keys active now rather than all keys ever seen.
@@ -29,10 +28,11 @@ use std::time::Duration;
 use parking_lot::MappedRwLockReadGuard;
 use smallvec::SmallVec;
 
-use super::algorithm::{SlidingCounts, Standing};
+use super::algorithm::Standing;
 use super::counter_table::{self, CounterTable, Id, Kept};
 use super::key::CounterKey;
-use super::store::{Batch, Count, Counting, Counts, Increment, StoreError, is_over};
+use super::refill_cell::{self, Take};
+use super::store::{Batch, Count, Counts, Increment, StoreError, is_over};
 use super::window;
 
 /// The in-memory counter store; `K` is what each entry keeps of its descriptor key besides its
@@ -99,10 +99,6 @@ fn unpack(state: u64) -> (u32, u64) {
 }
 
 impl Counter {
-    fn starting(index: u32) -> Counter {
-        Counter(AtomicU64::new(pack(index, 0)))
-    }
-
     /// The count in window `index`; a counter left from an earlier window counts 0. One already
     /// in a later window (another request read the clock a moment later) is used as it is.
     fn count_in(state: u64, index: u32) -> (u32, u64) {
@@ -203,59 +199,47 @@ impl Counter {
     }
 }
 
-/// What an entry holds, read from its layout (see the module's doc).
-enum Held {
-    Fixed,
-    Sliding { seconds: u32 },
-    Bucket,
+/// Marks a refill counter's place in [`Counters::seconds`] (window lengths are below 2^31).
+const REFILL: u32 = 1 << 31;
+
+/// The place of the increment's counter in its entry: the window length, marked if it refills.
+fn slot(inc: &Increment) -> u32 {
+    if inc.counting.refills() {
+        inc.window_seconds | REFILL
+    } else {
+        inc.window_seconds
+    }
 }
 
 impl Counters {
-    fn held(&self) -> Held {
-        match self.seconds {
-            [0, 0] if self.states[0].0.load(Ordering::Acquire) != 0 => Held::Bucket,
-            [0, seconds] if seconds != 0 => Held::Sliding { seconds },
-            _ => Held::Fixed,
-        }
-    }
-
-    /// Makes a fresh entry a refill counter's (a bucket's needs nothing).
-    fn make_refill(&mut self, inc: &Increment) {
-        if inc.counting == Counting::Sliding && self.seconds == [0, 0] {
-            self.seconds = [0, inc.window_seconds];
-        }
-    }
-
-    fn get(&self, window_seconds: u32) -> Option<&Counter> {
-        if let Some(i) = self.seconds.iter().position(|&s| s == window_seconds) {
+    /// The counter in place `slot` (see [`slot`]).
+    fn get(&self, slot: u32) -> Option<&Counter> {
+        if let Some(i) = self.seconds.iter().position(|&s| s == slot) {
             return self.states.get(i);
         }
         let more = self.more.as_deref()?;
-        more.iter()
-            .find(|(s, _)| *s == window_seconds)
-            .map(|(_, c)| c)
+        more.iter().find(|(s, _)| *s == slot).map(|(_, c)| c)
     }
 
-    /// Adds a counter for `window_seconds` (which it does not have yet), starting in `index`.
-    fn add(&mut self, window_seconds: u32, index: u32) {
+    /// Adds a counter in place `slot` (which it does not have yet), holding `state`.
+    fn add(&mut self, slot: u32, state: u64) {
         if let Some(i) = self.seconds.iter().position(|&s| s == 0) {
-            self.seconds[i] = window_seconds;
-            self.states[i] = Counter::starting(index);
+            self.seconds[i] = slot;
+            self.states[i] = Counter(AtomicU64::new(state));
         } else {
             self.more
                 .get_or_insert_with(Default::default)
-                .push((window_seconds, Counter::starting(index)));
+                .push((slot, Counter(AtomicU64::new(state))));
         }
     }
 
-    /// Each fixed counter with its window length (none in a refill counter's entry).
+    /// Each counter with its place.
     fn iter(&self) -> impl Iterator<Item = (u32, &Counter)> {
-        let fixed = self.seconds[0] != 0;
         let inline = self
             .seconds
             .iter()
             .zip(&self.states)
-            .filter(move |(s, _)| fixed && **s != 0)
+            .filter(|(s, _)| **s != 0)
             .map(|(s, c)| (*s, c));
         let more = self
             .more
@@ -266,161 +250,27 @@ impl Counters {
         inline.chain(more)
     }
 
-    /// Each counter as (window seconds, window index, count).
+    /// Each fixed window's counter as (window seconds, window index, count).
     fn each(&self) -> impl Iterator<Item = (u32, u32, u64)> {
-        self.iter().map(|(seconds, counter)| {
-            let (index, count) = unpack(counter.0.load(Ordering::Acquire));
-            (seconds, index, count)
+        self.iter()
+            .filter(|(slot, _)| slot & REFILL == 0)
+            .map(|(seconds, counter)| {
+                let (index, count) = unpack(counter.0.load(Ordering::Acquire));
+                (seconds, index, count)
+            })
+    }
+
+    /// Whether every counter's window has ended by `now` (a sliding window weighs until the
+    /// window after its last hit ends; a bucket until it is full again).
+    fn all_ended(&self, now: Duration) -> bool {
+        self.iter().all(|(slot, c)| {
+            if slot & REFILL == 0 {
+                c.ended(slot, now)
+            } else {
+                refill_cell::ended(c.0.load(Ordering::Acquire), slot & !REFILL, now)
+            }
         })
     }
-
-    /// Whether every counter's window has ended by `now` (a sliding window's counts weigh until
-    /// the window after theirs ends; a bucket's until it is full again).
-    fn all_ended(&self, now: Duration) -> bool {
-        match self.held() {
-            Held::Fixed => self.iter().all(|(s, c)| c.ended(s, now)),
-            Held::Sliding { seconds } => {
-                let (index, _) = unpack(self.states[0].0.load(Ordering::Acquire));
-                u64::from(index) + 1 < u64::from(window::position(now, seconds).index)
-            }
-            Held::Bucket => self.states[0].0.load(Ordering::Acquire) <= micros(now),
-        }
-    }
-
-    /// The sliding window's counts at the increment's moment, and the window they count in.
-    fn sliding_counts(&self, main: u64, inc: &Increment) -> (SlidingCounts, u32) {
-        let (at, count) = unpack(main);
-        let (before, previous) = unpack(self.states[1].0.load(Ordering::Acquire));
-        let index = inc.window_index;
-        let (counts, at) = if at >= index {
-            let previous = if u64::from(before) + 1 == u64::from(at) {
-                previous
-            } else {
-                0
-            };
-            let elapsed_ms = if at == index { inc.elapsed_ms() } else { 0 };
-            let counts = SlidingCounts {
-                previous,
-                current: count,
-                elapsed_ms,
-            };
-            (counts, at)
-        } else {
-            let previous = if u64::from(at) + 1 == u64::from(index) {
-                count
-            } else {
-                0
-            };
-            let counts = SlidingCounts {
-                previous,
-                current: 0,
-                elapsed_ms: inc.elapsed_ms(),
-            };
-            (counts, index)
-        };
-        (counts, at)
-    }
-
-    /// Does `op` to a sliding window's counters: see [`run_in`].
-    fn run_sliding(&self, inc: &Increment, op: &Op) -> Ran {
-        let sliding = inc.sliding();
-        let main = &self.states[0].0;
-        let mut state = main.load(Ordering::Acquire);
-        loop {
-            let (counts, at) = self.sliding_counts(state, inc);
-            let used = sliding.used(&counts);
-            let standing = || Some(sliding.standing(&counts, inc.hits));
-            match op {
-                Op::Peek => return (Ok((at, used)), standing()),
-                Op::Reserve if !sliding.fits(&counts, inc.hits) => return (Err(used), standing()),
-                Op::Reserve | Op::Add if inc.hits == 0 => return (Ok((at, used)), standing()),
-                Op::Reserve | Op::Add => {}
-            }
-            let (stored, count) = unpack(state);
-            if stored < at {
-                // Moving to a new window: its count becomes the previous window's, first, so
-                // that whoever sees the new window sees the previous count too. The largest
-                // count recorded for a window wins, so a slower mover cannot lower it.
-                let previous = if u64::from(stored) + 1 == u64::from(at) {
-                    pack(stored, count)
-                } else {
-                    pack(at.saturating_sub(1), 0)
-                };
-                self.states[1].0.fetch_max(previous, Ordering::AcqRel);
-            }
-            let after = SlidingCounts {
-                current: counts.current.saturating_add(inc.hits),
-                ..counts
-            };
-            let next = pack(at, after.current);
-            match main.compare_exchange_weak(state, next, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => {
-                    let standing = sliding.standing(&after, inc.hits);
-                    return (Ok((at, sliding.used(&after))), Some(standing));
-                }
-                Err(actual) => state = actual,
-            }
-        }
-    }
-
-    /// Does `op` to a token bucket: see [`run_in`].
-    fn run_bucket(&self, inc: &Increment, burst: u32, op: &Op) -> Ran {
-        let bucket = inc.bucket(burst);
-        let cell = &self.states[0].0;
-        let mut tat = cell.load(Ordering::Acquire);
-        loop {
-            let used = bucket.used(tat, inc.now_us);
-            let standing = || Some(bucket.standing(tat, inc.now_us, inc.hits));
-            let step = bucket.take(tat, inc.now_us, inc.hits, matches!(op, Op::Reserve));
-            match op {
-                Op::Peek => return (Ok((0, used)), standing()),
-                Op::Reserve if !step.fits => return (Err(used), standing()),
-                Op::Reserve | Op::Add if inc.hits == 0 => return (Ok((0, used)), standing()),
-                Op::Reserve | Op::Add => {}
-            }
-            match cell.compare_exchange_weak(tat, step.tat, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => {
-                    let standing = bucket.standing(step.tat, inc.now_us, inc.hits);
-                    return (Ok((0, bucket.used(step.tat, inc.now_us))), Some(standing));
-                }
-                Err(actual) => tat = actual,
-            }
-        }
-    }
-
-    /// Gives back what a reservation took from a refill counter; its answer to the client then.
-    fn release_refill(&self, inc: &Increment, at: u32) -> Standing {
-        match inc.counting {
-            Counting::Fixed => {}
-            Counting::Sliding => self.states[0].release(at, inc.hits),
-            Counting::Bucket { burst } => {
-                let bucket = inc.bucket(burst);
-                let cell = &self.states[0].0;
-                let _ = cell.fetch_update(Ordering::AcqRel, Ordering::Acquire, |tat| {
-                    Some(bucket.give_back(tat, inc.hits))
-                });
-            }
-        }
-        self.standing(inc)
-    }
-
-    /// A refill counter's answer to the client now, for `inc`'s hits.
-    fn standing(&self, inc: &Increment) -> Standing {
-        let main = self.states[0].0.load(Ordering::Acquire);
-        match inc.counting {
-            Counting::Fixed => Standing::default(),
-            Counting::Sliding => {
-                let (counts, _) = self.sliding_counts(main, inc);
-                inc.sliding().standing(&counts, inc.hits)
-            }
-            Counting::Bucket { burst } => inc.bucket(burst).standing(main, inc.now_us, inc.hits),
-        }
-    }
-}
-
-/// Microseconds since the epoch.
-fn micros(now: Duration) -> u64 {
-    u64::try_from(now.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// What to do with one counter, once found.
@@ -441,13 +291,17 @@ type Ran = (Result<(u32, u64), u64>, Option<Standing>);
 /// Does `op` to the increment's counter in `entry`, if it has it (see [`Ran`]). A refill
 /// counter's count is the requests it holds (`Count::value`).
 fn run_in(inc: &Increment, entry: &Counters, op: &Op) -> Option<Ran> {
-    match inc.counting {
-        Counting::Fixed => entry
-            .get(inc.window_seconds)
-            .map(|c| (run(inc, c, op), None)),
-        Counting::Sliding => Some(entry.run_sliding(inc, op)),
-        Counting::Bucket { burst } => Some(entry.run_bucket(inc, burst, op)),
+    let counter = entry.get(slot(inc))?;
+    if !inc.counting.refills() {
+        return Some((run(inc, counter, op), None));
     }
+    let take = match op {
+        Op::Reserve => Take::Reserve,
+        Op::Add => Take::Add,
+        Op::Peek => Take::Peek,
+    };
+    let (outcome, standing) = refill_cell::run(&counter.0, inc, take);
+    Some((outcome, Some(standing)))
 }
 
 /// Does `op` to a fixed `counter` for `inc`.
@@ -607,9 +461,12 @@ impl<K: Kept> MemoryStore<K> {
             let Some(entry) = self.entries.get(ids[inc.key]) else {
                 continue;
             };
+            let Some(counter) = entry.get(slot(inc)) else {
+                continue;
+            };
             if inc.counting.refills() {
-                counts[i].standing = Some(entry.release_refill(inc, at));
-            } else if let Some(counter) = entry.get(inc.window_seconds) {
+                counts[i].standing = Some(refill_cell::give_back(&counter.0, inc, at));
+            } else {
                 counter.release(at, inc.hits);
             }
         }
@@ -628,14 +485,17 @@ impl<K: Kept> MemoryStore<K> {
             let standing = inc
                 .counting
                 .refills()
-                .then(|| Counters::default().standing(inc));
+                .then(|| refill_cell::fresh_standing(inc));
             return (Ok((inc.window_index, 0)), standing);
         }
         // The key or this window is new: take the shard's write lock once to add it.
         let key = batch.keys[inc.key].as_bytes();
         let (mut entry, came_back) = self.entries.get_or_make(id, key, window_start(inc));
         if inc.counting.refills() {
-            entry.make_refill(inc);
+            // A refill counter starts unused (a full bucket, empty sliding windows).
+            if entry.get(slot(inc)).is_none() {
+                entry.add(slot(inc), 0);
+            }
             return run_in(inc, &entry, &op).unwrap_or((Ok((inc.window_index, 0)), None));
         }
         if came_back {
@@ -643,8 +503,11 @@ impl<K: Kept> MemoryStore<K> {
             // hit again, in each window this request counts for it, so that an eviction lets
             // through no request more (at worst one fewer, if that hit was in an earlier window).
             for window in batch.increments.iter().filter(|other| other.key == inc.key) {
+                if window.counting.refills() {
+                    continue;
+                }
                 if entry.get(window.window_seconds).is_none() {
-                    entry.add(window.window_seconds, window.window_index);
+                    entry.add(window.window_seconds, pack(window.window_index, 0));
                 }
                 if let Some(counter) = entry.get(window.window_seconds) {
                     counter.raise_to(window.window_index, 1);
@@ -652,7 +515,7 @@ impl<K: Kept> MemoryStore<K> {
             }
         }
         if entry.get(inc.window_seconds).is_none() {
-            entry.add(inc.window_seconds, inc.window_index);
+            entry.add(inc.window_seconds, pack(inc.window_index, 0));
         }
         let counter = entry.get(inc.window_seconds);
         (
@@ -725,19 +588,19 @@ impl counter_table::Value for Counters {
     }
 
     fn weight(&self, now: Duration) -> u64 {
-        match self.held() {
-            Held::Fixed => {}
-            // The counts of the window now, or a bucket's debt in seconds: what evicting it
-            // forgets, roughly.
-            Held::Sliding { .. } => return unpack(self.states[0].0.load(Ordering::Acquire)).1,
-            Held::Bucket => {
-                let tat = self.states[0].0.load(Ordering::Acquire);
-                return tat.saturating_sub(micros(now)) / 1_000_000;
-            }
-        }
-        self.each()
-            .filter(|&(seconds, index, _)| index >= window::position(now, seconds).index)
-            .map(|(_, _, count)| count)
+        self.iter()
+            .map(|(slot, counter)| {
+                let state = counter.0.load(Ordering::Acquire);
+                if slot & REFILL != 0 {
+                    return refill_cell::weight(state, slot & !REFILL, now);
+                }
+                let (index, count) = unpack(state);
+                if index >= window::position(now, slot).index {
+                    count
+                } else {
+                    0
+                }
+            })
             .max()
             .unwrap_or(0)
     }
@@ -757,6 +620,7 @@ impl<K: Kept> super::store::CounterStore for MemoryStore<K> {
 mod tests {
     use super::*;
     use crate::limiter::CounterKey;
+    use crate::limiter::Counting;
 
     /// A batch of one descriptor key with `windows` as (window seconds, limit, hits, index).
     fn batch(name: &str, windows: &[(u32, u32, u64, u32)]) -> Batch {
@@ -931,14 +795,11 @@ mod tests {
     fn refill(counting: Counting, seconds: u32, limit: u32, hits: u64, now: Duration) -> Batch {
         let position = window::position(now, seconds);
         Batch {
-            keys: smallvec::smallvec![CounterKey::new("d", [("k", "refill")].into_iter()).refill(
-                if counting == Counting::Sliding {
-                    b's'
-                } else {
-                    b'b'
-                },
-                seconds
-            )],
+            keys: smallvec::smallvec![
+                // One name per algorithm: a descriptor has one limit per window length.
+                CounterKey::new("d", [("k", format!("{counting:?}").as_str())].into_iter())
+                    .refill()
+            ],
             increments: smallvec::smallvec![Increment {
                 key: 0,
                 window_seconds: seconds,

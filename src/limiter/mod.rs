@@ -24,6 +24,7 @@ mod memory;
 pub mod redis;
 mod redis_batcher;
 mod redis_script;
+mod refill_cell;
 mod shared;
 pub mod store;
 pub mod window;
@@ -349,7 +350,8 @@ impl<'l> Plan<'l> {
             increments: SmallVec::with_capacity(windows),
         };
         for (i, (descriptor, applied)) in request.descriptors.iter().zip(applied).enumerate() {
-            let mut key = None;
+            // The descriptor's key (its fixed windows), and its refill counters' key.
+            let (mut key, mut refill_key) = (None, None);
             let hits = request.hits_of(descriptor);
             for limit in applied.limits() {
                 if is_replaced(limit) {
@@ -357,20 +359,14 @@ impl<'l> Plan<'l> {
                 }
                 let seconds = limit.window.seconds();
                 let counting = counting(limit, default_algorithm);
-                let key = if counting.refills() {
-                    // A refill counter has a key of its own (see `CounterKey::refill`).
-                    let tag = refill_tag(counting);
-                    let own = counter_key(request.domain, descriptor, limit).refill(tag, seconds);
-                    batch.keys.push(own);
-                    batch.keys.len() - 1
-                } else {
-                    *key.get_or_insert_with(|| {
-                        batch
-                            .keys
-                            .push(counter_key(request.domain, descriptor, limit));
+                let refills = counting.refills();
+                let key =
+                    *if refills { &mut refill_key } else { &mut key }.get_or_insert_with(|| {
+                        // Refill counters count under a key of their own (`CounterKey::refill`).
+                        let own = counter_key(request.domain, descriptor, limit);
+                        batch.keys.push(if refills { own.refill() } else { own });
                         batch.keys.len() - 1
-                    })
-                };
+                    });
                 let position = window::position(now, seconds);
                 batch.increments.push(Increment {
                     key,
@@ -662,15 +658,6 @@ fn counting(limit: &Limit, default_algorithm: Algorithm) -> Counting {
         Algorithm::TokenBucket => Counting::Bucket {
             burst: limit.burst.unwrap_or(limit.requests_per_unit),
         },
-    }
-}
-
-/// The byte that tells a refill counter's key from the other algorithm's.
-fn refill_tag(counting: Counting) -> u8 {
-    match counting {
-        Counting::Fixed => 0,
-        Counting::Sliding => b's',
-        Counting::Bucket { .. } => b'b',
     }
 }
 

@@ -439,8 +439,9 @@ pub struct Window {
     multiplier: u32,
 }
 
-/// The longest window allowed: counters keep window indexes and lengths in 32 bits.
-pub const MAX_WINDOW_SECONDS: u64 = u32::MAX as u64;
+/// The longest window allowed (68 years): counters keep window indexes in 32 bits and lengths
+/// in 31 (the memory store marks refill counters with the 32nd).
+pub const MAX_WINDOW_SECONDS: u64 = (1 << 31) - 1;
 
 /// Why a window could not be built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
