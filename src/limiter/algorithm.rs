@@ -378,6 +378,56 @@ mod tests {
         assert_eq!(w.standing(&full, 11).retry_in_ms, s.reset_in_ms);
     }
 
+    /// The stated bound: at most the limit in any aligned window, fewer than twice the limit in
+    /// any window-long span. A client sends a request every 10 ms during one twentieth of each
+    /// window: twentieth `a` in even windows, `b` in odd ones, every pair, for six windows.
+    #[test]
+    fn a_sliding_window_admits_under_twice_its_limit_in_any_window_long_span() {
+        let w = ten_per_ten_seconds();
+        let length = w.length_ms;
+        let mut worst = 0;
+        for (a, b) in (0..20).flat_map(|a| (0..20).map(move |b| (a, b))) {
+            let mut admitted = Vec::new();
+            let (mut index, mut previous, mut current) = (0, 0, 0);
+            for t in (0..6 * length).step_by(10) {
+                let wanted = if (t / length) % 2 == 0 { a } else { b };
+                if (t % length) * 20 / length != wanted {
+                    continue;
+                }
+                if t / length != index {
+                    previous = if t / length == index + 1 { current } else { 0 };
+                    (index, current) = (t / length, 0);
+                }
+                let counts = SlidingCounts {
+                    previous,
+                    current,
+                    elapsed_ms: t % length,
+                };
+                if w.fits(&counts, 1) {
+                    current += 1;
+                    admitted.push(t);
+                }
+            }
+            for window in 0..6 {
+                let inside = admitted.iter().filter(|&&t| t / length == window).count();
+                assert!(inside <= 10, "{a},{b}: window {window}: {inside}");
+            }
+            // The fullest span starts at an admitted request.
+            for (i, &start) in admitted.iter().enumerate() {
+                let span = admitted[i..]
+                    .iter()
+                    .take_while(|&&t| t < start + length)
+                    .count();
+                assert!(span < 20, "{a},{b}: from {start} ms: {span}");
+                worst = worst.max(span);
+            }
+        }
+        assert!(
+            worst > 10,
+            "the estimate does over-admit some patterns: {worst}"
+        );
+    }
+
     #[test]
     fn retry_after_is_when_the_request_fits() {
         let w = ten_per_ten_seconds();
