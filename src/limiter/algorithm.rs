@@ -390,7 +390,7 @@ mod tests {
             let mut admitted = Vec::new();
             let (mut index, mut previous, mut current) = (0, 0, 0);
             for t in (0..6 * length).step_by(10) {
-                let wanted = if (t / length) % 2 == 0 { a } else { b };
+                let wanted = if (t / length).is_multiple_of(2) { a } else { b };
                 if (t % length) * 20 / length != wanted {
                     continue;
                 }
