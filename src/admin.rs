@@ -124,6 +124,13 @@ async fn healthcheck(State(admin): State<Admin>) -> Response {
     if !admin.serving.load(Ordering::Relaxed) {
         return (StatusCode::INTERNAL_SERVER_ERROR, "draining\n").into_response();
     }
+    if admin.service.rules().awaiting_first() {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "waiting for the first rules from xDS\n",
+        )
+            .into_response();
+    }
     // Still serving while Redis is down, by the failure policy: say so. Not ready before
     // Redis was first reached, as envoyproxy/ratelimit is not.
     match admin.service.limiter().backend() {

@@ -31,6 +31,8 @@ pub struct Settings {
     pub sweep_interval: Duration,
     /// `--default-algorithm`: how limits that name no algorithm count.
     pub default_algorithm: Algorithm,
+    /// Rules over xDS instead of files (`--xds-server`).
+    pub xds: Option<crate::xds::XdsSettings>,
     /// How long in-flight calls may take to finish after a shutdown signal.
     pub drain_timeout: Duration,
     /// How long to keep serving after health turns failing on shutdown, so that load
@@ -86,6 +88,7 @@ impl Default for Settings {
             },
             sweep_interval: Duration::from_secs(5),
             default_algorithm: Algorithm::FixedWindow,
+            xds: None,
             drain_timeout: Duration::from_secs(10),
             shutdown_delay: Duration::ZERO,
             decision_metrics: true,
@@ -198,12 +201,20 @@ pub async fn serve(
         }
         .with_default_algorithm(settings.default_algorithm),
     );
-    let live = Arc::new(LiveRules::new(
+    let mut live = LiveRules::new(
         initial.rules,
         initial.hash.clone(),
         Arc::clone(&metrics),
         settings.redact_rule_values,
-    ));
+    );
+    if settings.xds.as_ref().is_some_and(|xds| !xds.force_start) {
+        live = live.awaiting_first_rules();
+    }
+    let live = Arc::new(live);
+    let _xds = settings
+        .xds
+        .clone()
+        .map(|xds| crate::xds::start(xds, Arc::clone(&live)));
     let _sweeper = Sweeper::start(Arc::clone(&limiter), settings.sweep_interval);
     let _reloader = settings
         .reload
@@ -269,9 +280,10 @@ pub async fn serve(
         "ratelimitd serving"
     );
     let (health_tx, mut health_rx) = watch::channel::<Option<Health>>(None);
-    if service.limiter().backend().is_some_and(|b| !b.connected) {
-        not_ready_until_redis(
-            Arc::clone(service.limiter()),
+    if service.limiter().backend().is_some_and(|b| !b.connected) || service.rules().awaiting_first()
+    {
+        not_ready_until_redis_and_rules(
+            Arc::clone(&service),
             health_rx.clone(),
             Arc::clone(&serving),
         );
@@ -326,10 +338,11 @@ pub async fn serve(
     result
 }
 
-/// gRPC health says NOT_SERVING until Redis is first reached, then SERVING (unless shutdown has
-/// begun), as `/healthcheck` does: a replica that never reached its Redis is not ready.
-fn not_ready_until_redis(
-    limiter: Arc<Limiter>,
+/// gRPC health says NOT_SERVING until Redis is first reached and the first rules are in (over
+/// xDS), then SERVING (unless shutdown has begun), as `/healthcheck` does: a replica that never
+/// reached its Redis, or has no rules yet, is not ready.
+fn not_ready_until_redis_and_rules(
+    service: Arc<RlsService>,
     mut health: watch::Receiver<Option<Health>>,
     serving: Arc<AtomicBool>,
 ) {
@@ -342,12 +355,17 @@ fn not_ready_until_redis(
             return;
         };
         handle.set(false).await;
-        while limiter.backend().is_some_and(|backend| !backend.connected) {
+        while service
+            .limiter()
+            .backend()
+            .is_some_and(|backend| !backend.connected)
+            || service.rules().awaiting_first()
+        {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         if serving.load(Ordering::Relaxed) {
             handle.set(true).await;
-            tracing::info!("Redis reached: ready");
+            tracing::info!("ready");
         }
     });
 }

@@ -14,6 +14,7 @@ use ratelimitd::reload::ReloadSettings;
 use ratelimitd::rules::Algorithm;
 use ratelimitd::server::tls::TlsSettings;
 use ratelimitd::service::{HeaderStyle, ResponseSettings};
+use ratelimitd::xds::XdsSettings;
 
 #[derive(Debug, Parser)]
 #[command(name = "ratelimitd", version, about = "Rate-limit decisions for Envoy")]
@@ -71,9 +72,25 @@ impl Health {
 
 #[derive(Debug, clap::Args)]
 pub struct Serve {
-    /// A rule file, or a directory of rule files (one domain per file).
-    #[arg(long, env = "RATELIMITD_CONFIG")]
-    pub config: PathBuf,
+    /// A rule file, or a directory of rule files (one domain per file); or `--xds-server`.
+    #[arg(
+        long,
+        env = "RATELIMITD_CONFIG",
+        required_unless_present = "xds_server",
+        conflicts_with = "xds_server"
+    )]
+    pub config: Option<PathBuf>,
+    /// Take the rules over xDS from this ADS server (`http://host:port`; envoyproxy/ratelimit's
+    /// `CONFIG_TYPE=GRPC_XDS_SOTW` with `CONFIG_GRPC_XDS_SERVER_URL`) instead of files.
+    #[arg(long, env = "RATELIMITD_XDS_SERVER")]
+    pub xds_server: Option<String>,
+    /// The node id ratelimitd gives the ADS server (`CONFIG_GRPC_XDS_NODE_ID`).
+    #[arg(long, env = "RATELIMITD_XDS_NODE_ID", default_value = "default")]
+    pub xds_node_id: String,
+    /// Serve and report ready before the first rules arrive over xDS, answering OK for every
+    /// domain meanwhile (`FORCE_START_WITHOUT_INITIAL_CONFIG`); else not ready until they do.
+    #[arg(long, env = "RATELIMITD_XDS_FORCE_START", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub xds_force_start: bool,
     /// Address of the gRPC server (RateLimitService, health, reflection).
     #[arg(long, env = "RATELIMITD_GRPC_ADDR", default_value = "0.0.0.0:8081")]
     pub grpc_addr: SocketAddr,
@@ -244,10 +261,15 @@ impl Serve {
                 |n| usize::try_from(n).unwrap_or(usize::MAX),
             ),
             backend,
-            reload: Some(ReloadSettings {
-                path: self.config.clone(),
+            reload: self.config.clone().map(|path| ReloadSettings {
+                path,
                 poll_interval: Duration::from_millis(self.reload_poll_ms),
                 on_sighup: true,
+            }),
+            xds: self.xds_server.clone().map(|server| XdsSettings {
+                server,
+                node_id: self.xds_node_id.clone(),
+                force_start: self.xds_force_start,
             }),
             ..Settings::default()
         })

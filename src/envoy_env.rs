@@ -36,7 +36,6 @@ const NO_EFFECT: &[&str] = &[
     "GRPC_MAX_CONNECTION_AGE_GRACE",
     "DEBUG_HOST",
     "DEBUG_PORT",
-    "FORCE_START_WITHOUT_INITIAL_CONFIG",
     "XDS_CLIENT_BACKOFF_INITIAL_INTERVAL",
     "XDS_CLIENT_BACKOFF_MAX_INTERVAL",
     "XDS_CLIENT_BACKOFF_RANDOM_FACTOR",
@@ -63,12 +62,9 @@ const NO_EFFECT: &[&str] = &[
     "TRACING_SERVICE_INSTANCE_ID",
     "TRACING_EXPORTER_PROTOCOL",
     "TRACING_SAMPLING_RATE",
-    "CONFIG_GRPC_XDS_NODE_ID",
     "CONFIG_GRPC_XDS_NODE_METADATA",
-    "CONFIG_GRPC_XDS_SERVER_URL",
     "CONFIG_GRPC_XDS_SERVER_CONNECT_RETRY_INTERVAL",
     "CONFIG_GRPC_XDS_CLIENT_ADDITIONAL_HEADERS",
-    "CONFIG_GRPC_XDS_SERVER_USE_TLS",
     "CONFIG_GRPC_XDS_CLIENT_TLS_CERT",
     "CONFIG_GRPC_XDS_CLIENT_TLS_KEY",
     "CONFIG_GRPC_XDS_SERVER_TLS_CACERT",
@@ -113,11 +109,18 @@ pub fn translate(get: impl Fn(&str) -> Option<String>) -> Result<Translated, Uns
             "ratelimitd listens on TCP only, not a Unix socket",
         ));
     }
-    if let Some(v) = set("CONFIG_TYPE").filter(|v| !v.eq_ignore_ascii_case("FILE")) {
+    let xds = match set("CONFIG_TYPE") {
+        Some(v) if v.eq_ignore_ascii_case("GRPC_XDS_SOTW") => true,
+        Some(v) if !v.eq_ignore_ascii_case("FILE") => {
+            return Err(refuse("CONFIG_TYPE", v, "only FILE and GRPC_XDS_SOTW"));
+        }
+        _ => false,
+    };
+    if xds && is_true("CONFIG_GRPC_XDS_SERVER_USE_TLS") {
         return Err(refuse(
-            "CONFIG_TYPE",
-            v,
-            "rules over xDS are not built yet: only FILE",
+            "CONFIG_GRPC_XDS_SERVER_USE_TLS",
+            "true".into(),
+            "rules over xDS come over plaintext only so far",
         ));
     }
     for name in ["USE_STATSD", "USE_DOG_STATSD"] {
@@ -237,7 +240,22 @@ pub fn translate(get: impl Fn(&str) -> Option<String>) -> Result<Translated, Uns
     if let Some(format) = set("LOG_FORMAT") {
         flag("--log-format", format.to_ascii_lowercase());
     }
-    if set("RUNTIME_ROOT").is_some() || set("RUNTIME_SUBDIRECTORY").is_some() {
+    if xds {
+        // Go's grpc.Dial takes `host:port`.
+        let server = set("CONFIG_GRPC_XDS_SERVER_URL").unwrap_or_else(|| "localhost:18000".into());
+        let server = if server.contains("://") {
+            server
+        } else {
+            format!("http://{server}")
+        };
+        flag("--xds-server", server);
+        if let Some(node) = set("CONFIG_GRPC_XDS_NODE_ID") {
+            flag("--xds-node-id", node);
+        }
+        if is_true("FORCE_START_WITHOUT_INITIAL_CONFIG") {
+            flag("--xds-force-start", "true".into());
+        }
+    } else if set("RUNTIME_ROOT").is_some() || set("RUNTIME_SUBDIRECTORY").is_some() {
         let root = set("RUNTIME_ROOT").unwrap_or_else(|| "/srv/runtime_data/current".into());
         let mut dir = std::path::PathBuf::from(root);
         if let Some(sub) = set("RUNTIME_SUBDIRECTORY") {
@@ -486,7 +504,7 @@ mod tests {
         for (name, value) in [
             ("USE_STATSD", "true"),
             ("GRPC_UDS", "/tmp/rl.sock"),
-            ("CONFIG_TYPE", "GRPC_XDS_SOTW"),
+            ("CONFIG_TYPE", "GRPC_XDS_DELTA"),
             ("BACKEND_TYPE", "memcache"),
             ("MERGE_DOMAIN_CONFIG", "true"),
             ("TRACING_ENABLED", "true"),
@@ -502,6 +520,35 @@ mod tests {
         let fine = translate(env(&[("USE_STATSD", "false"), ("REDIS_POOL_SIZE", "10")]))
             .expect("supported");
         assert_eq!(fine.no_effect, ["REDIS_POOL_SIZE"]);
+        let tls = [
+            ("CONFIG_TYPE", "GRPC_XDS_SOTW"),
+            ("CONFIG_GRPC_XDS_SERVER_USE_TLS", "true"),
+        ];
+        let refused = translate(env(&tls)).expect_err("xDS over TLS");
+        assert_eq!(refused.variable, "CONFIG_GRPC_XDS_SERVER_USE_TLS");
+    }
+
+    #[test]
+    fn envoy_gateways_xds_variables_become_the_xds_flags() {
+        let gateway = [
+            ("CONFIG_TYPE", "GRPC_XDS_SOTW"),
+            ("CONFIG_GRPC_XDS_SERVER_URL", "envoy-gateway:18001"),
+            ("CONFIG_GRPC_XDS_NODE_ID", "envoy-ratelimit"),
+            ("FORCE_START_WITHOUT_INITIAL_CONFIG", "true"),
+            ("RUNTIME_ROOT", "/data"),
+        ];
+        assert_eq!(
+            flags(&gateway),
+            [
+                (
+                    "--xds-server".to_string(),
+                    "http://envoy-gateway:18001".to_string()
+                ),
+                ("--xds-node-id".to_string(), "envoy-ratelimit".to_string()),
+                ("--xds-force-start".to_string(), "true".to_string()),
+            ],
+            "RUNTIME_* names no rules directory when the rules come over xDS"
+        );
     }
 
     #[test]

@@ -39,3 +39,4 @@ pub mod reload;
 pub mod rules;
 pub mod server;
 pub mod service;
+pub mod xds;

@@ -124,17 +124,23 @@ fn run_health(health: &cli::Health) -> ExitCode {
 
 fn run_serve(serve: cli::Serve) -> anyhow::Result<()> {
     let settings = serve.settings()?;
-    let sources = config::read(&serve.config);
-    let initial = sources
-        .and_then(|sources| {
-            let rules = sources.parse()?;
-            Ok(InitialRules {
-                rules,
-                hash: sources.hash(),
+    let initial = match &serve.config {
+        Some(path) => config::read(path)
+            .and_then(|sources| {
+                let rules = sources.parse()?;
+                Ok(InitialRules {
+                    rules,
+                    hash: sources.hash(),
+                })
             })
-        })
-        .map_err(|errors| anyhow::anyhow!("{errors}"))
-        .with_context(|| format!("cannot load the rules in {}", serve.config.display()))?;
+            .map_err(|errors| anyhow::anyhow!("{errors}"))
+            .with_context(|| format!("cannot load the rules in {}", path.display()))?,
+        // Over xDS: no rules until the first response (every domain answered OK meanwhile).
+        None => InitialRules {
+            rules: ratelimitd::rules::RuleSet::new(Vec::new()),
+            hash: "none yet (xDS)".to_string(),
+        },
+    };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
         let grpc = TcpListener::bind(serve.grpc_addr)

@@ -108,7 +108,7 @@ fn a_variable_ratelimitd_cannot_honour_stops_the_start_and_is_named() {
     let (_bin, link) = named_ratelimit();
     for (variable, value) in [
         ("USE_STATSD", "true"),
-        ("CONFIG_TYPE", "GRPC_XDS_SOTW"),
+        ("CONFIG_TYPE", "GRPC_XDS_DELTA"),
         ("MEMCACHE_HOST_PORT", "memcache:11211"),
     ] {
         let output = ratelimit_command(&link, &[(variable, value), ("RUNTIME_ROOT", "/nowhere")])

@@ -5,6 +5,7 @@
 //! and window, not by rule: a rule that survives a reload keeps its counts.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::{ArcSwap, Guard};
@@ -27,6 +28,8 @@ pub struct LiveRules {
     metrics: Arc<Metrics>,
     /// `--redact-rule-values`: every rule set installed shows its values hashed.
     redact: bool,
+    /// The first rules are still to come (over xDS): not ready until they do.
+    awaiting_first: AtomicBool,
 }
 
 impl LiveRules {
@@ -37,7 +40,20 @@ impl LiveRules {
             current: ArcSwap::from_pointee(snapshot),
             metrics,
             redact,
+            awaiting_first: AtomicBool::new(false),
         }
+    }
+
+    /// Until rules are installed, [`LiveRules::awaiting_first`] says so (the rules `new` was
+    /// given are a placeholder: none, before xDS delivers).
+    pub fn awaiting_first_rules(self) -> LiveRules {
+        self.awaiting_first.store(true, Ordering::Relaxed);
+        self
+    }
+
+    /// Whether the first rules are still to come.
+    pub fn awaiting_first(&self) -> bool {
+        self.awaiting_first.load(Ordering::Relaxed)
     }
 
     /// The rules in use; hold the guard for one request, not longer.
@@ -57,6 +73,7 @@ impl LiveRules {
         let old = self
             .current
             .swap(Arc::new(snapshot(rules, hash, &self.metrics, self.redact)));
+        self.awaiting_first.store(false, Ordering::Relaxed);
         drop_when_last(old);
     }
 
