@@ -14,6 +14,7 @@ use ratelimitd::reload::ReloadSettings;
 use ratelimitd::rules::Algorithm;
 use ratelimitd::server::tls::TlsSettings;
 use ratelimitd::service::{HeaderStyle, ResponseSettings};
+use ratelimitd::tls_client::ClientTls;
 use ratelimitd::xds::XdsSettings;
 
 #[derive(Debug, Parser)]
@@ -91,6 +92,20 @@ pub struct Serve {
     /// domain meanwhile (`FORCE_START_WITHOUT_INITIAL_CONFIG`); else not ready until they do.
     #[arg(long, env = "RATELIMITD_XDS_FORCE_START", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub xds_force_start: bool,
+    /// TLS to the ADS server: the CA (PEM) its certificate must chain to
+    /// (`CONFIG_GRPC_XDS_SERVER_TLS_CACERT`).
+    #[arg(long, env = "RATELIMITD_XDS_TLS_CA", requires = "xds_server")]
+    pub xds_tls_ca: Option<PathBuf>,
+    /// The client certificate (PEM) presented to the ADS server (`CONFIG_GRPC_XDS_CLIENT_TLS_CERT`).
+    #[arg(long, env = "RATELIMITD_XDS_TLS_CERT", requires_all = ["xds_tls_ca", "xds_tls_key"])]
+    pub xds_tls_cert: Option<PathBuf>,
+    /// Its key (`CONFIG_GRPC_XDS_CLIENT_TLS_KEY`).
+    #[arg(long, env = "RATELIMITD_XDS_TLS_KEY", requires = "xds_tls_cert")]
+    pub xds_tls_key: Option<PathBuf>,
+    /// The name the ADS server's certificate must hold; default: its host
+    /// (`CONFIG_GRPC_XDS_SERVER_TLS_SAN`).
+    #[arg(long, env = "RATELIMITD_XDS_TLS_SERVER_NAME", requires = "xds_tls_ca")]
+    pub xds_tls_server_name: Option<String>,
     /// Address of the gRPC server (RateLimitService, health, reflection).
     #[arg(long, env = "RATELIMITD_GRPC_ADDR", default_value = "0.0.0.0:8081")]
     pub grpc_addr: SocketAddr,
@@ -268,6 +283,11 @@ impl Serve {
             }),
             xds: self.xds_server.clone().map(|server| XdsSettings {
                 server,
+                tls: self.xds_tls_ca.clone().map(|ca| ClientTls {
+                    ca,
+                    client: self.xds_tls_cert.clone().zip(self.xds_tls_key.clone()),
+                    server_name: self.xds_tls_server_name.clone(),
+                }),
                 node_id: self.xds_node_id.clone(),
                 force_start: self.xds_force_start,
             }),

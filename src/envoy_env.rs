@@ -65,10 +65,6 @@ const NO_EFFECT: &[&str] = &[
     "CONFIG_GRPC_XDS_NODE_METADATA",
     "CONFIG_GRPC_XDS_SERVER_CONNECT_RETRY_INTERVAL",
     "CONFIG_GRPC_XDS_CLIENT_ADDITIONAL_HEADERS",
-    "CONFIG_GRPC_XDS_CLIENT_TLS_CERT",
-    "CONFIG_GRPC_XDS_CLIENT_TLS_KEY",
-    "CONFIG_GRPC_XDS_SERVER_TLS_CACERT",
-    "CONFIG_GRPC_XDS_SERVER_TLS_SAN",
     "REDIS_PERSECOND_SOCKET_TYPE",
     "REDIS_PERSECOND_TYPE",
     "REDIS_PERSECOND_URL",
@@ -116,11 +112,14 @@ pub fn translate(get: impl Fn(&str) -> Option<String>) -> Result<Translated, Uns
         }
         _ => false,
     };
-    if xds && is_true("CONFIG_GRPC_XDS_SERVER_USE_TLS") {
+    if xds
+        && is_true("CONFIG_GRPC_XDS_SERVER_USE_TLS")
+        && set("CONFIG_GRPC_XDS_SERVER_TLS_CACERT").is_none()
+    {
         return Err(refuse(
             "CONFIG_GRPC_XDS_SERVER_USE_TLS",
             "true".into(),
-            "rules over xDS come over plaintext only so far",
+            "set CONFIG_GRPC_XDS_SERVER_TLS_CACERT to the CA of the xDS server's certificate",
         ));
     }
     for name in ["USE_STATSD", "USE_DOG_STATSD"] {
@@ -254,6 +253,18 @@ pub fn translate(get: impl Fn(&str) -> Option<String>) -> Result<Translated, Uns
         }
         if is_true("FORCE_START_WITHOUT_INITIAL_CONFIG") {
             flag("--xds-force-start", "true".into());
+        }
+        if is_true("CONFIG_GRPC_XDS_SERVER_USE_TLS") {
+            for (name, to) in [
+                ("CONFIG_GRPC_XDS_SERVER_TLS_CACERT", "--xds-tls-ca"),
+                ("CONFIG_GRPC_XDS_CLIENT_TLS_CERT", "--xds-tls-cert"),
+                ("CONFIG_GRPC_XDS_CLIENT_TLS_KEY", "--xds-tls-key"),
+                ("CONFIG_GRPC_XDS_SERVER_TLS_SAN", "--xds-tls-server-name"),
+            ] {
+                if let Some(v) = set(name) {
+                    flag(to, v);
+                }
+            }
         }
     } else if set("RUNTIME_ROOT").is_some() || set("RUNTIME_SUBDIRECTORY").is_some() {
         let root = set("RUNTIME_ROOT").unwrap_or_else(|| "/srv/runtime_data/current".into());
@@ -524,7 +535,7 @@ mod tests {
             ("CONFIG_TYPE", "GRPC_XDS_SOTW"),
             ("CONFIG_GRPC_XDS_SERVER_USE_TLS", "true"),
         ];
-        let refused = translate(env(&tls)).expect_err("xDS over TLS");
+        let refused = translate(env(&tls)).expect_err("xDS over TLS without a CA");
         assert_eq!(refused.variable, "CONFIG_GRPC_XDS_SERVER_USE_TLS");
     }
 
@@ -536,16 +547,21 @@ mod tests {
             ("CONFIG_GRPC_XDS_NODE_ID", "envoy-ratelimit"),
             ("FORCE_START_WITHOUT_INITIAL_CONFIG", "true"),
             ("RUNTIME_ROOT", "/data"),
+            ("CONFIG_GRPC_XDS_SERVER_USE_TLS", "true"),
+            ("CONFIG_GRPC_XDS_SERVER_TLS_CACERT", "/certs/ca.crt"),
+            ("CONFIG_GRPC_XDS_CLIENT_TLS_CERT", "/certs/tls.crt"),
+            ("CONFIG_GRPC_XDS_CLIENT_TLS_KEY", "/certs/tls.key"),
         ];
+        let pair = |a: &str, b: &str| (a.to_string(), b.to_string());
         assert_eq!(
             flags(&gateway),
             [
-                (
-                    "--xds-server".to_string(),
-                    "http://envoy-gateway:18001".to_string()
-                ),
-                ("--xds-node-id".to_string(), "envoy-ratelimit".to_string()),
-                ("--xds-force-start".to_string(), "true".to_string()),
+                pair("--xds-server", "http://envoy-gateway:18001"),
+                pair("--xds-node-id", "envoy-ratelimit"),
+                pair("--xds-force-start", "true"),
+                pair("--xds-tls-ca", "/certs/ca.crt"),
+                pair("--xds-tls-cert", "/certs/tls.crt"),
+                pair("--xds-tls-key", "/certs/tls.key"),
             ],
             "RUNTIME_* names no rules directory when the rules come over xDS"
         );

@@ -39,4 +39,5 @@ pub mod reload;
 pub mod rules;
 pub mod server;
 pub mod service;
+pub mod tls_client;
 pub mod xds;

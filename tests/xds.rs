@@ -6,6 +6,7 @@
 mod common;
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{TestServer, call, descriptor, request};
@@ -84,6 +85,11 @@ struct AdsServer {
 
 impl AdsServer {
     async fn start() -> AdsServer {
+        AdsServer::start_with(None).await
+    }
+
+    /// With `tls`, the server speaks TLS only, and accepts only clients it verifies.
+    async fn start_with(tls: Option<Arc<rustls::ServerConfig>>) -> AdsServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (serve, current) = watch::channel(None);
@@ -93,11 +99,30 @@ impl AdsServer {
             requests: sender,
         };
         let task = tokio::spawn(async move {
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-            let _ = tonic::transport::Server::builder()
-                .add_service(AggregatedDiscoveryServiceServer::new(ads))
-                .serve_with_incoming(incoming)
-                .await;
+            let service = AggregatedDiscoveryServiceServer::new(ads);
+            let server = tonic::transport::Server::builder().add_service(service);
+            match tls {
+                None => {
+                    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+                    let _ = server.serve_with_incoming(incoming).await;
+                }
+                Some(config) => {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                    let incoming = futures_util::stream::unfold(listener, move |listener| {
+                        let acceptor = acceptor.clone();
+                        async move {
+                            loop {
+                                let (tcp, _) = listener.accept().await.ok()?;
+                                // A client that fails the handshake is dropped; the next one tried.
+                                if let Ok(stream) = acceptor.accept(tcp).await {
+                                    return Some((Ok::<_, std::io::Error>(Tls(stream)), listener));
+                                }
+                            }
+                        }
+                    });
+                    let _ = server.serve_with_incoming(incoming).await;
+                }
+            }
         });
         AdsServer {
             url,
@@ -137,6 +162,48 @@ impl AdsServer {
         })
         .await
         .unwrap_or_else(|_| panic!("no answer to {nonce} within 10 s"))
+    }
+}
+
+/// A TLS connection accepted by the test server, as tonic serves it.
+struct Tls(tokio_rustls::server::TlsStream<tokio::net::TcpStream>);
+
+impl tonic::transport::server::Connected for Tls {
+    type ConnectInfo = ();
+    fn connect_info(&self) {}
+}
+
+impl tokio::io::AsyncRead for Tls {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Tls {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
     }
 }
 
@@ -193,6 +260,7 @@ async fn rules_arrive_over_ads_are_acked_replaced_and_a_broken_set_is_nacked() {
     let settings = Settings {
         xds: Some(XdsSettings {
             server: ads.url.clone(),
+            tls: None,
             node_id: "envoy-ratelimit".into(),
             force_start: false,
         }),
@@ -254,6 +322,7 @@ async fn forced_start_is_ready_at_once_and_answers_ok_until_the_first_rules() {
     let settings = Settings {
         xds: Some(XdsSettings {
             server: ads.url.clone(),
+            tls: None,
             node_id: "n".into(),
             force_start: true,
         }),
@@ -271,5 +340,89 @@ async fn forced_start_is_ready_at_once_and_answers_ok_until_the_first_rules() {
     ads.publish("1", &[gateway_resource(1, RateLimitUnit::Week)]);
     ads.answer_to("nonce-1").await;
     assert_eq!(admitted(&mut client, "x", 3).await, 1);
+    server.stop().await;
+}
+
+/// The ADS server's TLS, as Envoy Gateway's: its certificate from one CA, ratelimitd's client
+/// certificate from another, which the server requires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_arrive_over_mutual_tls_and_a_client_without_a_certificate_gets_none() {
+    use common::tls::{ca, leaf, write};
+    use rcgen::ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (servers, clients) = (ca("xDS CA"), ca("ratelimitd client CA"));
+    let (server_cert, server_key) = leaf(&servers, &["envoy-gateway"], ServerAuth);
+    let (client_cert, client_key) = leaf(&clients, &["envoy-ratelimit"], ClientAuth);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut client_roots = rustls::RootCertStore::empty();
+    client_roots
+        .add(CertificateDer::from_pem_slice(clients.pem.as_bytes()).unwrap())
+        .unwrap();
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(client_roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    let chain = CertificateDer::pem_slice_iter(server_cert.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(server_key.as_bytes()).unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let mut ads = AdsServer::start_with(Some(Arc::new(config))).await;
+    ads.publish("1", &[gateway_resource(2, RateLimitUnit::Hour)]);
+
+    let tls = |client: bool| ratelimitd::tls_client::ClientTls {
+        ca: write(dir.path(), "xds-ca.pem", &servers.pem),
+        client: client.then(|| {
+            (
+                write(dir.path(), "client.pem", &client_cert),
+                write(dir.path(), "client-key.pem", &client_key),
+            )
+        }),
+        server_name: Some("envoy-gateway".into()),
+    };
+    let settings = |tls| Settings {
+        xds: Some(XdsSettings {
+            server: ads.url.replace("http://", "https://"),
+            tls: Some(tls),
+            node_id: "envoy-ratelimit".into(),
+            force_start: false,
+        }),
+        ..Settings::default()
+    };
+    // Without a client certificate the server refuses it: no rules, not ready.
+    let refused = TestServer::start_rules(
+        ratelimitd::rules::RuleSet::new(Vec::new()),
+        settings(tls(false)),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(healthcheck(&refused).await.0, 500);
+    refused.stop().await;
+
+    let server = TestServer::start_rules(
+        ratelimitd::rules::RuleSet::new(Vec::new()),
+        settings(tls(true)),
+    )
+    .await;
+    let ack = ads.answer_to("nonce-1").await;
+    assert!(ack.error_detail.is_none(), "{ack:?}");
+    let mut client = server.client().await;
+    assert_eq!(
+        admitted(&mut client, "t", 4).await,
+        2,
+        "2 an hour, from xDS over mTLS"
+    );
+    assert_eq!(healthcheck(&server).await.0, 200);
     server.stop().await;
 }

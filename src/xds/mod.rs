@@ -7,7 +7,8 @@
 //! limiter, so they survive. A response that loads is ACKed (its version and nonce echoed); one
 //! that does not is NACKed with the reason in `error_detail`, and the running rules stay. A
 //! broken stream is opened again after a jittered backoff (0.5 s doubling to 30 s), asking for
-//! the version last applied. Plaintext only so far (`http://`).
+//! the version last applied. Over TLS with a client certificate, as Envoy Gateway requires
+//! (`tls_client.rs`).
 
 pub mod resource;
 
@@ -22,18 +23,34 @@ use tokio::sync::mpsc;
 use tonic::transport::Endpoint;
 
 use crate::service::LiveRules;
+use crate::tls_client::{ClientTls, tls_dial};
 
 /// Where rules come from over xDS (`--xds-server`, envoyproxy/ratelimit's
 /// `CONFIG_GRPC_XDS_SERVER_URL`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct XdsSettings {
-    /// `http://host:port` of the ADS server.
+    /// The ADS server: `host:port`, `http://host:port` or `https://host:port`.
     pub server: String,
+    /// TLS to the ADS server (`CONFIG_GRPC_XDS_SERVER_USE_TLS` and its files): its CA, and the
+    /// client certificate ratelimitd presents.
+    pub tls: Option<ClientTls>,
     /// The node id sent in every request (`CONFIG_GRPC_XDS_NODE_ID`).
     pub node_id: String,
     /// Serve, and report ready, before the first rules arrive
     /// (`FORCE_START_WITHOUT_INITIAL_CONFIG`); else not ready until they do.
     pub force_start: bool,
+}
+
+impl XdsSettings {
+    /// The server's `host:port`.
+    pub fn address(&self) -> &str {
+        let server = self.server.as_str();
+        let server = server
+            .strip_prefix("https://")
+            .or_else(|| server.strip_prefix("http://"))
+            .unwrap_or(server);
+        server.trim_end_matches('/')
+    }
 }
 
 /// The longest pause between two attempts to reach the ADS server.
@@ -85,10 +102,18 @@ async fn session(
     live: &Arc<LiveRules>,
     applied: &mut String,
 ) -> Result<bool, Box<dyn std::error::Error + Send + Sync>> {
-    let channel = Endpoint::from_shared(settings.server.clone())?
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
-        .await?;
+    let addr = settings.address();
+    let endpoint =
+        Endpoint::from_shared(format!("http://{addr}"))?.connect_timeout(Duration::from_secs(5));
+    let channel = match &settings.tls {
+        None => endpoint.connect().await?,
+        Some(tls) => {
+            let (connector, name) = tls.connector(addr)?;
+            endpoint
+                .connect_with_connector(tls_dial(connector, name, addr.to_string()))
+                .await?
+        }
+    };
     let mut client = AggregatedDiscoveryServiceClient::new(channel);
     let (requests, mut queue) = mpsc::channel::<DiscoveryRequest>(4);
     requests
