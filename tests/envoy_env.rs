@@ -122,3 +122,86 @@ fn a_variable_ratelimitd_cannot_honour_stops_the_start_and_is_named() {
         );
     }
 }
+
+/// Envoy Gateway's deployment: `/bin/ratelimit` with no arguments and only the variables Envoy
+/// Gateway sets (`internal/infrastructure/kubernetes/ratelimit/resource.go`), rules over ADS
+/// with mutual TLS, counters in Redis, from a read-only working directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_gateway_s_environment_takes_its_rules_over_xds() {
+    use common::ads::{AdsServer, gateway_resource, xds_mtls};
+    use ratelimitd::xds::resource::RateLimitUnit;
+    use std::os::unix::fs::PermissionsExt;
+
+    let certs = tempfile::tempdir().unwrap();
+    let mtls = xds_mtls(certs.path());
+    let mut ads = AdsServer::start_with(Some(mtls.server.clone())).await;
+    ads.publish("1", &[gateway_resource(2, RateLimitUnit::Hour)]);
+    let redis = common::redis::RedisServer::start();
+    let redis_url = format!("127.0.0.1:{}", redis.port);
+    let (_bin, link) = named_ratelimit();
+    let read_only = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(read_only.path(), std::fs::Permissions::from_mode(0o555)).unwrap();
+    let xds_server = ads.url.trim_start_matches("http://").to_string();
+    let (ca, cert, key) = (
+        mtls.ca.to_str().unwrap(),
+        mtls.client_cert.to_str().unwrap(),
+        mtls.client_key.to_str().unwrap(),
+    );
+    let mut command = ratelimit_command(
+        &link,
+        &[
+            ("CONFIG_TYPE", "GRPC_XDS_SOTW"),
+            ("CONFIG_GRPC_XDS_SERVER_URL", &xds_server),
+            ("CONFIG_GRPC_XDS_NODE_ID", "envoy-ratelimit"),
+            ("CONFIG_GRPC_XDS_SERVER_USE_TLS", "true"),
+            ("CONFIG_GRPC_XDS_CLIENT_TLS_CERT", cert),
+            ("CONFIG_GRPC_XDS_CLIENT_TLS_KEY", key),
+            ("CONFIG_GRPC_XDS_SERVER_TLS_CACERT", ca),
+            ("CONFIG_GRPC_XDS_SERVER_TLS_SAN", "envoy-gateway"),
+            ("FORCE_START_WITHOUT_INITIAL_CONFIG", "true"),
+            ("REDIS_SOCKET_TYPE", "tcp"),
+            ("REDIS_URL", &redis_url),
+            ("USE_STATSD", "false"),
+            ("USE_PROMETHEUS", "true"),
+            ("PROMETHEUS_ADDR", "127.0.0.1:0"),
+            ("PROMETHEUS_MAPPER_YAML", "/etc/statsd-exporter/conf.yaml"),
+            ("LOG_LEVEL", "info"),
+            ("LOG_FORMAT", "json"),
+            ("RUNTIME_ROOT", "/data"),
+            ("RUNTIME_SUBDIRECTORY", "ratelimit"),
+            ("RUNTIME_IGNOREDOTFILES", "true"),
+            ("RUNTIME_WATCH_ROOT", "false"),
+            ("HOST", "127.0.0.1"),
+            ("PORT", "0"),
+            ("GRPC_HOST", "127.0.0.1"),
+            ("GRPC_PORT", "0"),
+        ],
+    );
+    command.current_dir(read_only.path());
+    let rl = Ratelimitd::spawn(&mut command);
+    let ack = ads.answer_to("nonce-1").await;
+    assert!(ack.error_detail.is_none(), "{ack:?}");
+    assert_eq!(ack.node.map(|n| n.id).as_deref(), Some("envoy-ratelimit"));
+    let mut client = Client::connect(format!("http://{}", rl.addr))
+        .await
+        .unwrap();
+    let route = "httproute/default/backend/rule/0/match/0";
+    let key = fresh_key("eg");
+    let mut codes = Vec::new();
+    for _ in 0..3 {
+        let ask = request(
+            "default/eg/http",
+            vec![descriptor(&[(route, route), ("rule-0-match-0", &key)])],
+        );
+        codes.push(call(&mut client, ask).await.overall_code);
+    }
+    assert_eq!(
+        codes,
+        [Code::Ok as i32, Code::Ok as i32, Code::OverLimit as i32],
+        "2 an hour, from xDS"
+    );
+    assert!(redis.dbsize() >= 1, "counted in Redis");
+    assert_eq!(http_get(&rl.http_addr, "/healthcheck").0, 200);
+    drop(client);
+    rl.stop();
+}

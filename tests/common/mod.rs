@@ -2,6 +2,7 @@
 //! gRPC client, and request builders.
 #![allow(dead_code)]
 
+pub mod ads;
 pub mod process;
 pub mod redis;
 pub mod tls;
