@@ -14,7 +14,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::admin::{self, Admin, AdminError};
-use crate::limiter::{Budget, Limiter, MemoryStore, OnBackendError, RedisStore, Target, clock};
+use crate::limiter::{
+    Budget, Limiter, MemoryStore, OnBackendError, RedisStore, RedisTls, Target, clock,
+};
 use crate::metrics::{Metrics, MetricsError};
 use crate::reload::{self, ReloadSettings};
 use crate::rules::{Algorithm, RuleSet};
@@ -75,6 +77,8 @@ pub enum Backend {
         on_error: OnBackendError,
         /// Put before every Redis key (`--redis-key-prefix`).
         key_prefix: String,
+        /// TLS with a CA and client certificate of one's own (`--redis-tls-*`).
+        tls: Option<RedisTls>,
     },
 }
 
@@ -187,8 +191,10 @@ pub async fn serve(
                 timeout,
                 on_error,
                 key_prefix,
+                tls,
             } => {
-                let redis = RedisStore::start(target.clone(), *timeout, key_prefix);
+                let redis =
+                    RedisStore::start_with_tls(target.clone(), *timeout, key_prefix, tls.clone());
                 // Start serving with Redis when it is there; without it when it is not.
                 if !redis.wait_connected(REDIS_START_WAIT).await {
                     tracing::warn!(

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use ratelimitd::app::{Backend, Settings};
 use ratelimitd::limiter::redis::BadAddress;
-use ratelimitd::limiter::{Budget, OnBackendError, Target};
+use ratelimitd::limiter::{Budget, OnBackendError, RedisTls, Target};
 use ratelimitd::reload::ReloadSettings;
 use ratelimitd::rules::Algorithm;
 use ratelimitd::server::tls::TlsSettings;
@@ -206,6 +206,16 @@ pub struct Serve {
     /// with other users; no `{` or `}`, which would change a key's Cluster slot.
     #[arg(long, env = "RATELIMITD_REDIS_KEY_PREFIX", default_value = "", value_parser = key_prefix)]
     pub redis_key_prefix: String,
+    /// For a `rediss://` backend: the CA (PEM) Redis's certificate must chain to, instead of
+    /// the public web roots (envoyproxy/ratelimit's `REDIS_TLS_CACERT`).
+    #[arg(long, env = "RATELIMITD_REDIS_TLS_CA")]
+    pub redis_tls_ca: Option<PathBuf>,
+    /// A client certificate (PEM) to present to Redis (`REDIS_TLS_CLIENT_CERT`).
+    #[arg(long, env = "RATELIMITD_REDIS_TLS_CERT", requires = "redis_tls_key")]
+    pub redis_tls_cert: Option<PathBuf>,
+    /// Its key (`REDIS_TLS_CLIENT_KEY`).
+    #[arg(long, env = "RATELIMITD_REDIS_TLS_KEY", requires = "redis_tls_cert")]
+    pub redis_tls_key: Option<PathBuf>,
     /// The most gRPC connections open at once; one more closes the connection idle longest.
     /// Default: the open-file limit less 1,024, between 64 and 10,000.
     #[arg(long, env = "RATELIMITD_MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..))]
@@ -236,6 +246,12 @@ impl Serve {
                 timeout: Duration::from_millis(self.backend_timeout_ms),
                 on_error: self.on_backend_error.into(),
                 key_prefix: self.redis_key_prefix.clone(),
+                tls: (self.redis_tls_ca.is_some() || self.redis_tls_cert.is_some()).then(|| {
+                    RedisTls {
+                        ca: self.redis_tls_ca.clone(),
+                        client: self.redis_tls_cert.clone().zip(self.redis_tls_key.clone()),
+                    }
+                }),
             }
         };
         Ok(Settings {

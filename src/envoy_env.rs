@@ -56,7 +56,6 @@ const NO_EFFECT: &[&str] = &[
     "REDIS_PIPELINE_WINDOW",
     "REDIS_PIPELINE_LIMIT",
     "REDIS_HEALTH_CHECK_ACTIVE_CONNECTION",
-    "REDIS_TLS_SKIP_HOSTNAME_VERIFICATION",
     "TRACING_SERVICE_NAME",
     "TRACING_SERVICE_NAMESPACE",
     "TRACING_SERVICE_INSTANCE_ID",
@@ -167,18 +166,12 @@ pub fn translate(get: impl Fn(&str) -> Option<String>) -> Result<Translated, Uns
             "tracing export is not built yet",
         ));
     }
-    for name in [
-        "REDIS_TLS_CACERT",
-        "REDIS_TLS_CLIENT_CERT",
-        "REDIS_TLS_CLIENT_KEY",
-    ] {
-        if let Some(v) = set(name) {
-            return Err(refuse(
-                name,
-                v,
-                "Redis TLS trusts the public web roots only; no own CA or client certificate",
-            ));
-        }
+    if is_true("REDIS_TLS_SKIP_HOSTNAME_VERIFICATION") {
+        return Err(refuse(
+            "REDIS_TLS_SKIP_HOSTNAME_VERIFICATION",
+            "true".into(),
+            "ratelimitd always checks the name in Redis's certificate",
+        ));
     }
     if let Some(v) = set("NEAR_LIMIT_RATIO").filter(|v| v.parse::<f64>().ok() != Some(0.8)) {
         return Err(refuse(
@@ -277,6 +270,15 @@ pub fn translate(get: impl Fn(&str) -> Option<String>) -> Result<Translated, Uns
     }
     if let Some(url) = set("REDIS_URL") {
         flag("--backend", redis_backend(&url, &set)?);
+    }
+    for (name, to) in [
+        ("REDIS_TLS_CACERT", "--redis-tls-ca"),
+        ("REDIS_TLS_CLIENT_CERT", "--redis-tls-cert"),
+        ("REDIS_TLS_CLIENT_KEY", "--redis-tls-key"),
+    ] {
+        if let Some(v) = set(name).filter(|_| set("REDIS_URL").is_some()) {
+            flag(to, v);
+        }
     }
     if let Some(prefix) = set("CACHE_KEY_PREFIX") {
         flag("--redis-key-prefix", prefix);
@@ -537,6 +539,33 @@ mod tests {
         ];
         let refused = translate(env(&tls)).expect_err("xDS over TLS without a CA");
         assert_eq!(refused.variable, "CONFIG_GRPC_XDS_SERVER_USE_TLS");
+    }
+
+    #[test]
+    fn redis_tls_files_become_the_redis_tls_flags() {
+        let vars = [
+            ("REDIS_SOCKET_TYPE", "tcp"),
+            ("REDIS_URL", "redis:6379"),
+            ("REDIS_TLS", "true"),
+            ("REDIS_TLS_CACERT", "/certs/ca.pem"),
+            ("REDIS_TLS_CLIENT_CERT", "/certs/client.pem"),
+            ("REDIS_TLS_CLIENT_KEY", "/certs/client-key.pem"),
+        ];
+        assert_eq!(
+            flag(&vars, "--backend").as_deref(),
+            Some("rediss://redis:6379")
+        );
+        assert_eq!(
+            flag(&vars, "--redis-tls-ca").as_deref(),
+            Some("/certs/ca.pem")
+        );
+        assert_eq!(
+            flag(&vars, "--redis-tls-key").as_deref(),
+            Some("/certs/client-key.pem")
+        );
+        let skip = [("REDIS_TLS_SKIP_HOSTNAME_VERIFICATION", "true")];
+        let refused = translate(env(&skip)).expect_err("hostnames are always checked");
+        assert_eq!(refused.variable, "REDIS_TLS_SKIP_HOSTNAME_VERIFICATION");
     }
 
     #[test]

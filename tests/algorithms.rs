@@ -139,6 +139,7 @@ async fn two_replicas_share_a_token_bucket_and_a_sliding_window_in_redis() {
             timeout: Duration::from_secs(2),
             on_error: OnBackendError::Deny,
             key_prefix: String::new(),
+            tls: None,
         },
         ..Settings::default()
     };

@@ -372,3 +372,96 @@ fn envoy_speaks_mtls_to_ratelimitd_and_limits_as_in_plaintext() {
     );
     rl.stop();
 }
+
+/// Redis over TLS with a CA and a client certificate of one's own (`--redis-tls-*`,
+/// envoyproxy/ratelimit's `REDIS_TLS_CACERT` and `REDIS_TLS_CLIENT_*`): a real `redis-server`
+/// that speaks only TLS on its TLS port and requires a client certificate.
+#[test]
+fn redis_over_tls_with_its_own_ca_and_a_client_certificate_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (servers, clients) = (ca("Redis CA"), ca("Redis clients CA"));
+    let (cert, key) = leaf(
+        &servers,
+        &["127.0.0.1"],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    let (client_cert, client_key) = leaf(
+        &clients,
+        &["ratelimitd"],
+        ExtendedKeyUsagePurpose::ClientAuth,
+    );
+    let (cert, key) = (
+        write(dir.path(), "redis.pem", &cert),
+        write(dir.path(), "redis-key.pem", &key),
+    );
+    let clients_ca = write(dir.path(), "clients-ca.pem", &clients.pem);
+    let servers_ca = write(dir.path(), "redis-ca.pem", &servers.pem);
+    let client_cert = write(dir.path(), "client.pem", &client_cert);
+    let client_key = write(dir.path(), "client-key.pem", &client_key);
+    let tls_port = common::redis::free_port(false);
+    let redis = common::redis::RedisServer::start_on(
+        common::redis::free_port(false),
+        &[
+            "--tls-port",
+            &tls_port.to_string(),
+            "--tls-cert-file",
+            cert.to_str().unwrap(),
+            "--tls-key-file",
+            key.to_str().unwrap(),
+            "--tls-ca-cert-file",
+            clients_ca.to_str().unwrap(),
+            "--tls-auth-clients",
+            "yes",
+        ],
+    );
+    let backend = format!("rediss://127.0.0.1:{tls_port}");
+    let start = |with_client: bool| {
+        let mut flags = vec![
+            "--backend".to_string(),
+            backend.clone(),
+            "--on-backend-error".to_string(),
+            "deny".to_string(),
+            "--redis-tls-ca".to_string(),
+            servers_ca.display().to_string(),
+        ];
+        if with_client {
+            flags.extend([
+                "--redis-tls-cert".to_string(),
+                client_cert.display().to_string(),
+                "--redis-tls-key".to_string(),
+                client_key.display().to_string(),
+            ]);
+        }
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        Ratelimitd::start_with(&common::process::project("config"), 0, &flags)
+    };
+
+    // Without the client certificate Redis refuses the handshake: never reached, not ready.
+    let refused = start(false);
+    std::thread::sleep(Duration::from_millis(1500));
+    let (status, body) = common::http_get(&refused.http_addr, "/healthcheck");
+    assert_eq!(status, 500, "{body}");
+    assert!(body.contains("waiting for Redis"), "{body}");
+    refused.stop();
+
+    let rl = start(true);
+    wait_until(
+        Duration::from_secs(10),
+        "ratelimitd reaches Redis over TLS",
+        || (common::http_get(&rl.http_addr, "/healthcheck").0 == 200).then_some(()),
+    );
+    let output = Command::new(grpcurl_path())
+        .args(["-plaintext", "-d"])
+        .arg(r#"{"domain":"mega-api","descriptors":[{"entries":[{"key":"api_key","value":"tls-key"},{"key":"bucket","value":"default"}]}]}"#)
+        .arg(&rl.addr)
+        .arg("envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit")
+        .output()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&output.stdout);
+    assert!(answer.contains("\"overallCode\": \"OK\""), "{answer}");
+    assert!(
+        redis.dbsize() >= 2,
+        "the minute and hour counters are in Redis"
+    );
+    rl.stop();
+}

@@ -37,7 +37,7 @@ use smallvec::SmallVec;
 
 pub use key::CounterKey;
 pub use memory::{Budget, MemoryStore, MemoryUsage};
-pub use redis::{BackendError, RedisStore, Target};
+pub use redis::{BackendError, RedisStore, RedisTls, Target};
 pub use shared::{BackendSnapshot, Counted, OnBackendError, Shared};
 pub use store::{Batch, Count, CounterStore, Counting, Counts, Increment, StoreError};
 

@@ -121,6 +121,8 @@ pub struct RedisStore {
     timeout: Duration,
     /// Put before every key (`--redis-key-prefix`, envoyproxy/ratelimit's `CACHE_KEY_PREFIX`).
     key_prefix: Box<str>,
+    /// For `rediss://`: the CA and client certificate files, when not the public web roots.
+    tls: Option<RedisTls>,
     connection: OnceCell<Connection>,
     count: Script,
     release: Script,
@@ -160,6 +162,41 @@ end
 return 1
 ";
 
+/// TLS to Redis with a CA of one's own (`--redis-tls-ca`, envoyproxy/ratelimit's
+/// `REDIS_TLS_CACERT`) and a client certificate (`REDIS_TLS_CLIENT_CERT`/`_KEY`). The files are
+/// read at each connection, so renewed ones are used when the client reconnects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisTls {
+    pub ca: Option<std::path::PathBuf>,
+    pub client: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+impl RedisTls {
+    fn certificates(&self) -> Result<redis::TlsCertificates, RedisError> {
+        let read = |path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| {
+                RedisError::from((
+                    redis::ErrorKind::Io,
+                    "cannot read a Redis TLS file",
+                    format!("{}: {e}", path.display()),
+                ))
+            })
+        };
+        let client_tls = match &self.client {
+            None => None,
+            Some((cert, key)) => Some(redis::ClientTlsConfig {
+                client_cert: read(cert)?,
+                client_key: read(key)?,
+            }),
+        };
+        let root_cert = self.ca.as_deref().map(read).transpose()?;
+        Ok(redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        })
+    }
+}
+
 /// How long a call may take, in `--backend-timeout-ms`: a call that misses the timeout is late,
 /// and while Redis is not known to be down its decision waits for the late answer up to this
 /// bound, because only Redis's answer is exact (`shared.rs`). Past it, the call has failed.
@@ -175,10 +212,22 @@ impl RedisStore {
     /// ratelimitd starts, and answers by its failure policy, while Redis is away.
     /// Counting in `target`, every key after `key_prefix` (usually empty).
     pub fn start(target: Target, timeout: Duration, key_prefix: &str) -> Arc<RedisStore> {
+        RedisStore::start_with_tls(target, timeout, key_prefix, None)
+    }
+
+    /// [`RedisStore::start`], speaking TLS with `tls`'s CA and client certificate (for
+    /// `rediss://` targets).
+    pub fn start_with_tls(
+        target: Target,
+        timeout: Duration,
+        key_prefix: &str,
+        tls: Option<RedisTls>,
+    ) -> Arc<RedisStore> {
         let store = Arc::new(RedisStore {
             target,
             timeout,
             key_prefix: Box::from(key_prefix),
+            tls,
             connection: OnceCell::new(),
             count: Script::new(SCRIPT),
             release: Script::new(RELEASE_SCRIPT),
@@ -242,18 +291,23 @@ impl RedisStore {
                     .set_connection_timeout(Some(CONNECT_TIMEOUT))
                     .set_response_timeout(None)
                     .set_max_delay(CONNECT_RETRY);
-                let mut manager =
-                    ConnectionManager::new_with_config(redis::Client::open(url.as_str())?, config)
-                        .await?;
+                let client = match &self.tls {
+                    None => redis::Client::open(url.as_str())?,
+                    Some(tls) => redis::Client::build_with_tls(url.as_str(), tls.certificates()?)?,
+                };
+                let mut manager = ConnectionManager::new_with_config(client, config).await?;
                 redis_batcher::preload(&mut manager).await?;
                 Ok(Connection::Single(redis_batcher::start(manager)))
             }
             Target::Cluster(nodes) => {
-                let client = ClusterClient::builder(nodes.clone())
+                let mut builder = ClusterClient::builder(nodes.clone())
                     .connection_timeout(CONNECT_TIMEOUT)
                     .response_timeout(self.late_bound())
-                    .retries(0)
-                    .build()?;
+                    .retries(0);
+                if let Some(tls) = &self.tls {
+                    builder = builder.certs(tls.certificates()?);
+                }
+                let client = builder.build()?;
                 let mut connection = client.get_async_connection().await?;
                 preload_on_every_master(&mut connection).await?;
                 Ok(Connection::Cluster(connection))

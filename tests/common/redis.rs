@@ -18,7 +18,7 @@ fn tool(name: &str) -> PathBuf {
 }
 
 /// A port that was free a moment ago (and, for Cluster nodes, whose bus port +10000 too).
-fn free_port(with_bus: bool) -> u16 {
+pub fn free_port(with_bus: bool) -> u16 {
     loop {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
         let port = listener.local_addr().expect("bound address").port();
