@@ -123,9 +123,13 @@ fn batch(test: &str, counters: &[Spec<'_>]) -> Batch {
 }
 
 async fn count(subject: &impl Subject, test: &str, counters: &[Spec<'_>]) -> (bool, Vec<Count>) {
+    count_batch(subject, test, &batch(test, counters)).await
+}
+
+async fn count_batch(subject: &impl Subject, test: &str, batch: &Batch) -> (bool, Vec<Count>) {
     let (admitted, counts) = subject
         .store()
-        .count(&batch(test, counters))
+        .count(batch)
         .await
         .unwrap_or_else(|e| panic!("{test}: the store counts: {e}"));
     (admitted, counts.to_vec())
@@ -371,12 +375,7 @@ fn mixed(test: &str, counters: &[Counter<'_>]) -> Batch {
 }
 
 async fn count_mixed(s: &impl Subject, test: &str, counters: &[Counter<'_>]) -> (bool, Vec<Count>) {
-    let (admitted, counts) = s
-        .store()
-        .count(&mixed(test, counters))
-        .await
-        .unwrap_or_else(|e| panic!("{test}: the store counts: {e}"));
-    (admitted, counts.to_vec())
+    count_batch(s, test, &mixed(test, counters)).await
 }
 
 const REFILLS: [(&str, Counting); 2] = [

@@ -32,6 +32,15 @@ async fn admitted(client: &mut common::Client, value: &str, n: usize) -> usize {
     ok
 }
 
+/// A ratelimitd taking its rules from the ADS server of `xds`, none before.
+async fn over_xds(xds: XdsSettings) -> TestServer {
+    let settings = Settings {
+        xds: Some(xds),
+        ..Settings::default()
+    };
+    TestServer::start_rules(ratelimitd::rules::RuleSet::new(Vec::new()), settings).await
+}
+
 async fn healthcheck(server: &TestServer) -> (u16, String) {
     common::get_async(server.http_addr, "/healthcheck").await
 }
@@ -39,17 +48,13 @@ async fn healthcheck(server: &TestServer) -> (u16, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rules_arrive_over_ads_are_acked_replaced_and_a_broken_set_is_nacked() {
     let mut ads = AdsServer::start().await;
-    let settings = Settings {
-        xds: Some(XdsSettings {
-            server: ads.url.clone(),
-            tls: None,
-            node_id: "envoy-ratelimit".into(),
-            force_start: false,
-        }),
-        ..Settings::default()
-    };
-    let server =
-        TestServer::start_rules(ratelimitd::rules::RuleSet::new(Vec::new()), settings).await;
+    let server = over_xds(XdsSettings {
+        server: ads.url.clone(),
+        tls: None,
+        node_id: "envoy-ratelimit".into(),
+        force_start: false,
+    })
+    .await;
     let mut client = server.client().await;
 
     // Before the first response: not ready.
@@ -101,17 +106,13 @@ async fn rules_arrive_over_ads_are_acked_replaced_and_a_broken_set_is_nacked() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forced_start_is_ready_at_once_and_answers_ok_until_the_first_rules() {
     let mut ads = AdsServer::start().await;
-    let settings = Settings {
-        xds: Some(XdsSettings {
-            server: ads.url.clone(),
-            tls: None,
-            node_id: "n".into(),
-            force_start: true,
-        }),
-        ..Settings::default()
-    };
-    let server =
-        TestServer::start_rules(ratelimitd::rules::RuleSet::new(Vec::new()), settings).await;
+    let server = over_xds(XdsSettings {
+        server: ads.url.clone(),
+        tls: None,
+        node_id: "n".into(),
+        force_start: true,
+    })
+    .await;
     let mut client = server.client().await;
     assert_eq!(healthcheck(&server).await.0, 200);
     assert_eq!(
@@ -139,30 +140,19 @@ async fn rules_arrive_over_mutual_tls_and_a_client_without_a_certificate_gets_no
         client: client.then(|| (mtls.client_cert.clone(), mtls.client_key.clone())),
         server_name: Some("envoy-gateway".into()),
     };
-    let settings = |tls| Settings {
-        xds: Some(XdsSettings {
-            server: ads.url.replace("http://", "https://"),
-            tls: Some(tls),
-            node_id: "envoy-ratelimit".into(),
-            force_start: false,
-        }),
-        ..Settings::default()
+    let xds = |tls| XdsSettings {
+        server: ads.url.replace("http://", "https://"),
+        tls: Some(tls),
+        node_id: "envoy-ratelimit".into(),
+        force_start: false,
     };
     // Without a client certificate the server refuses it: no rules, not ready.
-    let refused = TestServer::start_rules(
-        ratelimitd::rules::RuleSet::new(Vec::new()),
-        settings(tls(false)),
-    )
-    .await;
+    let refused = over_xds(xds(tls(false))).await;
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(healthcheck(&refused).await.0, 500);
     refused.stop().await;
 
-    let server = TestServer::start_rules(
-        ratelimitd::rules::RuleSet::new(Vec::new()),
-        settings(tls(true)),
-    )
-    .await;
+    let server = over_xds(xds(tls(true))).await;
     let ack = ads.answer_to("nonce-1").await;
     assert!(ack.error_detail.is_none(), "{ack:?}");
     let mut client = server.client().await;
