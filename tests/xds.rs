@@ -73,6 +73,16 @@ async fn rules_arrive_over_ads_are_acked_replaced_and_a_broken_set_is_nacked() {
     assert_eq!(ack.type_url, TYPE_URL);
     assert_eq!(healthcheck(&server).await.0, 200);
     assert_eq!(admitted(&mut client, "a", 5).await, 3, "3 a minute");
+    // /rlconfig says where the rules came from: the xDS server and version, the resource.
+    let (_, listing) = common::get_async(server.http_addr, "/rlconfig").await;
+    assert!(
+        listing.contains(&format!("xds {} version 1", ads.url)),
+        "{listing}"
+    );
+    assert!(
+        listing.contains("# domain default/eg/http: xds:default/eg/http"),
+        "{listing}"
+    );
 
     // A new version replaces the set; counters survive the swap.
     ads.publish("2", &[gateway_resource(5, RateLimitUnit::Minute)]);
