@@ -15,6 +15,7 @@ use ratelimitd::rules::Algorithm;
 use ratelimitd::server::tls::TlsSettings;
 use ratelimitd::service::{HeaderStyle, ResponseSettings};
 use ratelimitd::tls_client::ClientTls;
+use ratelimitd::traces::TraceSettings;
 use ratelimitd::xds::XdsSettings;
 
 #[derive(Debug, Parser)]
@@ -106,6 +107,27 @@ pub struct Serve {
     /// (`CONFIG_GRPC_XDS_SERVER_TLS_SAN`).
     #[arg(long, env = "RATELIMITD_XDS_TLS_SERVER_NAME", requires = "xds_tls_ca")]
     pub xds_tls_server_name: Option<String>,
+    /// Export a span per decision over OTLP/gRPC to this collector (`http://host:4317`;
+    /// envoyproxy/ratelimit's `TRACING_ENABLED` with `OTEL_EXPORTER_OTLP_ENDPOINT`).
+    #[arg(long, env = "RATELIMITD_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// The share of traces exported, 0 to 1 (`TRACING_SAMPLING_RATE`); a trace Envoy sampled
+    /// stays sampled.
+    #[arg(long, env = "RATELIMITD_OTLP_SAMPLING_RATE", default_value_t = 1.0)]
+    pub otlp_sampling_rate: f64,
+    /// The `service.name` of the spans (`TRACING_SERVICE_NAME`).
+    #[arg(
+        long,
+        env = "RATELIMITD_OTLP_SERVICE_NAME",
+        default_value = "ratelimitd"
+    )]
+    pub otlp_service_name: String,
+    /// Their `service.namespace` (`TRACING_SERVICE_NAMESPACE`).
+    #[arg(long, env = "RATELIMITD_OTLP_SERVICE_NAMESPACE")]
+    pub otlp_service_namespace: Option<String>,
+    /// Their `service.instance.id` (`TRACING_SERVICE_INSTANCE_ID`).
+    #[arg(long, env = "RATELIMITD_OTLP_INSTANCE_ID")]
+    pub otlp_instance_id: Option<String>,
     /// Address of the gRPC server (RateLimitService, health, reflection).
     #[arg(long, env = "RATELIMITD_GRPC_ADDR", default_value = "0.0.0.0:8081")]
     pub grpc_addr: SocketAddr,
@@ -236,6 +258,17 @@ pub struct Serve {
 }
 
 impl Serve {
+    /// How traces are exported, if they are.
+    pub fn traces(&self) -> Option<TraceSettings> {
+        Some(TraceSettings {
+            endpoint: self.otlp_endpoint.clone()?,
+            sampling_rate: self.otlp_sampling_rate,
+            service_name: self.otlp_service_name.clone(),
+            service_namespace: self.otlp_service_namespace.clone(),
+            instance_id: self.otlp_instance_id.clone(),
+        })
+    }
+
     /// What `app::serve` needs, from the flags; refuses a `--backend` it cannot read.
     pub fn settings(&self) -> Result<Settings, BadAddress> {
         let backend = if self.backend == "memory" {

@@ -56,11 +56,6 @@ const NO_EFFECT: &[&str] = &[
     "REDIS_PIPELINE_WINDOW",
     "REDIS_PIPELINE_LIMIT",
     "REDIS_HEALTH_CHECK_ACTIVE_CONNECTION",
-    "TRACING_SERVICE_NAME",
-    "TRACING_SERVICE_NAMESPACE",
-    "TRACING_SERVICE_INSTANCE_ID",
-    "TRACING_EXPORTER_PROTOCOL",
-    "TRACING_SAMPLING_RATE",
     "CONFIG_GRPC_XDS_NODE_METADATA",
     "CONFIG_GRPC_XDS_SERVER_CONNECT_RETRY_INTERVAL",
     "CONFIG_GRPC_XDS_CLIENT_ADDITIONAL_HEADERS",
@@ -159,11 +154,14 @@ pub fn translate(get: impl Fn(&str) -> Option<String>) -> Result<Translated, Uns
             "merging domains across files is not built: a domain is defined in one file",
         ));
     }
-    if is_true("TRACING_ENABLED") {
+    let tracing = is_true("TRACING_ENABLED");
+    // envoyproxy/ratelimit's default protocol is http; ratelimitd exports over gRPC only.
+    let protocol = set("TRACING_EXPORTER_PROTOCOL").unwrap_or_else(|| "http".into());
+    if tracing && !protocol.eq_ignore_ascii_case("grpc") {
         return Err(refuse(
-            "TRACING_ENABLED",
-            "true".into(),
-            "tracing export is not built yet",
+            "TRACING_EXPORTER_PROTOCOL",
+            protocol,
+            "traces are exported over OTLP/gRPC only: set TRACING_EXPORTER_PROTOCOL=grpc",
         ));
     }
     if is_true("REDIS_TLS_SKIP_HOSTNAME_VERIFICATION") {
@@ -278,6 +276,29 @@ pub fn translate(get: impl Fn(&str) -> Option<String>) -> Result<Translated, Uns
     ] {
         if let Some(v) = set(name).filter(|_| set("REDIS_URL").is_some()) {
             flag(to, v);
+        }
+    }
+    if tracing {
+        let endpoint =
+            set("OTEL_EXPORTER_OTLP_ENDPOINT").unwrap_or_else(|| "localhost:4317".into());
+        let endpoint = if endpoint.contains("://") {
+            endpoint
+        } else {
+            format!("http://{endpoint}")
+        };
+        flag("--otlp-endpoint", endpoint);
+        flag(
+            "--otlp-service-name",
+            set("TRACING_SERVICE_NAME").unwrap_or_else(|| "RateLimit".into()),
+        );
+        for (name, to) in [
+            ("TRACING_SERVICE_NAMESPACE", "--otlp-service-namespace"),
+            ("TRACING_SERVICE_INSTANCE_ID", "--otlp-instance-id"),
+            ("TRACING_SAMPLING_RATE", "--otlp-sampling-rate"),
+        ] {
+            if let Some(v) = set(name) {
+                flag(to, v);
+            }
         }
     }
     if let Some(prefix) = set("CACHE_KEY_PREFIX") {
@@ -520,7 +541,6 @@ mod tests {
             ("CONFIG_TYPE", "GRPC_XDS_DELTA"),
             ("BACKEND_TYPE", "memcache"),
             ("MERGE_DOMAIN_CONFIG", "true"),
-            ("TRACING_ENABLED", "true"),
             ("NEAR_LIMIT_RATIO", "0.9"),
             ("LIMIT_LIMIT_HEADER", "X-Limit"),
         ] {
@@ -539,6 +559,37 @@ mod tests {
         ];
         let refused = translate(env(&tls)).expect_err("xDS over TLS without a CA");
         assert_eq!(refused.variable, "CONFIG_GRPC_XDS_SERVER_USE_TLS");
+    }
+
+    #[test]
+    fn tracing_variables_become_the_otlp_flags_over_grpc_only() {
+        let by_default = translate(env(&[("TRACING_ENABLED", "true")])).expect_err("http");
+        assert_eq!(
+            (by_default.variable.as_str(), by_default.value.as_str()),
+            ("TRACING_EXPORTER_PROTOCOL", "http"),
+            "envoyproxy/ratelimit's default protocol is http, which is not built"
+        );
+        let vars = [
+            ("TRACING_ENABLED", "true"),
+            ("TRACING_EXPORTER_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "127.0.0.1:4317"),
+            ("TRACING_SAMPLING_RATE", "0.25"),
+            ("TRACING_SERVICE_INSTANCE_ID", "pod-1"),
+        ];
+        assert_eq!(
+            flag(&vars, "--otlp-endpoint").as_deref(),
+            Some("http://127.0.0.1:4317")
+        );
+        assert_eq!(
+            flag(&vars, "--otlp-service-name").as_deref(),
+            Some("RateLimit")
+        );
+        assert_eq!(flag(&vars, "--otlp-sampling-rate").as_deref(), Some("0.25"));
+        assert_eq!(flag(&vars, "--otlp-instance-id").as_deref(), Some("pod-1"));
+        assert!(
+            flags(&[("TRACING_SERVICE_NAME", "x")]).is_empty(),
+            "off unless enabled"
+        );
     }
 
     #[test]

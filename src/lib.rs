@@ -40,4 +40,5 @@ pub mod rules;
 pub mod server;
 pub mod service;
 pub mod tls_client;
+pub mod traces;
 pub mod xds;

@@ -47,12 +47,40 @@ fn main() -> ExitCode {
         Command::Check(check) => run_check(&check),
         Command::Health(health) => run_health(&health),
         Command::Serve(serve) => {
-            init_logging(&serve.log);
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    eprintln!("ratelimitd: cannot start the async runtime: {error}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            // The trace exporter runs on the runtime.
+            let traces = {
+                let _runtime = runtime.enter();
+                serve
+                    .traces()
+                    .map(|t| ratelimitd::traces::provider(&t))
+                    .transpose()
+            };
+            let traces = match traces {
+                Ok(traces) => traces,
+                Err(error) => {
+                    eprintln!("ratelimitd: {error}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            init_logging(&serve.log, traces.as_ref());
             for name in no_effect {
                 tracing::info!(variable = %name, "envoyproxy/ratelimit's variable has no effect here");
             }
             raise_open_file_limit();
-            match run_serve(*serve) {
+            let served = run_serve(*serve, &runtime);
+            if let Some(traces) = traces {
+                // Sends the spans still batched.
+                let _runtime = runtime.enter();
+                let _ = traces.shutdown();
+            }
+            match served {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     eprintln!("ratelimitd: {error:#}");
@@ -122,7 +150,7 @@ fn run_health(health: &cli::Health) -> ExitCode {
     }
 }
 
-fn run_serve(serve: cli::Serve) -> anyhow::Result<()> {
+fn run_serve(serve: cli::Serve, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     let settings = serve.settings()?;
     let initial = match &serve.config {
         Some(path) => config::read(path)
@@ -141,7 +169,6 @@ fn run_serve(serve: cli::Serve) -> anyhow::Result<()> {
             hash: "none yet (xDS)".to_string(),
         },
     };
-    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
         let grpc = TcpListener::bind(serve.grpc_addr)
             .await
@@ -190,15 +217,32 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     }
 }
 
-fn init_logging(log: &cli::Log) {
+/// Logs on stderr, filtered by `--log-level`; with `traces`, the decision spans exported too,
+/// whatever the log level (their own filter).
+fn init_logging(log: &cli::Log, traces: Option<&opentelemetry_sdk::trace::SdkTracerProvider>) {
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+
     let filter = tracing_subscriber::EnvFilter::try_new(&log.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    match log.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    let fmt = match log.log_format {
+        LogFormat::Text => fmt.boxed(),
+        LogFormat::Json => fmt.json().boxed(),
+    };
+    let spans = traces.map(|provider| {
+        let decisions = tracing_subscriber::filter::Targets::new()
+            .with_target("ratelimitd::service", tracing::Level::DEBUG);
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("ratelimitd"))
+            .with_filter(decisions)
+    });
+    tracing_subscriber::registry()
+        .with(fmt.with_filter(filter))
+        .with(spans)
+        .init();
 }

@@ -22,6 +22,7 @@ use tonic::body::Body;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::{Service, StdError, http};
 use tonic::server::{Grpc, NamedService, UnaryService};
+use tracing::Instrument;
 
 use crate::proto;
 use crate::service::{Answer, Decided, MAX_REQUEST_BYTES, RlsService};
@@ -75,7 +76,7 @@ where
 struct ShouldRateLimit(Arc<RlsService>, std::time::Instant);
 
 type Answered = Result<tonic::Response<Answer>, Status>;
-type Waiting = BoxFuture<'static, Result<Answer, Status>>;
+type Waiting = tracing::instrument::Instrumented<BoxFuture<'static, Result<Answer, Status>>>;
 
 impl UnaryService<Bytes> for ShouldRateLimit {
     type Response = Answer;
@@ -83,9 +84,18 @@ impl UnaryService<Bytes> for ShouldRateLimit {
 
     fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
         let respond: fn(Result<Answer, Status>) -> Answered = |a| a.map(tonic::Response::new);
+        // The call's span, for traces (`traces.rs`); off, and one check, unless exported.
+        let call = tracing::debug_span!(target: "ratelimitd::service", "ShouldRateLimit");
+        if !call.is_disabled() {
+            crate::traces::continue_trace(&call, request.metadata());
+        }
+        let entered = call.enter();
         match self.0.decide_since(request.into_inner(), self.1) {
             Decided::Now(answer) => Either::Left(ready(respond(answer))),
-            Decided::Later(answer) => Either::Right(answer.map(respond)),
+            Decided::Later(answer) => {
+                drop(entered);
+                Either::Right(answer.instrument(call).map(respond))
+            }
         }
     }
 }
