@@ -106,10 +106,23 @@ async fn rules_arrive_over_ads_are_acked_replaced_and_a_broken_set_is_nacked() {
     );
 
     // The ADS server goes away: ratelimitd keeps serving by the last rules.
-    ads.task.abort();
+    let addr = ads.stop();
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(admitted(&mut client, "c", 6).await, 5);
     assert_eq!(healthcheck(&server).await.0, 200);
+
+    // Back on the same address: ratelimitd reconnects, asks for what it has (version 2), and
+    // takes the new set.
+    let mut back = AdsServer::start_at(&addr, None).await;
+    let first = back.next_request().await;
+    assert_eq!(
+        first.version_info, "2",
+        "it asks with the version it applied"
+    );
+    back.publish("4", &[gateway_resource(1, RateLimitUnit::Minute)]);
+    let ack = back.answer_to("nonce-4").await;
+    assert!(ack.error_detail.is_none(), "{ack:?}");
+    assert_eq!(admitted(&mut client, "d", 3).await, 1, "version 4 decides");
     server.stop().await;
 }
 

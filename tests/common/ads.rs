@@ -72,7 +72,7 @@ pub struct AdsServer {
     pub url: String,
     serve: watch::Sender<Option<DiscoveryResponse>>,
     requests: mpsc::UnboundedReceiver<DiscoveryRequest>,
-    pub task: tokio::task::JoinHandle<()>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl AdsServer {
@@ -82,7 +82,12 @@ impl AdsServer {
 
     /// With `tls`, the server speaks TLS only, and accepts only clients it verifies.
     pub async fn start_with(tls: Option<Arc<rustls::ServerConfig>>) -> AdsServer {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        AdsServer::start_at("127.0.0.1:0", tls).await
+    }
+
+    /// On `addr` (`host:port`: a restart on the same port).
+    pub async fn start_at(addr: &str, tls: Option<Arc<rustls::ServerConfig>>) -> AdsServer {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (serve, current) = watch::channel(None);
         let (sender, requests) = mpsc::unbounded_channel();
@@ -140,6 +145,21 @@ impl AdsServer {
             ..Default::default()
         };
         self.serve.send_replace(Some(response));
+    }
+
+    /// Stops listening and ends every open stream, as a stopped server does; its `host:port`.
+    pub fn stop(self) -> String {
+        self.task.abort();
+        // Dropping what is served ends the streams of the connections still open.
+        self.url.trim_start_matches("http://").to_string()
+    }
+
+    /// The next request received, within 10 s.
+    pub async fn next_request(&mut self) -> DiscoveryRequest {
+        tokio::time::timeout(Duration::from_secs(10), self.requests.recv())
+            .await
+            .expect("a request within 10 s")
+            .expect("the stream is open")
     }
 
     /// The next request that answers `nonce` (an ACK or a NACK), within 10 s.
