@@ -89,6 +89,10 @@ pub struct Serve {
     /// The node id ratelimitd gives the ADS server (`CONFIG_GRPC_XDS_NODE_ID`).
     #[arg(long, env = "RATELIMITD_XDS_NODE_ID", default_value = "default")]
     pub xds_node_id: String,
+    /// The node's metadata sent to the ADS server: `key=value,key2=value2`
+    /// (`CONFIG_GRPC_XDS_NODE_METADATA`).
+    #[arg(long, env = "RATELIMITD_XDS_NODE_METADATA", default_value = "")]
+    pub xds_node_metadata: String,
     /// Serve and report ready before the first rules arrive over xDS, answering OK for every
     /// domain meanwhile (`FORCE_START_WITHOUT_INITIAL_CONFIG`); else not ready until they do.
     #[arg(long, env = "RATELIMITD_XDS_FORCE_START", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
@@ -338,6 +342,7 @@ impl Serve {
                     server_name: self.xds_tls_server_name.clone(),
                 }),
                 node_id: self.xds_node_id.clone(),
+                node_metadata: ratelimitd::xds::node_metadata(&self.xds_node_metadata),
                 force_start: self.xds_force_start,
             }),
             ..Settings::default()

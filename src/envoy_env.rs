@@ -56,7 +56,6 @@ const NO_EFFECT: &[&str] = &[
     "REDIS_PIPELINE_WINDOW",
     "REDIS_PIPELINE_LIMIT",
     "REDIS_HEALTH_CHECK_ACTIVE_CONNECTION",
-    "CONFIG_GRPC_XDS_NODE_METADATA",
     "CONFIG_GRPC_XDS_SERVER_CONNECT_RETRY_INTERVAL",
     "CONFIG_GRPC_XDS_CLIENT_ADDITIONAL_HEADERS",
     "REDIS_PERSECOND_SOCKET_TYPE",
@@ -241,6 +240,9 @@ pub fn translate(get: impl Fn(&str) -> Option<String>) -> Result<Translated, Uns
         flag("--xds-server", server);
         if let Some(node) = set("CONFIG_GRPC_XDS_NODE_ID") {
             flag("--xds-node-id", node);
+        }
+        if let Some(metadata) = set("CONFIG_GRPC_XDS_NODE_METADATA") {
+            flag("--xds-node-metadata", metadata);
         }
         if is_true("FORCE_START_WITHOUT_INITIAL_CONFIG") {
             flag("--xds-force-start", "true".into());

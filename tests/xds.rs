@@ -52,6 +52,7 @@ async fn rules_arrive_over_ads_are_acked_replaced_and_a_broken_set_is_nacked() {
         server: ads.url.clone(),
         tls: None,
         node_id: "envoy-ratelimit".into(),
+        node_metadata: ratelimitd::xds::node_metadata("cluster=eg,zone=a,broken"),
         force_start: false,
     })
     .await;
@@ -133,6 +134,7 @@ async fn forced_start_is_ready_at_once_and_answers_ok_until_the_first_rules() {
         server: ads.url.clone(),
         tls: None,
         node_id: "n".into(),
+        node_metadata: Vec::new(),
         force_start: true,
     })
     .await;
@@ -167,6 +169,7 @@ async fn rules_arrive_over_mutual_tls_and_a_client_without_a_certificate_gets_no
         server: ads.url.replace("http://", "https://"),
         tls: Some(tls),
         node_id: "envoy-ratelimit".into(),
+        node_metadata: Vec::new(),
         force_start: false,
     };
     // Without a client certificate the server refuses it: no rules, not ready.

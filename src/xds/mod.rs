@@ -18,6 +18,8 @@ use std::time::Duration;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::google::protobuf::value::Kind;
+use envoy_types::pb::google::protobuf::{Struct, Value};
 use envoy_types::pb::google::rpc::Status;
 use tokio::sync::mpsc;
 use tonic::transport::Endpoint;
@@ -36,9 +38,20 @@ pub struct XdsSettings {
     pub tls: Option<ClientTls>,
     /// The node id sent in every request (`CONFIG_GRPC_XDS_NODE_ID`).
     pub node_id: String,
+    /// The node's metadata, string values by key (`CONFIG_GRPC_XDS_NODE_METADATA`).
+    pub node_metadata: Vec<(String, String)>,
     /// Serve, and report ready, before the first rules arrive
     /// (`FORCE_START_WITHOUT_INITIAL_CONFIG`); else not ready until they do.
     pub force_start: bool,
+}
+
+/// Node metadata as envoyproxy/ratelimit reads `CONFIG_GRPC_XDS_NODE_METADATA`: `key=value`
+/// pairs joined by commas; an entry without `=` is skipped.
+pub fn node_metadata(text: &str) -> Vec<(String, String)> {
+    text.split(',')
+        .filter_map(|entry| entry.split_once('='))
+        .map(|(key, value)| (key.to_string(), value.to_string()))
+        .collect()
 }
 
 impl XdsSettings {
@@ -191,6 +204,18 @@ fn request(
         version_info: version.to_string(),
         node: Some(Node {
             id: settings.node_id.clone(),
+            metadata: (!settings.node_metadata.is_empty()).then(|| Struct {
+                fields: settings
+                    .node_metadata
+                    .iter()
+                    .map(|(key, value)| {
+                        let value = Value {
+                            kind: Some(Kind::StringValue(value.clone())),
+                        };
+                        (key.clone(), value)
+                    })
+                    .collect(),
+            }),
             ..Default::default()
         }),
         type_url: resource::TYPE_URL.to_string(),
