@@ -74,12 +74,12 @@ impl Health {
 
 #[derive(Debug, clap::Args)]
 pub struct Serve {
-    /// A rule file, or a directory of rule files (one domain per file); or `--xds-server`.
+    /// A rule file, or a directory of rule files (one domain per file); with `--xds-server` the
+    /// rules come over xDS and this is not read (the image sets it for the file case).
     #[arg(
         long,
         env = "RATELIMITD_CONFIG",
-        required_unless_present = "xds_server",
-        conflicts_with = "xds_server"
+        required_unless_present = "xds_server"
     )]
     pub config: Option<PathBuf>,
     /// Take the rules over xDS from this ADS server (`http://host:port`; envoyproxy/ratelimit's
@@ -262,6 +262,11 @@ pub struct Serve {
 }
 
 impl Serve {
+    /// The rule files, unless the rules come over xDS.
+    pub fn rule_files(&self) -> Option<PathBuf> {
+        self.config.clone().filter(|_| self.xds_server.is_none())
+    }
+
     /// How traces are exported, if they are.
     pub fn traces(&self) -> Option<TraceSettings> {
         Some(TraceSettings {
@@ -329,7 +334,7 @@ impl Serve {
                 |n| usize::try_from(n).unwrap_or(usize::MAX),
             ),
             backend,
-            reload: self.config.clone().map(|path| ReloadSettings {
+            reload: self.rule_files().map(|path| ReloadSettings {
                 path,
                 poll_interval: Duration::from_millis(self.reload_poll_ms),
                 on_sighup: true,

@@ -152,7 +152,7 @@ fn run_health(health: &cli::Health) -> ExitCode {
 
 fn run_serve(serve: cli::Serve, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     let settings = serve.settings()?;
-    let initial = match &serve.config {
+    let initial = match &serve.rule_files() {
         Some(path) => config::read(path)
             .and_then(|sources| {
                 let rules = sources.parse()?;

@@ -175,6 +175,8 @@ async fn envoy_gateway_s_environment_takes_its_rules_over_xds() {
             ("PORT", "0"),
             ("GRPC_HOST", "127.0.0.1"),
             ("GRPC_PORT", "0"),
+            // The image sets it for the file case (Dockerfile); xDS must win.
+            ("RATELIMITD_CONFIG", "/etc/ratelimitd"),
         ],
     );
     command.current_dir(read_only.path());
