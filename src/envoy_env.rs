@@ -21,6 +21,21 @@ pub struct Translated {
     pub no_effect: Vec<String>,
 }
 
+impl Translated {
+    fn flag(&mut self, name: &str, value: String) {
+        self.flags.push((name.to_string(), value));
+    }
+
+    /// Each `(variable, flag)` pair whose variable is set becomes that flag with its value.
+    fn pass(&mut self, set: &impl Fn(&str) -> Option<String>, pairs: &[(&str, &str)]) {
+        for (name, to) in pairs {
+            if let Some(value) = set(name) {
+                self.flag(to, value);
+            }
+        }
+    }
+}
+
 /// A variable ratelimitd cannot honour.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{variable}={value}: {reason}")]
@@ -85,7 +100,6 @@ pub fn translate(get: impl Fn(&str) -> Option<String>) -> Result<Translated, Uns
         value,
         reason,
     };
-    let mut flag = |name: &str, value: String| out.flags.push((name.to_string(), value));
 
     // Refusals first: what ratelimitd does not do.
     if let Some(v) = set("PROTO").filter(|v| v != "tcp") {
@@ -196,7 +210,7 @@ pub fn translate(get: impl Fn(&str) -> Option<String>) -> Result<Translated, Uns
     if set("HOST").is_some() || set("PORT").is_some() {
         let host = set("HOST").unwrap_or_else(|| "0.0.0.0".into());
         let port = set("PORT").unwrap_or_else(|| "8080".into());
-        flag("--http-addr", join(&host, &port));
+        out.flag("--http-addr", join(&host, &port));
     }
     if let Some(addr) = set("PROMETHEUS_ADDR") {
         // Go's `:19001` listens on every address.
@@ -204,30 +218,29 @@ pub fn translate(get: impl Fn(&str) -> Option<String>) -> Result<Translated, Uns
             Some(port) => format!("0.0.0.0:{port}"),
             None => addr,
         };
-        flag("--metrics-addr", addr);
+        out.flag("--metrics-addr", addr);
     }
     if set("GRPC_HOST").is_some() || set("GRPC_PORT").is_some() {
         let host = set("GRPC_HOST").unwrap_or_else(|| "0.0.0.0".into());
         let port = set("GRPC_PORT").unwrap_or_else(|| "8081".into());
-        flag("--grpc-addr", join(&host, &port));
+        out.flag("--grpc-addr", join(&host, &port));
     }
     if is_true("GRPC_SERVER_USE_TLS") {
-        for (name, to) in [
-            ("GRPC_SERVER_TLS_CERT", "--grpc-tls-cert"),
-            ("GRPC_SERVER_TLS_KEY", "--grpc-tls-key"),
-            ("GRPC_CLIENT_TLS_CACERT", "--grpc-tls-client-ca"),
-            ("GRPC_CLIENT_TLS_SAN", "--grpc-tls-client-san"),
-        ] {
-            if let Some(v) = set(name) {
-                flag(to, v);
-            }
-        }
+        out.pass(
+            &set,
+            &[
+                ("GRPC_SERVER_TLS_CERT", "--grpc-tls-cert"),
+                ("GRPC_SERVER_TLS_KEY", "--grpc-tls-key"),
+                ("GRPC_CLIENT_TLS_CACERT", "--grpc-tls-client-ca"),
+                ("GRPC_CLIENT_TLS_SAN", "--grpc-tls-client-san"),
+            ],
+        );
     }
     if let Some(level) = set("LOG_LEVEL") {
-        flag("--log-level", level.to_ascii_lowercase());
+        out.flag("--log-level", level.to_ascii_lowercase());
     }
     if let Some(format) = set("LOG_FORMAT") {
-        flag("--log-format", format.to_ascii_lowercase());
+        out.flag("--log-format", format.to_ascii_lowercase());
     }
     if xds {
         // Go's grpc.Dial takes `host:port`.
@@ -237,27 +250,26 @@ pub fn translate(get: impl Fn(&str) -> Option<String>) -> Result<Translated, Uns
         } else {
             format!("http://{server}")
         };
-        flag("--xds-server", server);
+        out.flag("--xds-server", server);
         if let Some(node) = set("CONFIG_GRPC_XDS_NODE_ID") {
-            flag("--xds-node-id", node);
+            out.flag("--xds-node-id", node);
         }
         if let Some(metadata) = set("CONFIG_GRPC_XDS_NODE_METADATA") {
-            flag("--xds-node-metadata", metadata);
+            out.flag("--xds-node-metadata", metadata);
         }
         if is_true("FORCE_START_WITHOUT_INITIAL_CONFIG") {
-            flag("--xds-force-start", "true".into());
+            out.flag("--xds-force-start", "true".into());
         }
         if is_true("CONFIG_GRPC_XDS_SERVER_USE_TLS") {
-            for (name, to) in [
-                ("CONFIG_GRPC_XDS_SERVER_TLS_CACERT", "--xds-tls-ca"),
-                ("CONFIG_GRPC_XDS_CLIENT_TLS_CERT", "--xds-tls-cert"),
-                ("CONFIG_GRPC_XDS_CLIENT_TLS_KEY", "--xds-tls-key"),
-                ("CONFIG_GRPC_XDS_SERVER_TLS_SAN", "--xds-tls-server-name"),
-            ] {
-                if let Some(v) = set(name) {
-                    flag(to, v);
-                }
-            }
+            out.pass(
+                &set,
+                &[
+                    ("CONFIG_GRPC_XDS_SERVER_TLS_CACERT", "--xds-tls-ca"),
+                    ("CONFIG_GRPC_XDS_CLIENT_TLS_CERT", "--xds-tls-cert"),
+                    ("CONFIG_GRPC_XDS_CLIENT_TLS_KEY", "--xds-tls-key"),
+                    ("CONFIG_GRPC_XDS_SERVER_TLS_SAN", "--xds-tls-server-name"),
+                ],
+            );
         }
     } else if set("RUNTIME_ROOT").is_some() || set("RUNTIME_SUBDIRECTORY").is_some() {
         let root = set("RUNTIME_ROOT").unwrap_or_else(|| "/srv/runtime_data/current".into());
@@ -266,19 +278,20 @@ pub fn translate(get: impl Fn(&str) -> Option<String>) -> Result<Translated, Uns
             dir.push(sub);
         }
         dir.push(set("RUNTIME_APPDIRECTORY").unwrap_or_else(|| "config".into()));
-        flag("--config", dir.display().to_string());
+        out.flag("--config", dir.display().to_string());
     }
     if let Some(url) = set("REDIS_URL") {
-        flag("--backend", redis_backend(&url, &set)?);
+        out.flag("--backend", redis_backend(&url, &set)?);
     }
-    for (name, to) in [
-        ("REDIS_TLS_CACERT", "--redis-tls-ca"),
-        ("REDIS_TLS_CLIENT_CERT", "--redis-tls-cert"),
-        ("REDIS_TLS_CLIENT_KEY", "--redis-tls-key"),
-    ] {
-        if let Some(v) = set(name).filter(|_| set("REDIS_URL").is_some()) {
-            flag(to, v);
-        }
+    if set("REDIS_URL").is_some() {
+        out.pass(
+            &set,
+            &[
+                ("REDIS_TLS_CACERT", "--redis-tls-ca"),
+                ("REDIS_TLS_CLIENT_CERT", "--redis-tls-cert"),
+                ("REDIS_TLS_CLIENT_KEY", "--redis-tls-key"),
+            ],
+        );
     }
     if tracing {
         let endpoint =
@@ -288,33 +301,32 @@ pub fn translate(get: impl Fn(&str) -> Option<String>) -> Result<Translated, Uns
         } else {
             format!("http://{endpoint}")
         };
-        flag("--otlp-endpoint", endpoint);
-        flag(
+        out.flag("--otlp-endpoint", endpoint);
+        out.flag(
             "--otlp-service-name",
             set("TRACING_SERVICE_NAME").unwrap_or_else(|| "RateLimit".into()),
         );
-        for (name, to) in [
-            ("TRACING_SERVICE_NAMESPACE", "--otlp-service-namespace"),
-            ("TRACING_SERVICE_INSTANCE_ID", "--otlp-instance-id"),
-            ("TRACING_SAMPLING_RATE", "--otlp-sampling-rate"),
-        ] {
-            if let Some(v) = set(name) {
-                flag(to, v);
-            }
-        }
+        out.pass(
+            &set,
+            &[
+                ("TRACING_SERVICE_NAMESPACE", "--otlp-service-namespace"),
+                ("TRACING_SERVICE_INSTANCE_ID", "--otlp-instance-id"),
+                ("TRACING_SAMPLING_RATE", "--otlp-sampling-rate"),
+            ],
+        );
     }
     if let Some(prefix) = set("CACHE_KEY_PREFIX") {
-        flag("--redis-key-prefix", prefix);
+        out.flag("--redis-key-prefix", prefix);
     }
     if is_true("SHADOW_MODE") {
-        flag("--shadow-mode", "true".into());
+        out.flag("--shadow-mode", "true".into());
     }
     if is_true("DISABLE_STATS") {
-        flag("--decision-metrics", "false".into());
+        out.flag("--decision-metrics", "false".into());
     }
     match set("LIMIT_RESPONSE_HEADERS_ENABLED").map(|v| parse_bool(&v)) {
-        Some(true) => flag("--header-style", "ratelimit".into()),
-        Some(false) => flag("--header-style", "none".into()),
+        Some(true) => out.flag("--header-style", "ratelimit".into()),
+        Some(false) => out.flag("--header-style", "none".into()),
         None => {}
     }
     for name in NO_EFFECT {
