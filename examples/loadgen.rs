@@ -89,6 +89,10 @@ struct InstructionsArgs {
     /// Requests in the longer of the two runs (the shorter sends a tenth as many).
     #[arg(long, default_value_t = 20_000)]
     requests: usize,
+    /// ratelimitd counts in a redis-server started for the run (Redis's own instructions are
+    /// not counted: it is another process).
+    #[arg(long)]
+    redis: bool,
     #[command(flatten)]
     binaries: Binaries,
 }
@@ -973,6 +977,13 @@ fn instructions_for(
 }
 
 fn instructions(args: InstructionsArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let redis = if args.redis {
+        Some(RedisProcess::start()?)
+    } else {
+        None
+    };
+    let mut binaries = args.binaries.clone();
+    binaries.backend = redis.as_ref().map(RedisProcess::url);
     let long = args.requests.max(10);
     let short = long / 10;
     println!("| scenario | server | instructions per decision | ratio |");
@@ -990,14 +1001,22 @@ fn instructions(args: InstructionsArgs) -> Result<(), Box<dyn std::error::Error>
                     format!("no-op answering like ratelimitd ({answer})"),
                     Kind::Noop(answer),
                 ),
-                ("ratelimitd".into(), Kind::Ratelimitd(&[])),
+                // Under valgrind a healthy Redis answers late: wait for it rather than fall back.
+                (
+                    "ratelimitd".into(),
+                    Kind::Ratelimitd(if args.redis {
+                        &["--backend-timeout-ms", "2000"]
+                    } else {
+                        &[]
+                    }),
+                ),
             ]
         };
         let mut base = f64::NAN;
         for (i, (label, kind)) in kinds.into_iter().enumerate() {
             // The difference of two runs cancels start-up and shutdown.
-            let per = (instructions_for(&args.binaries, kind, long, &load_args)? as f64
-                - instructions_for(&args.binaries, kind, short, &load_args)? as f64)
+            let per = (instructions_for(&binaries, kind, long, &load_args)? as f64
+                - instructions_for(&binaries, kind, short, &load_args)? as f64)
                 / (long - short) as f64;
             if i == 0 {
                 base = per;

@@ -79,6 +79,8 @@ pub enum Backend {
         key_prefix: String,
         /// TLS with a CA and client certificate of one's own (`--redis-tls-*`).
         tls: Option<RedisTls>,
+        /// Bytes of the local over-limit cache (`--local-cache-bytes`; 0: off).
+        local_cache_bytes: usize,
     },
 }
 
@@ -192,6 +194,7 @@ pub async fn serve(
                 on_error,
                 key_prefix,
                 tls,
+                local_cache_bytes,
             } => {
                 let redis =
                     RedisStore::start_with_tls(target.clone(), *timeout, key_prefix, tls.clone());
@@ -202,7 +205,13 @@ pub async fn serve(
                         "Redis not reachable yet: answering by --on-backend-error until it is"
                     );
                 }
-                Limiter::shared(redis, *on_error, budget, settings.replicas)
+                Limiter::shared(
+                    redis,
+                    *on_error,
+                    budget,
+                    settings.replicas,
+                    *local_cache_bytes,
+                )
             }
         }
         .with_default_algorithm(settings.default_algorithm),

@@ -191,6 +191,10 @@ pub struct Serve {
         default_value = "application/json"
     )]
     pub over_limit_content_type: String,
+    /// Bytes of the local over-limit cache in Redis mode (`64MiB`, or bytes; 0: off): a counter
+    /// Redis said is full is refused here, without a Redis call, until a request could pass.
+    #[arg(long, env = "RATELIMITD_LOCAL_CACHE_BYTES", default_value = DEFAULT_LOCAL_CACHE, value_parser = byte_size)]
+    pub local_cache_bytes: usize,
     /// Replicas counting in the same Redis: while Redis is away, `--on-backend-error local`
     /// admits one share in this many of what Redis last said was left for each counter.
     #[arg(long, env = "RATELIMITD_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
@@ -294,6 +298,7 @@ impl Serve {
                         client: self.redis_tls_cert.clone().zip(self.redis_tls_key.clone()),
                     }
                 }),
+                local_cache_bytes: self.local_cache_bytes,
             }
         };
         Ok(Settings {
@@ -423,12 +428,20 @@ const MIN_COUNTER_MEMORY: u64 = 1 << 20;
 
 /// Reads `--max-counter-memory`: a size such as `512MiB`, `2GiB` or `100MB`, or bytes.
 fn counter_memory(text: &str) -> Result<usize, String> {
-    let size: bytesize::ByteSize = text.parse()?;
-    let bytes = size.as_u64();
-    if bytes < MIN_COUNTER_MEMORY {
+    let bytes = byte_size(text)?;
+    if (bytes as u64) < MIN_COUNTER_MEMORY {
         return Err(format!("{text} is less than the least, 1MiB"));
     }
-    Ok(usize::try_from(bytes).unwrap_or(usize::MAX))
+    Ok(bytes)
+}
+
+/// The default of `--local-cache-bytes`: about 380,000 counters.
+const DEFAULT_LOCAL_CACHE: &str = "64MiB";
+
+/// Reads a size such as `64MiB`, `2GiB` or `100MB`, or bytes.
+fn byte_size(text: &str) -> Result<usize, String> {
+    let size: bytesize::ByteSize = text.parse()?;
+    Ok(usize::try_from(size.as_u64()).unwrap_or(usize::MAX))
 }
 
 /// Reads `--redis-key-prefix`: any text but `{` and `}` (a Redis Cluster hashes what braces

@@ -64,7 +64,6 @@ const NO_EFFECT: &[&str] = &[
     "RUNTIME_WATCH_ROOT",
     "RUNTIME_IGNOREDOTFILES",
     "EXPIRATION_JITTER_MAX_SECONDS",
-    "LOCAL_CACHE_SIZE_IN_BYTES",
     "STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT",
     "HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED",
     "REDIS_POOL_SIZE",
@@ -287,6 +286,7 @@ pub fn translate(get: impl Fn(&str) -> Option<String>) -> Result<Translated, Uns
         out.pass(
             &set,
             &[
+                ("LOCAL_CACHE_SIZE_IN_BYTES", "--local-cache-bytes"),
                 ("REDIS_TLS_CACERT", "--redis-tls-ca"),
                 ("REDIS_TLS_CLIENT_CERT", "--redis-tls-cert"),
                 ("REDIS_TLS_CLIENT_KEY", "--redis-tls-key"),
@@ -494,6 +494,15 @@ mod tests {
             Some("redis://:pw@r:6379")
         );
         assert_eq!(flag(&[], "--backend"), None, "nothing set: memory");
+        let cache = [
+            ("REDIS_URL", "r:6379"),
+            ("REDIS_SOCKET_TYPE", "tcp"),
+            ("LOCAL_CACHE_SIZE_IN_BYTES", "1048576"),
+        ];
+        assert_eq!(
+            flag(&cache, "--local-cache-bytes").as_deref(),
+            Some("1048576")
+        );
         let unix = translate(env(&[("REDIS_URL", "/var/run/r.sock")])).unwrap_err();
         assert_eq!(
             unix.variable, "REDIS_SOCKET_TYPE",

@@ -60,6 +60,8 @@ pub struct Metrics {
     backend_late: IntCounter,
     backend_fallbacks: IntCounter,
     backend_outages: IntCounter,
+    local_cache_refusals: IntCounter,
+    local_cache_entries: IntGauge,
     global_shadow_mode: IntCounter,
     shadow_mode_on: IntGauge,
     /// The most series named by request values per rule window.
@@ -82,6 +84,7 @@ struct RuleFamilies {
     near_limit: IntCounterVec,
     within_limit: IntCounterVec,
     shadow_mode: IntCounterVec,
+    over_limit_with_local_cache: IntCounterVec,
 }
 
 /// The metric series of every rule window of one installed rule set, each registered at its
@@ -149,6 +152,7 @@ pub struct RuleCounters {
     near_limit: IntCounter,
     within_limit: IntCounter,
     shadow_mode: IntCounter,
+    over_limit_with_local_cache: IntCounter,
 }
 
 /// Why a metric could not be set up: a programming error (a duplicate name), reported at start.
@@ -186,6 +190,10 @@ impl Metrics {
             shadow_mode: rule_family(
                 "shadow_mode",
                 "Hits past the limit of a shadow-mode rule, which were let through.",
+            )?,
+            over_limit_with_local_cache: rule_family(
+                "over_limit_with_local_cache",
+                "Hits past the rule's limit refused by the local over-limit cache, without a Redis call (also in over_limit).",
             )?,
         };
         let counter = |name: &str, help: &str| -> Result<IntCounter, MetricsError> {
@@ -336,6 +344,14 @@ impl Metrics {
                 "ratelimitd_backend_outages_total",
                 "Periods during which Redis was down.",
             )?,
+            local_cache_refusals: counter(
+                "ratelimitd_local_cache_refusals_total",
+                "Requests refused by the local over-limit cache, without a Redis call.",
+            )?,
+            local_cache_entries: gauge(
+                "ratelimitd_local_cache_entries",
+                "Counters in the local over-limit cache (--local-cache-bytes).",
+            )?,
             global_shadow_mode: counter(
                 "ratelimit_service_global_shadow_mode",
                 "Requests answered OK only because of --shadow-mode (they were over a limit).",
@@ -485,6 +501,9 @@ impl Metrics {
             catch_up(&self.backend_late, backend.late);
             catch_up(&self.backend_fallbacks, backend.fallbacks);
             catch_up(&self.backend_outages, backend.outages);
+            catch_up(&self.local_cache_refusals, backend.cached);
+            self.local_cache_entries
+                .set(i64::try_from(backend.cache_entries).unwrap_or(i64::MAX));
         } else {
             self.backend_up.set(1);
         }
@@ -510,6 +529,9 @@ impl RuleFamilies {
             near_limit: self.near_limit.with_label_values(&labels),
             within_limit: self.within_limit.with_label_values(&labels),
             shadow_mode: self.shadow_mode.with_label_values(&labels),
+            over_limit_with_local_cache: self
+                .over_limit_with_local_cache
+                .with_label_values(&labels),
         }
     }
 }
@@ -566,6 +588,9 @@ impl RuleCounters {
             if outcome.shadow_mode {
                 self.shadow_mode.inc_by(hits);
             }
+            if outcome.local_cache {
+                self.over_limit_with_local_cache.inc_by(hits);
+            }
         } else {
             if after > near {
                 self.near_limit
@@ -606,6 +631,7 @@ mod tests {
             requests_per_unit: 10,
             over_limit,
             shadow_mode: false,
+            local_cache: false,
         }
     }
 
@@ -642,6 +668,13 @@ mod tests {
             ..outcome(10, 2, true)
         });
         assert_eq!(read(&c), [2, 2, 0, 0, 2]);
+        let (_metrics, c) = counters();
+        c.record(WindowOutcome {
+            local_cache: true,
+            ..outcome(10, 3, true)
+        });
+        assert_eq!(read(&c), [3, 3, 0, 0, 0]);
+        assert_eq!(c.over_limit_with_local_cache.get(), 3);
     }
 
     #[test]

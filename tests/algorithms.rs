@@ -140,6 +140,7 @@ async fn two_replicas_share_a_token_bucket_and_a_sliding_window_in_redis() {
             on_error: OnBackendError::Deny,
             key_prefix: String::new(),
             tls: None,
+            local_cache_bytes: 1 << 20,
         },
         ..Settings::default()
     };

@@ -175,6 +175,17 @@ fn ten_busy_runs_admit_exactly_the_limit(replicas: &[Ratelimitd], name: &str) {
             replicas.iter().map(backend_metrics).collect::<Vec<_>>()
         );
     }
+    // Exact with the local over-limit cache on (the default), and the cache did answer.
+    let cached: f64 = replicas
+        .iter()
+        .map(|r| {
+            metric(
+                &http_get(&r.http_addr, "/metrics").1,
+                "ratelimitd_local_cache_refusals_total",
+            )
+        })
+        .sum();
+    assert!(cached > 0.0, "{name}: no refusal came from the local cache");
 }
 
 /// One busy test at a time: each makes the machine as busy as it is meant to be.

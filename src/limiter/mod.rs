@@ -21,6 +21,7 @@ pub mod clock;
 mod counter_table;
 mod key;
 mod memory;
+mod over_limit_cache;
 pub mod redis;
 mod redis_batcher;
 mod redis_script;
@@ -123,6 +124,8 @@ pub struct WindowOutcome {
     /// These hits do not fit in this window (for a check-only descriptor: it is full).
     pub over_limit: bool,
     pub shadow_mode: bool,
+    /// The request was refused by the local over-limit cache, without asking Redis.
+    pub local_cache: bool,
 }
 
 /// Decides requests against rules, counting in a store: process memory, or Redis with its
@@ -181,15 +184,23 @@ impl Limiter {
 
     /// Counting in Redis; with `OnBackendError::Local`, what Redis last said and the hits
     /// counted while it is away are kept in memory, each within `budget`, of which this replica
-    /// takes one share in `replicas`.
+    /// takes one share in `replicas`. Refusals of counters Redis said are full are answered by
+    /// a local cache of `local_cache_bytes` (0: off).
     pub fn shared(
         redis: Arc<RedisStore>,
         on_error: OnBackendError,
         budget: Budget,
         replicas: u32,
+        local_cache_bytes: usize,
     ) -> Limiter {
         Limiter {
-            store: Store::Redis(Shared::new(redis, on_error, budget, replicas)),
+            store: Store::Redis(Shared::new(
+                redis,
+                on_error,
+                budget,
+                replicas,
+                local_cache_bytes,
+            )),
             default_algorithm: Algorithm::FixedWindow,
         }
     }
@@ -259,7 +270,7 @@ impl Limiter {
                 let (admitted, counts) = store.apply(&plan.batch);
                 Ok(Counted::Counts(admitted, counts))
             }
-            Store::Redis(shared) => shared.count(&plan.batch).await,
+            Store::Redis(shared) => shared.count(&plan.batch, rules.generation()).await,
         };
         Ok(plan.conclude(request, counted?, observe))
     }
@@ -401,8 +412,9 @@ impl<'l> Plan<'l> {
         mut observe: impl FnMut(&Limit, &[(&str, &str)], WindowOutcome),
     ) -> Decision {
         let descriptors = request.descriptors.len();
-        let (admitted, counts) = match counted {
-            Counted::Counts(admitted, counts) => (admitted, counts),
+        let (admitted, counts, local_cache) = match counted {
+            Counted::Counts(admitted, counts) => (admitted, counts, false),
+            Counted::Cached(counts) => (false, counts, true),
             Counted::Allowed => return Decision::unlimited(descriptors),
             Counted::Denied => return Decision::denied(descriptors, &self.planned),
         };
@@ -411,7 +423,11 @@ impl<'l> Plan<'l> {
                 .descriptors
                 .get(plan.descriptor)
                 .map_or(&[][..], |d| &d.entries[..]);
-            observe(plan.limit, entries, plan.outcome(admitted, count));
+            let outcome = WindowOutcome {
+                local_cache,
+                ..plan.outcome(admitted, count)
+            };
+            observe(plan.limit, entries, outcome);
         }
         Decision::from_counts(request, &self.planned, &counts)
     }
@@ -435,6 +451,7 @@ impl Planned<'_> {
                 self.limit.requests_per_unit,
             ),
             shadow_mode: self.limit.shadow_mode,
+            local_cache: false,
         }
     }
 }

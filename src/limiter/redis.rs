@@ -29,6 +29,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{RedisError, Script};
+use smallvec::SmallVec;
 use tokio::sync::{OnceCell, mpsc, oneshot};
 
 use super::algorithm::{SlidingCounts, Standing};
@@ -317,29 +318,47 @@ impl RedisStore {
 
     /// Counts `batch`, all or nothing, within the [late bound](RedisStore::late_bound).
     pub async fn apply(&self, batch: &Batch) -> Result<(bool, Counts), BackendError> {
+        self.apply_tagged(batch, &tags_of(batch)).await
+    }
+
+    /// [`RedisStore::apply`], with the batch's [`tags_of`] already computed.
+    pub async fn apply_tagged(
+        &self,
+        batch: &Batch,
+        tags: &[Tag],
+    ) -> Result<(bool, Counts), BackendError> {
         let connection = self
             .connection
             .get()
             .cloned()
             .ok_or(BackendError::NotConnected)?;
         let bound = self.late_bound();
-        tokio::time::timeout(bound, self.apply_on(connection, batch))
+        tokio::time::timeout(bound, self.apply_on(connection, batch, tags))
             .await
             .map_err(|_| BackendError::Timeout(bound))?
+    }
+
+    /// The Redis key of one increment's counter: see the module documentation.
+    fn key(&self, tags: &[Tag], inc: &Increment) -> RedisKey {
+        redis_key(&self.key_prefix, &tags[inc.key], inc)
     }
 
     async fn apply_on(
         &self,
         connection: Connection,
         batch: &Batch,
+        tags: &[Tag],
     ) -> Result<(bool, Counts), BackendError> {
         let all: Vec<usize> = (0..batch.increments.len()).collect();
         match connection {
             Connection::Single(jobs) => {
-                let mut tags = KeyTags::new(batch, &self.key_prefix);
                 let (reply, answer) = oneshot::channel();
                 let job = Job {
-                    keys: batch.increments.iter().map(|inc| tags.key(inc)).collect(),
+                    keys: batch
+                        .increments
+                        .iter()
+                        .map(|inc| self.key(tags, inc))
+                        .collect(),
                     args: batch.increments.iter().map(key_args).collect(),
                     reply,
                 };
@@ -365,7 +384,7 @@ impl RedisStore {
                 }
                 let answers = futures_util::future::join_all(groups.iter().map(|group| {
                     let mut connection = cluster.clone();
-                    async move { self.run(&mut connection, batch, group).await }
+                    async move { self.run(&mut connection, batch, tags, group).await }
                 }))
                 .await;
                 // A refusal, or a failure, in one slot: take back what the others counted.
@@ -377,7 +396,7 @@ impl RedisStore {
                     let releases = groups.iter().zip(&answers).filter(|(_, a)| counted(a)).map(
                         |(group, _)| {
                             let mut connection = cluster.clone();
-                            async move { self.take_back(&mut connection, batch, group).await }
+                            async move { self.take_back(&mut connection, batch, tags, group).await }
                         },
                     );
                     let released = futures_util::future::join_all(releases).await;
@@ -398,15 +417,15 @@ impl RedisStore {
         &self,
         connection: &mut impl redis::aio::ConnectionLike,
         batch: &Batch,
+        tags: &[Tag],
         group: &[usize],
     ) -> Result<Answer, BackendError> {
         // One request: the script's list of requests holds just this one.
         let mut invocation = self.count.prepare_invoke();
         invocation.arg(1).arg(group.len());
-        let mut tags = KeyTags::new(batch, &self.key_prefix);
         for &i in group {
             let inc = &batch.increments[i];
-            invocation.key(tags.key(inc));
+            invocation.key(self.key(tags, inc).as_slice());
             for arg in key_args(inc) {
                 invocation.arg(arg);
             }
@@ -419,16 +438,16 @@ impl RedisStore {
         &self,
         connection: &mut impl redis::aio::ConnectionLike,
         batch: &Batch,
+        tags: &[Tag],
         group: &[usize],
     ) -> Result<(), BackendError> {
         let mut invocation = self.release.prepare_invoke();
-        let mut tags = KeyTags::new(batch, &self.key_prefix);
         for &i in group {
             let inc = &batch.increments[i];
             if inc.hits > 0 {
                 let [hits, limit, _, _, algorithm, burst, window_ms] = key_args(inc);
                 invocation
-                    .key(tags.key(inc))
+                    .key(self.key(tags, inc).as_slice())
                     .arg(&[hits, algorithm, limit, burst, window_ms]);
             }
         }
@@ -512,49 +531,36 @@ fn read_numbers(inc: &Increment, [a, b, c]: [u64; 3]) -> (u64, Option<Standing>)
     }
 }
 
-/// The `{H}` part of a descriptor's keys: 18 bytes.
-type Tag = [u8; 18];
+/// The `{H}` part of a descriptor's keys: 18 bytes. It names the descriptor in Redis, and in
+/// the local over-limit cache (`over_limit_cache.rs`).
+pub type Tag = [u8; 18];
 
-/// Hashes each descriptor of a batch once, however many windows it has.
-struct KeyTags<'b> {
-    batch: &'b Batch,
-    prefix: &'b str,
-    tags: Vec<Option<Tag>>,
+/// A Redis key: inline up to 32 bytes (every key without a `--redis-key-prefix`).
+pub type RedisKey = SmallVec<[u8; 32]>;
+
+/// The [`Tag`] of each of a batch's keys, in order: each descriptor hashed once, however many
+/// windows it has.
+pub fn tags_of(batch: &Batch) -> SmallVec<[Tag; 2]> {
+    batch.keys.iter().map(|k| tag_of(k.as_bytes())).collect()
 }
 
-impl<'b> KeyTags<'b> {
-    fn new(batch: &'b Batch, prefix: &'b str) -> KeyTags<'b> {
-        KeyTags {
-            batch,
-            prefix,
-            tags: vec![None; batch.keys.len()],
+/// `{H}S:I`, `{H}S:s` or `{H}S:b` after `prefix`: see the module documentation.
+fn redis_key(prefix: &str, tag: &Tag, inc: &Increment) -> RedisKey {
+    let mut key = RedisKey::new();
+    key.extend_from_slice(prefix.as_bytes());
+    key.extend_from_slice(tag);
+    let mut number = itoa::Buffer::new();
+    key.extend_from_slice(number.format(inc.window_seconds).as_bytes());
+    key.push(b':');
+    // A refill counter's key lives as long as it weighs, whatever the window number.
+    match inc.counting {
+        Counting::Fixed => {
+            key.extend_from_slice(number.format(inc.window_index % 100).as_bytes());
         }
+        Counting::Sliding => key.push(b's'),
+        Counting::Bucket { .. } => key.push(b'b'),
     }
-
-    /// `{H}S:I`: see the module documentation.
-    fn key(&mut self, inc: &Increment) -> Vec<u8> {
-        let tag = match self.tags.get(inc.key).copied().flatten() {
-            Some(tag) => tag,
-            None => {
-                let tag = tag_of(self.batch.keys[inc.key].as_bytes());
-                if let Some(slot) = self.tags.get_mut(inc.key) {
-                    *slot = Some(tag);
-                }
-                tag
-            }
-        };
-        let mut key = Vec::with_capacity(32 + self.prefix.len());
-        key.extend_from_slice(self.prefix.as_bytes());
-        key.extend_from_slice(&tag);
-        // A refill counter's key lives as long as it weighs, whatever the window number.
-        let suffix = match inc.counting {
-            Counting::Fixed => format!("{}:{}", inc.window_seconds, inc.window_index % 100),
-            Counting::Sliding => format!("{}:s", inc.window_seconds),
-            Counting::Bucket { .. } => format!("{}:b", inc.window_seconds),
-        };
-        key.extend_from_slice(suffix.as_bytes());
-        key
-    }
+    key
 }
 
 fn tag_of(counter_key: &[u8]) -> Tag {
@@ -621,7 +627,7 @@ mod tests {
                 counting: Counting::Fixed,
                 now_us: 0,
             };
-            String::from_utf8(KeyTags::new(&batch, "").key(&inc)).unwrap()
+            String::from_utf8(redis_key("", &tags_of(&batch)[0], &inc).to_vec()).unwrap()
         };
         let a = key("customer-1", 60, 29_931_234);
         assert_eq!(a.len(), 1 + 16 + 1 + "60:34".len(), "{a}");

@@ -8,10 +8,12 @@
 //! (one command, one write, one read for the lot). Under light load a batch holds one request
 //! and nothing waits for company.
 
-use redis::Script;
 use redis::aio::ConnectionManager;
+use redis::{ErrorKind, Script, ServerErrorKind};
+use smallvec::SmallVec;
 use tokio::sync::{mpsc, oneshot};
 
+use super::redis::RedisKey;
 use super::redis_script::{Answer, BackendError, KEY_ARGS, SCRIPT};
 
 /// The most requests in one call: bounds the script's run time, during which Redis serves
@@ -25,9 +27,9 @@ const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// One request's part of a call.
 pub struct Job {
-    pub keys: Vec<Vec<u8>>,
+    pub keys: SmallVec<[RedisKey; 4]>,
     /// Per key: its ARGV (`redis_script::key_args`).
-    pub args: Vec<[u64; KEY_ARGS]>,
+    pub args: SmallVec<[[u64; KEY_ARGS]; 4]>,
     pub reply: oneshot::Sender<Result<Answer, BackendError>>,
 }
 
@@ -65,27 +67,50 @@ async fn run(mut connection: ConnectionManager, mut queue: mpsc::Receiver<Job>) 
     }
 }
 
-async fn send(script: &Script, connection: &mut ConnectionManager, batch: &mut Vec<Job>) {
-    let mut invocation = script.prepare_invoke();
-    invocation.arg(batch.len());
-    for job in batch.iter() {
-        invocation.arg(job.keys.len());
-        for (key, args) in job.keys.iter().zip(&job.args) {
-            invocation.key(key.as_slice());
-            for arg in args {
-                invocation.arg(*arg);
-            }
+/// The `EVALSHA` of a batch, written straight into one command buffer (a script invocation
+/// would allocate every key and argument on its own first).
+fn command(script: &Script, batch: &[Job]) -> redis::Cmd {
+    let keys: usize = batch.iter().map(|job| job.keys.len()).sum();
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(script.get_hash()).arg(keys);
+    for key in batch.iter().flat_map(|job| &job.keys) {
+        cmd.arg(key.as_slice());
+    }
+    cmd.arg(batch.len());
+    for job in batch {
+        cmd.arg(job.keys.len());
+        for arg in job.args.iter().flatten() {
+            cmd.arg(*arg);
         }
     }
-    let reply: Result<Vec<i64>, redis::RedisError> =
-        tokio::time::timeout(CALL_TIMEOUT, invocation.invoke_async(connection))
-            .await
-            .unwrap_or_else(|_| {
-                Err(redis::RedisError::from((
-                    redis::ErrorKind::Io,
-                    "no answer within the call timeout",
-                )))
-            });
+    cmd
+}
+
+/// Runs the batch's script, loading it first if Redis lost it (a restart, `SCRIPT FLUSH`).
+async fn call(
+    script: &Script,
+    connection: &mut ConnectionManager,
+    batch: &[Job],
+) -> redis::RedisResult<Vec<i64>> {
+    let cmd = command(script, batch);
+    match cmd.query_async(connection).await {
+        Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+            script.load_async(connection).await?;
+            cmd.query_async(connection).await
+        }
+        answer => answer,
+    }
+}
+
+async fn send(script: &Script, connection: &mut ConnectionManager, batch: &mut Vec<Job>) {
+    let reply = tokio::time::timeout(CALL_TIMEOUT, call(script, connection, batch))
+        .await
+        .unwrap_or_else(|_| {
+            Err(redis::RedisError::from((
+                ErrorKind::Io,
+                "no answer within the call timeout",
+            )))
+        });
     match reply {
         Ok(reply) => {
             let mut rest = reply.as_slice();

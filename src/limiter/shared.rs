@@ -9,6 +9,9 @@
 //! token bucket) is neither mirrored nor written back: locally it counts from full, with its
 //! share of the whole limit and burst.
 //!
+//! Before Redis is asked, the local over-limit cache (`over_limit_cache.rs`) may answer: a
+//! request it knows Redis would refuse is refused here, at once, while Redis is up or down.
+//!
 //! One slow answer is not a failure, and one failure is not an outage. A call that misses
 //! `--backend-timeout-ms` is late; while Redis is not known to be down, its decision waits for
 //! the answer (up to [`LATE_ANSWER_TIMEOUTS`](super::redis::LATE_ANSWER_TIMEOUTS) timeouts),
@@ -27,7 +30,8 @@ use std::time::{Duration, Instant};
 
 use super::clock;
 use super::memory::{Budget, MemoryStore};
-use super::redis::RedisStore;
+use super::over_limit_cache::{CLUSTER_TRUST, OverLimitCache};
+use super::redis::{RedisStore, Tag, Target, tags_of};
 use super::redis_script::BackendError;
 use super::store::{Batch, Count, CounterStore, Counting, Counts, Increment, StoreError};
 
@@ -42,6 +46,8 @@ pub struct Shared {
     outage: Arc<MemoryStore<Box<[u8]>>>,
     /// The replicas counting in this Redis (`--replicas`): a replica's share of what is left.
     replicas: u32,
+    /// Counters Redis said are full: their refusals are answered here (`--local-cache-bytes`).
+    cache: OverLimitCache,
     state: BackendState,
 }
 
@@ -52,6 +58,8 @@ pub struct Shared {
 #[allow(clippy::large_enum_variant)]
 pub enum Counted {
     Counts(bool, Counts),
+    /// Refused by the local over-limit cache, without asking Redis: the counts it knows.
+    Cached(Counts),
     /// `--on-backend-error allow`: admit, uncounted.
     Allowed,
     /// `--on-backend-error deny`: refuse every limited descriptor, uncounted.
@@ -64,8 +72,11 @@ impl Shared {
         on_error: OnBackendError,
         budget: Budget,
         replicas: u32,
+        local_cache_bytes: usize,
     ) -> Shared {
+        let trust = matches!(redis.target(), Target::Cluster(_)).then_some(CLUSTER_TRUST);
         Shared {
+            cache: OverLimitCache::new(local_cache_bytes, trust),
             redis,
             on_error,
             outage: Arc::new(MemoryStore::keeping_keys(budget)),
@@ -91,6 +102,8 @@ impl Shared {
             late: read(&self.state.late),
             fallbacks: read(&self.state.fallbacks),
             outages: read(&self.state.outages),
+            cached: read(&self.state.cached),
+            cache_entries: self.cache.len(),
         }
     }
 }
@@ -229,6 +242,10 @@ pub struct BackendSnapshot {
     pub fallbacks: u64,
     /// Periods during which Redis was down.
     pub outages: u64,
+    /// Requests refused by the local over-limit cache, without a Redis call.
+    pub cached: u64,
+    /// Counters in the local over-limit cache now.
+    pub cache_entries: usize,
 }
 
 /// Whether Redis is answering, for health, metrics and logs.
@@ -248,6 +265,7 @@ pub struct BackendState {
     late: AtomicU64,
     fallbacks: AtomicU64,
     outages: AtomicU64,
+    cached: AtomicU64,
 }
 
 /// Failed calls in a row that make an outage: a call fails by an error (a refused connection
@@ -337,12 +355,24 @@ impl BackendState {
 }
 
 impl Shared {
-    /// Counts in Redis; when it fails (or is known down), answers by the failure policy, after
-    /// recording it.
-    pub(super) async fn count(&self, batch: &Batch) -> Result<Counted, StoreError> {
+    /// Counts in Redis, unless the local over-limit cache knows the request is refused (under
+    /// the rules of `generation`); when Redis fails (or is known down), answers by the failure
+    /// policy, after recording it.
+    pub(super) async fn count(
+        &self,
+        batch: &Batch,
+        generation: u64,
+    ) -> Result<Counted, StoreError> {
+        let tags = tags_of(batch);
+        if let Some(counts) = self.cache.refusal(batch, &tags, generation) {
+            self.state.cached.fetch_add(1, Ordering::Relaxed);
+            return Ok(Counted::Cached(counts));
+        }
         if self.state.should_try() {
-            match self.ask_redis(batch).await {
+            match self.ask_redis(batch, &tags).await {
                 Ok((admitted, counts)) => {
+                    self.cache
+                        .remember(batch, &tags, generation, admitted, &counts);
                     let was_down = self.state.succeeded();
                     if self.on_error == OnBackendError::Local {
                         self.local.mirror(batch, &counts);
@@ -370,10 +400,10 @@ impl Shared {
     /// Redis's answer for `batch`, its failure recorded. A call that misses the timeout while
     /// Redis is not known to be down is waited for until it answers, fails, or reaches its late
     /// bound, or until an outage starts (then the policy answers at once).
-    async fn ask_redis(&self, batch: &Batch) -> Result<(bool, Counts), StoreError> {
+    async fn ask_redis(&self, batch: &Batch, tags: &[Tag]) -> Result<(bool, Counts), StoreError> {
         let answers_before = self.state.answers.load(Ordering::Relaxed);
         let started = tokio::time::Instant::now();
-        let call = self.redis.apply(batch);
+        let call = self.redis.apply_tagged(batch, tags);
         tokio::pin!(call);
         let timeout = self.redis.timeout();
         if let Ok(answer) = tokio::time::timeout(timeout, &mut call).await {

@@ -26,6 +26,8 @@ pub struct RuleSet {
     domains: RuleMap<String, Domain>,
     /// Every rule, flattened in listing order; a [`Limit::id`] is a place in it.
     rules: Vec<RuleEntry>,
+    /// Different for each rule set built (see [`RuleSet::generation`]).
+    generation: u64,
 }
 
 /// One rule of the tree, flattened: for `/rlconfig` and for per-rule metrics.
@@ -115,10 +117,18 @@ impl RuleSet {
                 &mut rules,
             );
         }
+        static BUILT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         RuleSet {
             domains: domains.into_iter().map(|d| (d.name.clone(), d)).collect(),
             rules,
+            generation: BUILT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         }
+    }
+
+    /// A number no other rule set built by this process has: what was learnt under one rule
+    /// set (the local over-limit cache) is dropped when another takes its place.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// Every rule, domain by domain, in the order of [`Children::nodes`].
