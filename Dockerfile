@@ -11,11 +11,11 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto proto
 COPY src src
-RUN cargo build --release --locked --bin ratelimitd
+RUN cargo build --profile dist --locked --bin ratelimitd
 
 FROM debian:bookworm-slim
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin ratelimitd
-COPY --from=build /src/target/release/ratelimitd /usr/local/bin/ratelimitd
+COPY --from=build /src/target/dist/ratelimitd /usr/local/bin/ratelimitd
 # envoyproxy/ratelimit's image runs /bin/ratelimit: under that name, with no arguments, the same
 # binary serves, configured by envoyproxy/ratelimit's variables (docs/envoyproxy-ratelimit.md).
 # It writes nothing to disk, so a read-only root filesystem and any non-root uid work.

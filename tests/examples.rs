@@ -53,6 +53,23 @@ fn the_dockerfile_copies_what_exists_and_sets_real_settings() {
         dockerfile.contains(r#"CMD ["ratelimitd", "health""#),
         "HEALTHCHECK uses ratelimitd health"
     );
+    // The image ships the binary built for speed: the `dist` profile, which Cargo.toml defines
+    // with link-time optimisation and one codegen unit.
+    assert!(dockerfile.contains("cargo build --profile dist --locked --bin ratelimitd"));
+    assert!(dockerfile.contains("COPY --from=build /src/target/dist/ratelimitd "));
+    let manifest = read("Cargo.toml");
+    let dist = manifest
+        .split("[profile.dist]")
+        .nth(1)
+        .expect("Cargo.toml defines [profile.dist]");
+    let dist = dist.split("\n[").next().unwrap_or_default();
+    for setting in [
+        "inherits = \"release\"",
+        "lto = \"fat\"",
+        "codegen-units = 1",
+    ] {
+        assert!(dist.contains(setting), "[profile.dist] lacks {setting}");
+    }
 }
 
 #[test]

@@ -318,10 +318,15 @@ impl RedisStore {
 
     /// Counts `batch`, all or nothing, within the [late bound](RedisStore::late_bound).
     pub async fn apply(&self, batch: &Batch) -> Result<(bool, Counts), BackendError> {
-        self.apply_tagged(batch, &tags_of(batch)).await
+        let bound = self.late_bound();
+        tokio::time::timeout(bound, self.apply_tagged(batch, &tags_of(batch)))
+            .await
+            .map_err(|_| BackendError::Timeout(bound))?
     }
 
-    /// [`RedisStore::apply`], with the batch's [`tags_of`] already computed.
+    /// [`RedisStore::apply`] with the batch's [`tags_of`] already computed, and no time bound:
+    /// the caller keeps to the late bound (the failure policy's timers, `shared.rs`, which
+    /// spares a decision a second timer).
     pub async fn apply_tagged(
         &self,
         batch: &Batch,
@@ -332,10 +337,7 @@ impl RedisStore {
             .get()
             .cloned()
             .ok_or(BackendError::NotConnected)?;
-        let bound = self.late_bound();
-        tokio::time::timeout(bound, self.apply_on(connection, batch, tags))
-            .await
-            .map_err(|_| BackendError::Timeout(bound))?
+        self.apply_on(connection, batch, tags).await
     }
 
     /// The Redis key of one increment's counter: see the module documentation.
@@ -431,7 +433,11 @@ impl RedisStore {
             }
         }
         let reply: Vec<i64> = invocation.invoke_async(connection).await?;
-        Answer::read(&reply, group.len())
+        let args: SmallVec<[_; 4]> = group
+            .iter()
+            .map(|&i| key_args(&batch.increments[i]))
+            .collect();
+        Answer::read(&reply, &args).0
     }
 
     async fn take_back(

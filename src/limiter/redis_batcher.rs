@@ -71,8 +71,17 @@ async fn run(mut connection: ConnectionManager, mut queue: mpsc::Receiver<Job>) 
 /// would allocate every key and argument on its own first).
 fn command(script: &Script, batch: &[Job]) -> redis::Cmd {
     let keys: usize = batch.iter().map(|job| job.keys.len()).sum();
-    let mut cmd = redis::cmd("EVALSHA");
-    cmd.arg(script.get_hash()).arg(keys);
+    // Every argument and its bytes (at most 20 digits a number), so nothing grows on the way.
+    let args = 3 + batch.len() + keys * (1 + KEY_ARGS);
+    let bytes = 64
+        + batch
+            .iter()
+            .flat_map(|job| &job.keys)
+            .map(|k| k.len())
+            .sum::<usize>()
+        + 21 * (batch.len() + keys * KEY_ARGS);
+    let mut cmd = redis::Cmd::with_capacity(args, bytes);
+    cmd.arg("EVALSHA").arg(script.get_hash()).arg(keys);
     for key in batch.iter().flat_map(|job| &job.keys) {
         cmd.arg(key.as_slice());
     }
@@ -115,14 +124,8 @@ async fn send(script: &Script, connection: &mut ConnectionManager, batch: &mut V
         Ok(reply) => {
             let mut rest = reply.as_slice();
             for job in batch.drain(..) {
-                let length = 2 + 3 * job.keys.len();
-                let answer = match rest.get(..length) {
-                    Some(part) => {
-                        rest = &rest[length..];
-                        Answer::read(part, job.keys.len())
-                    }
-                    None => Err(BackendError::Unexpected("a short batch answer".into())),
-                };
+                let (answer, used) = Answer::read(rest, &job.args);
+                rest = rest.get(used..).unwrap_or_default();
                 let _ = job.reply.send(answer);
             }
         }

@@ -6,6 +6,7 @@
 //! "over its limit" rule is `is_over` below, the Lua twin of `store::is_over`.
 
 use redis::RedisError;
+use smallvec::SmallVec;
 
 use super::store::{Counting, Increment, StoreError};
 
@@ -13,10 +14,12 @@ use super::store::{Counting, Increment, StoreError};
 /// ([`KEY_ARGS`] numbers): hits, limit, enforced (1/0), expiry (milliseconds: what the window
 /// has left, by the caller's clock; relative, so a caller whose clock is behind cannot expire a
 /// key at once), algorithm (0 fixed window, 1 sliding window, 2 token bucket), burst, window
-/// length in milliseconds. KEYS: every request's keys, in order. Returns, per request: admitted
-/// (1/0), first over (1-based, 0: none) and three numbers per key: a fixed window's count
-/// (then 0, 0); a bucket's theoretical arrival time and Redis's time, in µs (then 0); a sliding
-/// window's current count, previous count and milliseconds into the window.
+/// length in milliseconds. KEYS: every request's keys, in order. Returns, per request: the
+/// first enforced key over its limit (1-based; 0: admitted; -1: failed, and nothing more), then
+/// per key ([`width`] numbers): a fixed window's count; a bucket's theoretical arrival time and
+/// Redis's time, in µs; a sliding window's current count, previous count and milliseconds into
+/// the window. As few numbers as that, because reading a reply costs ratelimitd about a thousand
+/// instructions per number (Redis's reply parser), more than all else it does with the reply.
 ///
 /// Per request: each key is counted in turn (a new key gets its expiry in the same step), and
 /// at the first enforced one that is over, everything this request counted is taken back and
@@ -229,17 +232,17 @@ for r = 1, tonumber(ARGV[1]) do
   end
   if failed then
     out[#out + 1] = -1
-    out[#out + 1] = 0
-    for i = 1, 3 * n do
-      out[#out + 1] = 0
-    end
   else
-    out[#out + 1] = first_over == 0 and 1 or 0
     out[#out + 1] = first_over
     for i = 1, n do
+      local algorithm = ARGV[a + (i - 1) * STRIDE + 4]
       out[#out + 1] = values[i][1]
-      out[#out + 1] = values[i][2]
-      out[#out + 1] = values[i][3]
+      if algorithm ~= '0' then
+        out[#out + 1] = values[i][2]
+        if algorithm == '1' then
+          out[#out + 1] = values[i][3]
+        end
+      end
     end
   end
   k = k + n
@@ -298,36 +301,93 @@ impl From<BackendError> for StoreError {
     }
 }
 
+/// How many numbers [`SCRIPT`] answers for a key whose ARGV are `args`.
+pub fn width(args: &[u64; KEY_ARGS]) -> usize {
+    match args[4] {
+        0 => 1,
+        2 => 2,
+        _ => 3,
+    }
+}
+
 /// The script's answer for one request.
 pub struct Answer {
     pub admitted: bool,
     /// Index in the request of the first enforced counter without room.
     pub first_over: Option<usize>,
-    /// Three numbers per key (see [`SCRIPT`]).
-    pub values: Vec<[u64; 3]>,
+    /// Three numbers per key, the ones the script did not send 0 (see [`SCRIPT`]).
+    pub values: SmallVec<[[u64; 3]; 4]>,
 }
 
 impl Answer {
-    /// One request's part of a reply, which has `keys` keys.
-    pub fn read(reply: &[i64], keys: usize) -> Result<Answer, BackendError> {
-        let [admitted, first_over, values @ ..] = reply else {
-            return Err(BackendError::Unexpected(format!("{reply:?}")));
+    /// One request's part of the front of `reply`, for keys whose ARGV are `args`, and how many
+    /// numbers it took (a broken reply: all of them).
+    pub fn read(reply: &[i64], args: &[[u64; KEY_ARGS]]) -> (Result<Answer, BackendError>, usize) {
+        let broken = || {
+            (
+                Err(BackendError::Unexpected(format!("{reply:?}"))),
+                reply.len(),
+            )
         };
-        if *admitted == -1 {
-            return Err(BackendError::RequestFailed);
+        let Some((&first_over, mut rest)) = reply.split_first() else {
+            return broken();
+        };
+        if first_over == -1 {
+            return (Err(BackendError::RequestFailed), 1);
         }
-        if values.len() != 3 * keys {
-            return Err(BackendError::Unexpected(format!("{reply:?}")));
+        let mut values = SmallVec::with_capacity(args.len());
+        for key in args {
+            let Some((numbers, after)) = rest.split_at_checked(width(key)) else {
+                return broken();
+            };
+            let mut three = [0u64; 3];
+            for (place, n) in three.iter_mut().zip(numbers) {
+                *place = u64::try_from(*n).unwrap_or(0);
+            }
+            values.push(three);
+            rest = after;
         }
-        Ok(Answer {
-            admitted: *admitted == 1,
-            first_over: usize::try_from(*first_over)
+        let answer = Answer {
+            admitted: first_over == 0,
+            first_over: usize::try_from(first_over)
                 .ok()
                 .and_then(|i| i.checked_sub(1)),
-            values: values
-                .chunks_exact(3)
-                .map(|v| [v[0], v[1], v[2]].map(|n| u64::try_from(n).unwrap_or(0)))
-                .collect(),
-        })
+            values,
+        };
+        (Ok(answer), reply.len() - rest.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reply_is_read_request_by_request_with_each_key_s_numbers() {
+        let fixed = [1, 10, 1, 1000, 0, 0, 60_000];
+        let bucket = [1, 10, 1, 1000, 2, 10, 60_000];
+        let sliding = [1, 10, 1, 1000, 1, 0, 60_000];
+        // Admitted (two keys); failed; refused at its second key (three keys).
+        let reply = [0, 7, 9, -1, 2, 3, 100, 200, 4, 5, 6];
+        let (first, used) = Answer::read(&reply, &[fixed, fixed]);
+        let first = first.unwrap();
+        assert_eq!(used, 3);
+        assert!(first.admitted && first.first_over.is_none());
+        assert_eq!(first.values.to_vec(), vec![[7, 0, 0], [9, 0, 0]]);
+        let (second, used) = Answer::read(&reply[3..], &[fixed]);
+        assert!(matches!(second, Err(BackendError::RequestFailed)));
+        assert_eq!(used, 1);
+        let (third, used) = Answer::read(&reply[4..], &[fixed, bucket, sliding]);
+        let third = third.unwrap();
+        assert_eq!(used, 7);
+        assert!(!third.admitted);
+        assert_eq!(third.first_over, Some(1));
+        assert_eq!(
+            third.values.to_vec(),
+            vec![[3, 0, 0], [100, 200, 0], [4, 5, 6]]
+        );
+        let (short, used) = Answer::read(&reply[4..6], &[fixed, bucket]);
+        assert!(matches!(short, Err(BackendError::Unexpected(_))));
+        assert_eq!(used, 2);
     }
 }

@@ -418,11 +418,17 @@ impl Shared {
         if self.state.is_up() {
             let silence = tokio::time::sleep_until(started + timeout * SILENT_TIMEOUTS);
             tokio::pin!(silence);
+            let bound = self.redis.late_bound();
+            let given_up = tokio::time::sleep_until(started + bound);
+            tokio::pin!(given_up);
             let mut heard_since = false;
             loop {
                 tokio::select! {
                     answer = &mut call => return self.recorded(answer),
                     () = &mut tripped => break,
+                    () = &mut given_up => {
+                        return self.recorded(Err(BackendError::Timeout(bound)));
+                    }
                     () = &mut silence, if !heard_since => {
                         if self.state.answers.load(Ordering::Relaxed) != answers_before {
                             // Redis answered others meanwhile: slow, not gone.
