@@ -34,7 +34,7 @@ use tokio::sync::{OnceCell, mpsc, oneshot};
 
 use super::algorithm::{SlidingCounts, Standing};
 use super::redis_batcher::{self, Job};
-use super::redis_script::{Answer, SCRIPT, key_args};
+use super::redis_script::{Answer, KeyArgs, SCRIPT};
 use super::store::{Batch, Count, CounterStore, Counting, Counts, Increment, StoreError, is_over};
 
 pub use super::redis_script::BackendError;
@@ -361,7 +361,7 @@ impl RedisStore {
                         .iter()
                         .map(|inc| self.key(tags, inc))
                         .collect(),
-                    args: batch.increments.iter().map(key_args).collect(),
+                    args: batch.increments.iter().map(KeyArgs::of).collect(),
                     reply,
                 };
                 jobs.send(job)
@@ -428,14 +428,14 @@ impl RedisStore {
         for &i in group {
             let inc = &batch.increments[i];
             invocation.key(self.key(tags, inc).as_slice());
-            for arg in key_args(inc) {
-                invocation.arg(arg);
+            for arg in KeyArgs::of(inc).as_slice() {
+                invocation.arg(*arg);
             }
         }
         let reply: Vec<i64> = invocation.invoke_async(connection).await?;
         let args: SmallVec<[_; 4]> = group
             .iter()
-            .map(|&i| key_args(&batch.increments[i]))
+            .map(|&i| KeyArgs::of(&batch.increments[i]))
             .collect();
         Answer::read(&reply, &args).0
     }
@@ -451,10 +451,19 @@ impl RedisStore {
         for &i in group {
             let inc = &batch.increments[i];
             if inc.hits > 0 {
-                let [hits, limit, _, _, algorithm, burst, window_ms] = key_args(inc);
-                invocation
-                    .key(self.key(tags, inc).as_slice())
-                    .arg(&[hits, algorithm, limit, burst, window_ms]);
+                let (algorithm, burst) = match inc.counting {
+                    Counting::Fixed => (0, 0),
+                    Counting::Sliding => (1, 0),
+                    Counting::Bucket { burst } => (2, u64::from(burst)),
+                };
+                let limit = u64::from(inc.requests_per_unit);
+                invocation.key(self.key(tags, inc).as_slice()).arg(&[
+                    inc.hits,
+                    algorithm,
+                    limit,
+                    burst,
+                    inc.window_ms(),
+                ]);
             }
         }
         let _: i64 = invocation.invoke_async(connection).await?;

@@ -14,7 +14,7 @@ use smallvec::SmallVec;
 use tokio::sync::{mpsc, oneshot};
 
 use super::redis::RedisKey;
-use super::redis_script::{Answer, BackendError, KEY_ARGS, SCRIPT};
+use super::redis_script::{Answer, BackendError, KeyArgs, MAX_KEY_ARGS, SCRIPT};
 
 /// The most requests in one call: bounds the script's run time, during which Redis serves
 /// nobody else.
@@ -28,8 +28,8 @@ const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 /// One request's part of a call.
 pub struct Job {
     pub keys: SmallVec<[RedisKey; 4]>,
-    /// Per key: its ARGV (`redis_script::key_args`).
-    pub args: SmallVec<[[u64; KEY_ARGS]; 4]>,
+    /// Per key: its ARGV.
+    pub args: SmallVec<[KeyArgs; 4]>,
     pub reply: oneshot::Sender<Result<Answer, BackendError>>,
 }
 
@@ -72,14 +72,14 @@ async fn run(mut connection: ConnectionManager, mut queue: mpsc::Receiver<Job>) 
 fn command(script: &Script, batch: &[Job]) -> redis::Cmd {
     let keys: usize = batch.iter().map(|job| job.keys.len()).sum();
     // Every argument and its bytes (at most 20 digits a number), so nothing grows on the way.
-    let args = 3 + batch.len() + keys * (1 + KEY_ARGS);
+    let args = 3 + batch.len() + keys * (1 + MAX_KEY_ARGS);
     let bytes = 64
         + batch
             .iter()
             .flat_map(|job| &job.keys)
             .map(|k| k.len())
             .sum::<usize>()
-        + 21 * (batch.len() + keys * KEY_ARGS);
+        + 21 * (batch.len() + keys * MAX_KEY_ARGS);
     let mut cmd = redis::Cmd::with_capacity(args, bytes);
     cmd.arg("EVALSHA").arg(script.get_hash()).arg(keys);
     for key in batch.iter().flat_map(|job| &job.keys) {
@@ -88,7 +88,7 @@ fn command(script: &Script, batch: &[Job]) -> redis::Cmd {
     cmd.arg(batch.len());
     for job in batch {
         cmd.arg(job.keys.len());
-        for arg in job.args.iter().flatten() {
+        for arg in job.args.iter().flat_map(KeyArgs::as_slice) {
             cmd.arg(*arg);
         }
     }

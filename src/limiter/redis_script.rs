@@ -11,15 +11,17 @@ use smallvec::SmallVec;
 use super::store::{Counting, Increment, StoreError};
 
 /// ARGV: the number of requests, then per request its number of keys and, per key
-/// ([`KEY_ARGS`] numbers): hits, limit, enforced (1/0), expiry (milliseconds: what the window
-/// has left, by the caller's clock; relative, so a caller whose clock is behind cannot expire a
-/// key at once), algorithm (0 fixed window, 1 sliding window, 2 token bucket), burst, window
-/// length in milliseconds. KEYS: every request's keys, in order. Returns, per request: the
-/// first enforced key over its limit (1-based; 0: admitted; -1: failed, and nothing more), then
-/// per key ([`width`] numbers): a fixed window's count; a bucket's theoretical arrival time and
-/// Redis's time, in µs; a sliding window's current count, previous count and milliseconds into
-/// the window. As few numbers as that, because reading a reply costs ratelimitd about a thousand
-/// instructions per number (Redis's reply parser), more than all else it does with the reply.
+/// ([`KeyArgs`], 4 or 5 numbers): its kind (2 × algorithm + 1 if enforced; algorithm 0: fixed
+/// window, 1: sliding window, 2: token bucket), hits, limit, then a fixed window's expiry
+/// (milliseconds: what the window has left, by the caller's clock; relative, so a caller whose
+/// clock is behind cannot expire a key at once) or a refill counter's window length in
+/// milliseconds, and a bucket's burst. KEYS: every request's keys, in order. Returns, per
+/// request: the first enforced key over its limit (1-based; 0: admitted; -1: failed, and
+/// nothing more), then per key ([`width`] numbers): a fixed window's count; a bucket's
+/// theoretical arrival time and Redis's time, in µs; a sliding window's current count, previous
+/// count and milliseconds into the window. As few numbers each way as that: each costs
+/// ratelimitd hundreds of instructions to write or read (a reply number about a thousand, in
+/// Redis's reply parser), and Redis a string to make.
 ///
 /// Per request: each key is counted in turn (a new key gets its expiry in the same step), and
 /// at the first enforced one that is over, everything this request counted is taken back and
@@ -34,8 +36,6 @@ use super::store::{Counting, Increment, StoreError};
 /// caught (`redis.pcall`): that request's counts are taken back and it alone answers admitted
 /// -1, and the requests batched with it count as usual.
 pub const SCRIPT: &str = r"
-local STRIDE = 7
-
 local now_us
 local function now()
   if not now_us then
@@ -127,25 +127,32 @@ local function sliding(raw, hits, limit, enforced, window_ms)
   return fits, {current, previous, elapsed}
 end
 
-local function refill(raw, at, hits)
-  local limit = tonumber(ARGV[at + 1])
-  local enforced = ARGV[at + 2] == '1'
-  local window_ms = tonumber(ARGV[at + 6])
-  if ARGV[at + 4] == '2' then
-    return bucket(raw, hits, limit, enforced, tonumber(ARGV[at + 5]), window_ms)
+-- The key whose arguments start at `at`: its algorithm (0 fixed window, 1 sliding window,
+-- 2 token bucket) and whether it is enforced.
+local function kind_of(at)
+  local kind = tonumber(ARGV[at])
+  return math.floor(kind / 2), kind % 2 == 1
+end
+
+local function refill(raw, at, hits, algorithm, enforced)
+  local limit = tonumber(ARGV[at + 2])
+  local window_ms = tonumber(ARGV[at + 3])
+  if algorithm == 2 then
+    return bucket(raw, hits, limit, enforced, tonumber(ARGV[at + 4]), window_ms)
   end
   return sliding(raw, hits, limit, enforced, window_ms)
 end
 
 local function numbers_of(key, at)
-  if ARGV[at + 4] == '0' then
+  local algorithm, enforced = kind_of(at)
+  if algorithm == 0 then
     return {read(key) or 0, 0, 0}
   end
   local raw = redis.pcall('GET', key)
   if type(raw) == 'table' then
     return {0, 0, 0}
   end
-  local _, numbers = refill(raw, at, 0)
+  local _, numbers = refill(raw, at, 0, algorithm, enforced)
   return numbers or {0, 0, 0}
 end
 
@@ -155,20 +162,30 @@ local a = 2
 for r = 1, tonumber(ARGV[1]) do
   local n = tonumber(ARGV[a])
   a = a + 1
+  local ats = {}
+  for i = 1, n do
+    ats[i] = a
+    if tonumber(ARGV[a]) >= 4 then
+      a = a + 5
+    else
+      a = a + 4
+    end
+  end
   local values = {}
   local olds = {}
   local first_over = 0
   local failed = false
   local counted = 0
   for i = 1, n do
-    local at = a + (i - 1) * STRIDE
+    local at = ats[i]
     local key = KEYS[k + i]
-    local hits = tonumber(ARGV[at])
+    local algorithm, enforced = kind_of(at)
+    local hits = tonumber(ARGV[at + 1])
     local over
-    if ARGV[at + 4] == '0' then
+    if algorithm == 0 then
       local value
       if hits > 0 then
-        value = redis.pcall('INCRBY', key, ARGV[at])
+        value = redis.pcall('INCRBY', key, ARGV[at + 1])
         if type(value) == 'table' then
           failed = true
           break
@@ -184,12 +201,12 @@ for r = 1, tonumber(ARGV[1]) do
         end
       end
       values[i] = {value, 0, 0}
-      over = is_over(value, hits, tonumber(ARGV[at + 1]))
+      over = is_over(value, hits, tonumber(ARGV[at + 2]))
     else
       local raw = redis.pcall('GET', key)
       local fits, numbers, store, ttl
       if type(raw) ~= 'table' then
-        fits, numbers, store, ttl = refill(raw, at, hits)
+        fits, numbers, store, ttl = refill(raw, at, hits, algorithm, enforced)
       end
       if fits == nil then
         failed = true
@@ -203,7 +220,7 @@ for r = 1, tonumber(ARGV[1]) do
       over = not fits
     end
     counted = i
-    if ARGV[at + 2] == '1' and over then
+    if enforced and over then
       first_over = i
       break
     end
@@ -211,11 +228,11 @@ for r = 1, tonumber(ARGV[1]) do
   if failed or first_over > 0 then
     local upto = failed and counted or first_over
     for j = 1, upto do
-      local at = a + (j - 1) * STRIDE
+      local at = ats[j]
       local key = KEYS[k + j]
-      if ARGV[at + 4] == '0' then
-        if tonumber(ARGV[at]) > 0 then
-          values[j] = {redis.pcall('DECRBY', key, ARGV[at]), 0, 0}
+      if kind_of(at) == 0 then
+        if tonumber(ARGV[at + 1]) > 0 then
+          values[j] = {redis.pcall('DECRBY', key, ARGV[at + 1]), 0, 0}
         end
       elseif olds[j] ~= nil then
         if olds[j] then
@@ -227,7 +244,7 @@ for r = 1, tonumber(ARGV[1]) do
       end
     end
     for j = upto + 1, n do
-      values[j] = numbers_of(KEYS[k + j], a + (j - 1) * STRIDE)
+      values[j] = numbers_of(KEYS[k + j], ats[j])
     end
   end
   if failed then
@@ -235,42 +252,55 @@ for r = 1, tonumber(ARGV[1]) do
   else
     out[#out + 1] = first_over
     for i = 1, n do
-      local algorithm = ARGV[a + (i - 1) * STRIDE + 4]
+      local algorithm = kind_of(ats[i])
       out[#out + 1] = values[i][1]
-      if algorithm ~= '0' then
+      if algorithm ~= 0 then
         out[#out + 1] = values[i][2]
-        if algorithm == '1' then
+        if algorithm == 1 then
           out[#out + 1] = values[i][3]
         end
       end
     end
   end
   k = k + n
-  a = a + STRIDE * n
 end
 return out
 ";
 
-/// Numbers per key in [`SCRIPT`]'s ARGV.
-pub const KEY_ARGS: usize = 7;
-
 /// A key's ARGV in [`SCRIPT`]: see there.
-pub fn key_args(inc: &Increment) -> [u64; KEY_ARGS] {
-    let (algorithm, burst) = match inc.counting {
-        Counting::Fixed => (0, 0),
-        Counting::Sliding => (1, 0),
-        Counting::Bucket { burst } => (2, burst),
-    };
-    [
-        inc.hits,
-        u64::from(inc.requests_per_unit),
-        u64::from(inc.enforced),
-        inc.expires_in_ms,
-        algorithm,
-        u64::from(burst),
-        inc.window_ms(),
-    ]
+#[derive(Debug, Clone, Copy)]
+pub struct KeyArgs {
+    numbers: [u64; 5],
+    len: usize,
 }
+
+impl KeyArgs {
+    pub fn of(inc: &Increment) -> KeyArgs {
+        let enforced = u64::from(inc.enforced);
+        let (hits, limit) = (inc.hits, u64::from(inc.requests_per_unit));
+        let (numbers, len) = match inc.counting {
+            Counting::Fixed => ([enforced, hits, limit, inc.expires_in_ms, 0], 4),
+            Counting::Sliding => ([2 + enforced, hits, limit, inc.window_ms(), 0], 4),
+            Counting::Bucket { burst } => (
+                [4 + enforced, hits, limit, inc.window_ms(), u64::from(burst)],
+                5,
+            ),
+        };
+        KeyArgs { numbers, len }
+    }
+
+    pub fn as_slice(&self) -> &[u64] {
+        &self.numbers[..self.len]
+    }
+
+    /// 0: fixed window, 1: sliding window, 2: token bucket.
+    fn algorithm(&self) -> u64 {
+        self.numbers[0] / 2
+    }
+}
+
+/// The most numbers a key's ARGV holds.
+pub const MAX_KEY_ARGS: usize = 5;
 
 /// Why Redis could not count a request.
 #[derive(Debug, thiserror::Error)]
@@ -302,8 +332,8 @@ impl From<BackendError> for StoreError {
 }
 
 /// How many numbers [`SCRIPT`] answers for a key whose ARGV are `args`.
-pub fn width(args: &[u64; KEY_ARGS]) -> usize {
-    match args[4] {
+pub fn width(args: &KeyArgs) -> usize {
+    match args.algorithm() {
         0 => 1,
         2 => 2,
         _ => 3,
@@ -322,7 +352,7 @@ pub struct Answer {
 impl Answer {
     /// One request's part of the front of `reply`, for keys whose ARGV are `args`, and how many
     /// numbers it took (a broken reply: all of them).
-    pub fn read(reply: &[i64], args: &[[u64; KEY_ARGS]]) -> (Result<Answer, BackendError>, usize) {
+    pub fn read(reply: &[i64], args: &[KeyArgs]) -> (Result<Answer, BackendError>, usize) {
         let broken = || {
             (
                 Err(BackendError::Unexpected(format!("{reply:?}"))),
@@ -364,9 +394,23 @@ mod tests {
 
     #[test]
     fn a_reply_is_read_request_by_request_with_each_key_s_numbers() {
-        let fixed = [1, 10, 1, 1000, 0, 0, 60_000];
-        let bucket = [1, 10, 1, 1000, 2, 10, 60_000];
-        let sliding = [1, 10, 1, 1000, 1, 0, 60_000];
+        let inc = |counting| Increment {
+            key: 0,
+            window_seconds: 60,
+            window_index: 0,
+            expires_in_ms: 1_000,
+            requests_per_unit: 10,
+            hits: 1,
+            enforced: true,
+            counting,
+            now_us: 0,
+        };
+        let fixed = KeyArgs::of(&inc(Counting::Fixed));
+        let bucket = KeyArgs::of(&inc(Counting::Bucket { burst: 20 }));
+        let sliding = KeyArgs::of(&inc(Counting::Sliding));
+        assert_eq!(fixed.as_slice(), [1, 1, 10, 1_000]);
+        assert_eq!(sliding.as_slice(), [3, 1, 10, 60_000]);
+        assert_eq!(bucket.as_slice(), [5, 1, 10, 60_000, 20]);
         // Admitted (two keys); failed; refused at its second key (three keys).
         let reply = [0, 7, 9, -1, 2, 3, 100, 200, 4, 5, 6];
         let (first, used) = Answer::read(&reply, &[fixed, fixed]);
