@@ -71,6 +71,8 @@ local function at_least_one(hits)
   return hits
 end
 
+-- Whether the hits fit, the three numbers answered, and the value to store and its ttl (when
+-- the bucket moves); nil when the key holds no bucket.
 local function bucket(raw, hits, limit, enforced, burst, window_ms)
   local tat = tonumber(raw or '0')
   if tat == nil then
@@ -78,7 +80,7 @@ local function bucket(raw, hits, limit, enforced, burst, window_ms)
   end
   local t = now()
   if limit == 0 or burst == 0 then
-    return false, {tat, t, 0}
+    return false, tat, t, 0
   end
   local interval = (window_ms * 1000) / limit
   local function cost(n)
@@ -92,11 +94,12 @@ local function bucket(raw, hits, limit, enforced, burst, window_ms)
   local fits = base - t + cost(at_least_one(hits)) <= capacity
   if hits > 0 and (fits or not enforced) then
     local after = math.min(base, t + capacity) + cost(hits)
-    return fits, {after, t, 0}, whole(after), math.max(1, math.ceil((after - t) / 1000))
+    return fits, after, t, 0, whole(after), math.max(1, math.ceil((after - t) / 1000))
   end
-  return fits, {tat, t, 0}
+  return fits, tat, t, 0
 end
 
+-- As `bucket`, for a sliding window.
 local function sliding(raw, hits, limit, enforced, window_ms)
   local t = math.floor(now() / 1000)
   local index = math.floor(t / window_ms)
@@ -122,67 +125,70 @@ local function sliding(raw, hits, limit, enforced, window_ms)
   if hits > 0 and (fits or not enforced) then
     local after = current + hits
     local value = whole(index) .. ':' .. whole(after) .. ':' .. whole(previous)
-    return fits, {after, previous, elapsed}, value, 2 * window_ms - elapsed
+    return fits, after, previous, elapsed, value, 2 * window_ms - elapsed
   end
-  return fits, {current, previous, elapsed}
+  return fits, current, previous, elapsed
 end
 
--- The key whose arguments start at `at`: its algorithm (0 fixed window, 1 sliding window,
--- 2 token bucket) and whether it is enforced.
-local function kind_of(at)
-  local kind = tonumber(ARGV[at])
-  return math.floor(kind / 2), kind % 2 == 1
-end
-
-local function refill(raw, at, hits, algorithm, enforced)
+-- The refill counter whose arguments start at `at`.
+local function refill(raw, at, hits, enforced)
+  local kind = ARGV[at]
   local limit = tonumber(ARGV[at + 2])
   local window_ms = tonumber(ARGV[at + 3])
-  if algorithm == 2 then
+  if kind == '4' or kind == '5' then
     return bucket(raw, hits, limit, enforced, tonumber(ARGV[at + 4]), window_ms)
   end
   return sliding(raw, hits, limit, enforced, window_ms)
 end
 
+-- A key's three numbers, only read.
 local function numbers_of(key, at)
-  local algorithm, enforced = kind_of(at)
-  if algorithm == 0 then
-    return {read(key) or 0, 0, 0}
+  local kind = ARGV[at]
+  if kind == '0' or kind == '1' then
+    return read(key) or 0, 0, 0
   end
   local raw = redis.pcall('GET', key)
   if type(raw) == 'table' then
-    return {0, 0, 0}
+    return 0, 0, 0
   end
-  local _, numbers = refill(raw, at, 0, algorithm, enforced)
-  return numbers or {0, 0, 0}
+  local fits, x, y, z = refill(raw, at, 0, false)
+  if fits == nil then
+    return 0, 0, 0
+  end
+  return x, y, z
 end
 
+-- Per key of the request at hand (reused from request to request, so that counting allocates
+-- nothing per key): where its arguments start, its three numbers, a refill counter's old value.
+local ats, xs, ys, zs, olds = {}, {}, {}, {}, {}
 local out = {}
+local o = 0
 local k = 0
 local a = 2
 for r = 1, tonumber(ARGV[1]) do
   local n = tonumber(ARGV[a])
   a = a + 1
-  local ats = {}
   for i = 1, n do
     ats[i] = a
-    if tonumber(ARGV[a]) >= 4 then
+    olds[i] = nil
+    local kind = ARGV[a]
+    if kind == '4' or kind == '5' then
       a = a + 5
     else
       a = a + 4
     end
   end
-  local values = {}
-  local olds = {}
   local first_over = 0
   local failed = false
   local counted = 0
   for i = 1, n do
     local at = ats[i]
     local key = KEYS[k + i]
-    local algorithm, enforced = kind_of(at)
+    local kind = ARGV[at]
+    local enforced = kind == '1' or kind == '3' or kind == '5'
     local hits = tonumber(ARGV[at + 1])
     local over
-    if algorithm == 0 then
+    if kind == '0' or kind == '1' then
       local value
       if hits > 0 then
         value = redis.pcall('INCRBY', key, ARGV[at + 1])
@@ -200,13 +206,13 @@ for r = 1, tonumber(ARGV[1]) do
           break
         end
       end
-      values[i] = {value, 0, 0}
+      xs[i], ys[i], zs[i] = value, 0, 0
       over = is_over(value, hits, tonumber(ARGV[at + 2]))
     else
       local raw = redis.pcall('GET', key)
-      local fits, numbers, store, ttl
+      local fits, x, y, z, store, ttl
       if type(raw) ~= 'table' then
-        fits, numbers, store, ttl = refill(raw, at, hits, algorithm, enforced)
+        fits, x, y, z, store, ttl = refill(raw, at, hits, enforced)
       end
       if fits == nil then
         failed = true
@@ -216,7 +222,7 @@ for r = 1, tonumber(ARGV[1]) do
         olds[i] = raw
         redis.call('SET', key, store, 'PX', ttl)
       end
-      values[i] = numbers
+      xs[i], ys[i], zs[i] = x, y, z
       over = not fits
     end
     counted = i
@@ -230,9 +236,10 @@ for r = 1, tonumber(ARGV[1]) do
     for j = 1, upto do
       local at = ats[j]
       local key = KEYS[k + j]
-      if kind_of(at) == 0 then
+      local kind = ARGV[at]
+      if kind == '0' or kind == '1' then
         if tonumber(ARGV[at + 1]) > 0 then
-          values[j] = {redis.pcall('DECRBY', key, ARGV[at + 1]), 0, 0}
+          xs[j] = redis.pcall('DECRBY', key, ARGV[at + 1])
         end
       elseif olds[j] ~= nil then
         if olds[j] then
@@ -240,24 +247,28 @@ for r = 1, tonumber(ARGV[1]) do
         else
           redis.call('DEL', key)
         end
-        values[j] = numbers_of(key, at)
+        xs[j], ys[j], zs[j] = numbers_of(key, at)
       end
     end
     for j = upto + 1, n do
-      values[j] = numbers_of(KEYS[k + j], ats[j])
+      xs[j], ys[j], zs[j] = numbers_of(KEYS[k + j], ats[j])
     end
   end
+  o = o + 1
   if failed then
-    out[#out + 1] = -1
+    out[o] = -1
   else
-    out[#out + 1] = first_over
+    out[o] = first_over
     for i = 1, n do
-      local algorithm = kind_of(ats[i])
-      out[#out + 1] = values[i][1]
-      if algorithm ~= 0 then
-        out[#out + 1] = values[i][2]
-        if algorithm == 1 then
-          out[#out + 1] = values[i][3]
+      local kind = ARGV[ats[i]]
+      o = o + 1
+      out[o] = xs[i]
+      if kind ~= '0' and kind ~= '1' then
+        o = o + 1
+        out[o] = ys[i]
+        if kind == '2' or kind == '3' then
+          o = o + 1
+          out[o] = zs[i]
         end
       end
     end
