@@ -26,6 +26,8 @@ descriptors:
     rate_limit: {unit: second, unit_multiplier: 2, requests_per_unit: 2}
   - key: bucket
     rate_limit: {unit: second, requests_per_unit: 2, algorithm: token_bucket}
+  - key: sliding
+    rate_limit: {unit: second, unit_multiplier: 2, requests_per_unit: 2, algorithm: sliding_window}
 ";
 
 fn rules_dir(rules: &str) -> tempfile::TempDir {
@@ -220,6 +222,41 @@ async fn a_cached_refusal_ends_with_its_window_and_a_bucket_s_when_it_refills() 
     assert!(
         redis_calls(&redis) - before <= 3,
         "Redis asked only once the token could be back"
+    );
+    rl.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sliding_window_is_refused_here_until_its_estimate_has_room() {
+    let redis = RedisServer::start();
+    let rules = rules_dir(RULES);
+    let rl = replica(rules.path(), &redis, &[]);
+    let mut c = client(&rl).await;
+    // 2 per 2 s: two hits stay whole until their window ends, then slide out over the next; a
+    // third passes once half of them have, between 1 and 3 s after they came.
+    let key = fresh_key("sliding");
+    assert!(is_ok(&ask(&mut c, "sliding", &key).await));
+    assert!(is_ok(&ask(&mut c, "sliding", &key).await));
+    let refused_at = Instant::now();
+    assert!(!is_ok(&ask(&mut c, "sliding", &key).await));
+    let (before, cached_before) = (redis_calls(&redis), cached(&rl));
+    let deadline = Instant::now() + Duration::from_secs(6);
+    loop {
+        assert!(Instant::now() < deadline, "the window never had room again");
+        if is_ok(&ask(&mut c, "sliding", &key).await) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let waited = refused_at.elapsed();
+    assert!(
+        waited > Duration::from_millis(900) && waited < Duration::from_millis(3_500),
+        "admitted {waited:?} after the refusal"
+    );
+    assert!(cached(&rl) - cached_before >= 20.0);
+    assert!(
+        redis_calls(&redis) - before <= 3,
+        "Redis asked only once there was room"
     );
     rl.stop();
 }
