@@ -232,9 +232,8 @@ impl Limiter {
             .await
     }
 
-    /// [`Limiter::decide_observed`] at once, where nothing waits (no future is made): always in
-    /// memory mode; in Redis mode when no counter is asked for (an unknown domain) or the local
-    /// over-limit cache refuses the request. `None`: ask Redis.
+    /// [`Limiter::decide_observed`] at once, in memory mode, where nothing waits (no future
+    /// is made); `None` in Redis mode.
     pub fn decide_now(
         &self,
         rules: &RuleSet,
@@ -242,19 +241,15 @@ impl Limiter {
         now: Duration,
         observe: impl FnMut(&Limit, &[(&str, &str)], WindowOutcome),
     ) -> Option<Result<Decision, StoreError>> {
+        let Store::Memory(store) = &self.store else {
+            return None;
+        };
         let Some(applied) = applied(rules, request) else {
             return Some(Ok(Decision::unknown_domain(request.descriptors.len())));
         };
         let plan = Plan::new(&applied, request, now, self.default_algorithm);
-        let counted = match &self.store {
-            Store::Memory(store) => {
-                let (admitted, counts) = store.apply(&plan.batch);
-                Counted::Counts(admitted, counts)
-            }
-            Store::Redis(shared) => {
-                Counted::Cached(shared.cached_refusal(&plan.batch, rules.generation())?)
-            }
-        };
+        let (admitted, counts) = store.apply(&plan.batch);
+        let counted = Counted::Counts(admitted, counts);
         Some(Ok(plan.conclude(request, counted, observe)))
     }
 

@@ -355,14 +355,6 @@ impl BackendState {
 }
 
 impl Shared {
-    /// The counts of `batch`'s refusal when the local over-limit cache knows Redis would refuse
-    /// it (under the rules of `generation`), counted as its answer.
-    pub(super) fn cached_refusal(&self, batch: &Batch, generation: u64) -> Option<Counts> {
-        let counts = self.cache.refusal(batch, &tags_of(batch), generation)?;
-        self.state.cached.fetch_add(1, Ordering::Relaxed);
-        Some(counts)
-    }
-
     /// Counts in Redis, unless the local over-limit cache knows the request is refused (under
     /// the rules of `generation`); when Redis fails (or is known down), answers by the failure
     /// policy, after recording it.

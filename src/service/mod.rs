@@ -75,9 +75,8 @@ impl RlsService {
     }
 
     /// Decides one encoded `RateLimitRequest`, counting wherever the limiter counts: the one
-    /// entry point, for gRPC and `/json` alike. In memory, and for a refusal the local
-    /// over-limit cache answers, the answer is made at once, with no future; otherwise it comes
-    /// later, from a future that waits for Redis.
+    /// entry point, for gRPC and `/json` alike. In memory the answer is made at once, with no
+    /// future; with Redis it comes later, from a future that waits for Redis.
     ///
     /// At debug level, each decision is a span with the domain and the outcome (never a
     /// descriptor value: API keys are secrets).
@@ -120,24 +119,27 @@ impl RlsService {
         self.finish(decision, started, &span)
     }
 
-    /// The decision at once, where nothing waits: counting in memory, or a refusal the local
-    /// over-limit cache answers in Redis mode; `None` when Redis must be asked.
+    /// The decision at once, when counting in memory (where nothing waits); `None` when
+    /// counting in Redis.
     fn decide_now(&self, message: &[u8], arrived: Instant) -> Option<Result<Answer, Status>> {
+        if self.limiter.backend().is_some() {
+            return None;
+        }
         let started = self.record.then_some(arrived);
         let (request, now) = match read(message) {
             Ok(read) => read,
             Err(status) => return Some(self.refused(status, started)),
         };
+        let span = decision_span(&request);
+        let _entered = span.enter();
         let snapshot = self.rules.load();
+        // `None` only in Redis mode, which returned above.
         let decision = self.limiter.decide_now(
             &snapshot.rules,
             &request,
             now,
             |limit, entries, outcome| self.record_window(&snapshot, limit, entries, outcome),
         )?;
-        // Made only for a decision taken here: one that goes to Redis gets its span there.
-        let span = decision_span(&request);
-        let _entered = span.enter();
         Some(self.finish(decision, started, &span))
     }
 
