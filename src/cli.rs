@@ -1,4 +1,4 @@
-//! The command line: `ratelimitd serve` and `ratelimitd check`. Every flag has an environment
+//! The command line: `ratelimitd serve`, `check`, `health` and `explain`. Every flag has an environment
 //! twin (`RATELIMITD_…`), so a container can be configured without a command line.
 
 use std::net::SocketAddr;
@@ -33,6 +33,59 @@ pub enum Command {
     Check(Check),
     /// Ask a running ratelimitd's gRPC health service; exit 0 if it is SERVING, else 1.
     Health(Health),
+    /// Tell how a request's descriptors match the rules, level by level, and which limits
+    /// apply, without counting anything.
+    Explain(Explain),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Explain {
+    /// A rule file, or a directory of rule files.
+    #[arg(long, env = "RATELIMITD_CONFIG")]
+    pub config: PathBuf,
+    /// The request's domain.
+    #[arg(long)]
+    pub domain: String,
+    /// One descriptor: its entries, `key=value` each, in order.
+    #[arg(value_name = "KEY=VALUE")]
+    pub entries: Vec<String>,
+    /// Another descriptor of the request, `key=value,key=value` (repeat for more).
+    #[arg(long = "descriptor", value_name = "KEY=VALUE,...")]
+    pub descriptors: Vec<String>,
+    /// How limits that name no `algorithm` count (as `serve --default-algorithm`).
+    #[arg(long, env = "RATELIMITD_DEFAULT_ALGORITHM", value_enum, default_value_t = Algorithm::FixedWindow)]
+    pub default_algorithm: Algorithm,
+}
+
+impl Explain {
+    /// The request's descriptors: the positional entries first (if any), then each
+    /// `--descriptor`; an entry without `=` is refused with its text.
+    pub fn request(&self) -> Result<Vec<Vec<(String, String)>>, String> {
+        let entry = |text: &str| {
+            text.split_once('=')
+                .filter(|(key, _)| !key.is_empty())
+                .map(|(key, value)| (key.to_string(), value.to_string()))
+                .ok_or_else(|| format!("{text:?}: an entry is key=value"))
+        };
+        let mut descriptors = Vec::new();
+        if !self.entries.is_empty() {
+            descriptors.push(
+                self.entries
+                    .iter()
+                    .map(|e| entry(e))
+                    .collect::<Result<_, _>>()?,
+            );
+        }
+        for group in &self.descriptors {
+            descriptors.push(group.split(',').map(entry).collect::<Result<_, _>>()?);
+        }
+        if descriptors.is_empty() {
+            return Err(
+                "name at least one descriptor: key=value … or --descriptor key=value,…".into(),
+            );
+        }
+        Ok(descriptors)
+    }
 }
 
 #[derive(Debug, clap::Args)]

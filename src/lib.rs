@@ -31,6 +31,7 @@ pub mod background;
 pub mod config;
 pub mod container;
 pub mod envoy_env;
+pub mod explain;
 pub mod limiter;
 pub mod metrics;
 pub mod probe;

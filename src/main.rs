@@ -45,6 +45,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse_from(args);
     match cli.command {
         Command::Check(check) => run_check(&check),
+        Command::Explain(explain) => run_explain(&explain),
         Command::Health(health) => run_health(&health),
         Command::Serve(serve) => {
             let runtime = match tokio::runtime::Runtime::new() {
@@ -109,6 +110,32 @@ fn run_check(check: &cli::Check) -> ExitCode {
                     .collect::<Vec<_>>()
                     .join(", ")
             );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_explain(explain: &cli::Explain) -> ExitCode {
+    let descriptors = match explain.request() {
+        Ok(descriptors) => descriptors,
+        Err(error) => {
+            eprintln!("ratelimitd explain: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    match config::load(&explain.config) {
+        Ok(rules) => {
+            let (head, explained) = ratelimitd::explain::explain(
+                &rules,
+                &explain.domain,
+                &descriptors,
+                explain.default_algorithm,
+            );
+            print!("{}", ratelimitd::explain::render(&head, &explained));
             ExitCode::SUCCESS
         }
         Err(errors) => {

@@ -158,6 +158,7 @@ fn descriptor(reader: &mut Reader<'_>, item: &Yaml<'_>) -> Option<Node> {
     Some(Node {
         key,
         value,
+        line: u32::try_from(item.span.line).unwrap_or(u32::MAX),
         policy,
         children,
         detailed_metric: flags.detailed_metric,

@@ -6,13 +6,43 @@
 //! the node reached by the *last* entry applies, so a descriptor that is shorter or longer than
 //! the rule path is not limited by it. No counting and no metrics happen here.
 
-use super::{Children, Domain, Node};
+use super::{Children, Domain, Node, NodeValue};
 
 /// One `(key, value)` entry of a request descriptor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entry<'a> {
     pub key: &'a str,
     pub value: &'a str,
+}
+
+/// How a node was chosen for an entry, in the order that decides between them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Choice {
+    /// Its value is the entry's value.
+    Exact,
+    /// Its pattern matches the entry's value (the first in file order wins).
+    Wildcard,
+    /// It has no value: any value of its key.
+    KeyOnly,
+}
+
+/// One level of a descriptor's walk: the node taken, and the others that matched too but lose
+/// to it, in order.
+#[derive(Debug)]
+pub struct Step<'r> {
+    pub node: &'r Node,
+    pub choice: Choice,
+    pub passed_over: Vec<(&'r Node, Choice)>,
+}
+
+/// A descriptor's walk through a domain's tree ([`Domain::walk`]).
+#[derive(Debug)]
+pub struct Walk<'r> {
+    /// One per entry that found a node, in order.
+    pub steps: Vec<Step<'r>>,
+    /// The first entry that found no node (0-based), if one did not; then whether its level
+    /// has nodes of its key at all.
+    pub stopped: Option<(usize, bool)>,
 }
 
 impl Domain {
@@ -24,25 +54,65 @@ impl Domain {
         let mut level = &self.root;
         let mut reached = None;
         for entry in entries {
-            let node = level.find(&entry)?;
+            let (node, _) = level.candidates(entry).next()?;
             level = &node.children;
             reached = Some(node);
         }
         reached
     }
+
+    /// [`Domain::find`] step by step, with what each step chose and passed over: for telling
+    /// why a descriptor is (or is not) limited.
+    pub fn walk<'r, 'e>(&'r self, entries: impl IntoIterator<Item = Entry<'e>>) -> Walk<'r> {
+        let mut level = &self.root;
+        let mut steps = Vec::new();
+        for (i, entry) in entries.into_iter().enumerate() {
+            let mut candidates = level.candidates(entry);
+            let Some((node, choice)) = candidates.next() else {
+                let known = level.by_key.contains_key(entry.key);
+                return Walk {
+                    steps,
+                    stopped: Some((i, known)),
+                };
+            };
+            steps.push(Step {
+                node,
+                choice,
+                passed_over: candidates.collect(),
+            });
+            level = &node.children;
+        }
+        Walk {
+            steps,
+            stopped: None,
+        }
+    }
 }
 
 impl Children {
-    fn find(&self, entry: &Entry<'_>) -> Option<&Node> {
-        let nodes = self.by_key.get(entry.key)?;
-        if let Some(node) = nodes.exact.get(entry.value) {
-            return Some(node);
-        }
-        let wildcard = nodes.wildcards.iter().find(|node| match &node.value {
-            super::NodeValue::Wildcard(pattern) => pattern.matches(entry.value),
-            _ => false,
-        });
-        wildcard.or(nodes.any.as_deref())
+    /// Every node of this level that `entry` matches, best first: the exact value, then the
+    /// wildcards whose pattern matches in file order, then the key-only node. The first is
+    /// the one taken (envoyproxy/ratelimit's order); matching asks for no more than that.
+    fn candidates<'c, 'q>(
+        &'c self,
+        entry: Entry<'q>,
+    ) -> impl Iterator<Item = (&'c Node, Choice)> + use<'c, 'q> {
+        let nodes = self.by_key.get(entry.key);
+        let exact = nodes
+            .and_then(|n| n.exact.get(entry.value))
+            .map(|node| (node, Choice::Exact));
+        let wildcards = nodes
+            .into_iter()
+            .flat_map(|n| n.wildcards.iter())
+            .filter(move |node| match &node.value {
+                NodeValue::Wildcard(pattern) => pattern.matches(entry.value),
+                _ => false,
+            })
+            .map(|node| (node, Choice::Wildcard));
+        let any = nodes
+            .and_then(|n| n.any.as_deref())
+            .map(|node| (node, Choice::KeyOnly));
+        exact.into_iter().chain(wildcards).chain(any)
     }
 }
 

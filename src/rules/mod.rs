@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use matcher::Entry;
+pub use matcher::{Choice, Entry, Step, Walk};
 pub use wildcard::Wildcard;
 
 /// Hash maps of the rule tree. Their keys come from rule files, not from requests, so a fast
@@ -247,6 +247,8 @@ pub struct Domain {
 pub struct Node {
     pub key: String,
     pub value: NodeValue,
+    /// The line of the descriptor in its file (1-based; 0 when it came from no file).
+    pub line: u32,
     /// What applies when a descriptor's *last* entry stops at this node; `None` when the node
     /// only leads to deeper nodes.
     pub policy: Option<Policy>,
