@@ -5,9 +5,13 @@
 //! - `GET /rlconfig`: the rules in use, one line per rule in envoyproxy/ratelimit's format,
 //!   grouped by domain with the file each came from;
 //! - `POST /json`: `ShouldRateLimit` with the request and answer in proto3 JSON, for clients
-//!   that cannot speak gRPC: 200 when OK, 429 when over the limit, 400 for bad input.
+//!   that cannot speak gRPC: 200 when OK, 429 when over the limit, 400 for bad input;
+//! - `POST /explain` (ratelimitd's own): why the request in `/json`'s body is or is not
+//!   limited, with each counted window's state now, counting nothing.
 //!
-//! Nothing here decides anything: `/json` calls the same [`RlsService`] as gRPC.
+//! Nothing here decides anything: `/json` calls the same [`RlsService`] as gRPC, and
+//! `/explain` its explanation. `/json`, `/explain` and `/rlconfig` answer loopback peers only,
+//! unless `--admin-remote-debug`.
 
 mod guarded;
 
@@ -84,6 +88,7 @@ impl Admin {
             .route("/metrics", get(metrics))
             .route("/rlconfig", get(rlconfig))
             .route("/json", post(json))
+            .route("/explain", post(explain))
             .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
             .with_state(self)
     }
@@ -250,14 +255,7 @@ async fn json(
     };
     let answer = match admin.service.decide(request.into()).answer().await {
         Ok(answer) => answer,
-        Err(status) => {
-            let code = match status.code() {
-                Code::InvalidArgument => StatusCode::BAD_REQUEST,
-                Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-                _ => StatusCode::INTERNAL_SERVER_ERROR,
-            };
-            return plain(code, status.message());
-        }
+        Err(status) => return refused(&status),
     };
     let code = if answer.decision().over_limit {
         StatusCode::TOO_MANY_REQUESTS
@@ -268,6 +266,36 @@ async fn json(
         Ok(body) => (code, [(header::CONTENT_TYPE, "application/json")], body).into_response(),
         Err(message) => plain(StatusCode::INTERNAL_SERVER_ERROR, &message),
     }
+}
+
+/// Why the request in the body (`/json`'s proto3 JSON) is or is not limited, with each
+/// counted window's state now; counts nothing.
+async fn explain(
+    State(admin): State<Admin>,
+    ConnectInfo(guarded::Peer(peer)): ConnectInfo<guarded::Peer>,
+    body: Bytes,
+) -> Response {
+    if !admin.debug_allowed(peer) {
+        return loopback_only();
+    }
+    let request = match admin.json.request(&body) {
+        Ok(request) => request,
+        Err(message) => return plain(StatusCode::BAD_REQUEST, &message),
+    };
+    match admin.service.explain(&request).await {
+        Ok(text) => ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response(),
+        Err(status) => refused(&status),
+    }
+}
+
+/// A gRPC refusal as HTTP: a bad request, the store unavailable, or anything else.
+fn refused(status: &tonic::Status) -> Response {
+    let code = match status.code() {
+        Code::InvalidArgument => StatusCode::BAD_REQUEST,
+        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    plain(code, status.message())
 }
 
 fn plain(code: StatusCode, message: &str) -> Response {

@@ -10,7 +10,9 @@
 use std::collections::HashSet;
 use std::fmt::Write;
 use std::path::Path;
+use std::time::Duration;
 
+use crate::limiter::{WindowOutcome, window};
 use crate::rules::{
     Algorithm, Choice, Domain, Entry, Limit, Node, NodeValue, Policy, RuleSet, Step,
 };
@@ -196,14 +198,18 @@ fn at(node: &Node, source: &Path) -> String {
     format!("{} at {}:{}", shown(node), source.display(), node.line)
 }
 
-/// One limit: its rate, window and how it counts.
-pub fn describe(limit: &Limit, default_algorithm: Algorithm) -> String {
+/// A limit's window: `minute`, or `10 seconds`.
+fn per(limit: &Limit) -> String {
     let window = limit.window;
-    let per = match window.multiplier() {
+    match window.multiplier() {
         1 => window.unit().name().to_string(),
         n => format!("{n} {}s", window.unit().name()),
-    };
-    let mut text = format!("{} per {per}", limit.requests_per_unit);
+    }
+}
+
+/// One limit: its rate, window and how it counts.
+pub fn describe(limit: &Limit, default_algorithm: Algorithm) -> String {
+    let mut text = format!("{} per {}", limit.requests_per_unit, per(limit));
     let algorithm = limit.algorithm.unwrap_or(default_algorithm);
     let _ = write!(
         text,
@@ -227,6 +233,26 @@ pub fn describe(limit: &Limit, default_algorithm: Algorithm) -> String {
         text.push_str(", quota mode (refuses only when every quota group of the request is over)");
     }
     text
+}
+
+/// A counted window's state at `now`, from a check of 0 hits: `outcome.before` is its count
+/// (for a refill counter, the requests it holds).
+pub fn state(limit: &Limit, outcome: &WindowOutcome, now: Duration, default: Algorithm) -> String {
+    let count = outcome.before;
+    let remaining = u64::from(limit.requests_per_unit).saturating_sub(count);
+    let of = format!("{} per {}", limit.requests_per_unit, per(limit));
+    match limit.algorithm.unwrap_or(default) {
+        Algorithm::FixedWindow => {
+            let reset = window::position(now, limit.window.seconds()).reset_in;
+            format!(
+                "{count} counted of {of}, {remaining} remaining, the window resets in {}s",
+                reset.as_secs_f64().ceil()
+            )
+        }
+        Algorithm::SlidingWindow | Algorithm::TokenBucket => {
+            format!("holds {count} of {of}, {remaining} remaining")
+        }
+    }
 }
 
 /// Everything [`explain`] says, as one text.

@@ -205,6 +205,11 @@ impl Limiter {
         }
     }
 
+    /// How limits that name no algorithm count (`--default-algorithm`).
+    pub fn default_algorithm(&self) -> Algorithm {
+        self.default_algorithm
+    }
+
     /// The in-process store (in Redis mode, the fallback of `--on-backend-error local`).
     pub fn store(&self) -> &MemoryStore {
         match &self.store {

@@ -18,6 +18,7 @@ use futures_util::future::BoxFuture;
 use tonic::Status;
 use tracing::Instrument;
 
+use crate::explain;
 use crate::limiter::{Decision, Limiter, Request, StoreError, WindowOutcome, clock};
 use crate::rules::Limit;
 pub use live::{LiveRules, Snapshot};
@@ -97,6 +98,65 @@ impl RlsService {
                 }))
             }
         }
+    }
+
+    /// What [`crate::explain`] says of an encoded `RateLimitRequest` under the rules in use,
+    /// with each counted window's state now: its count, what remains and when it resets. The
+    /// counters are read as a check of 0 hits, which counts nothing (in Redis too); no metric
+    /// records it.
+    pub async fn explain(&self, message: &[u8]) -> Result<String, Status> {
+        let (request, now) = read(message)?;
+        let snapshot = self.rules.current();
+        let descriptors: Vec<Vec<(String, String)>> = request
+            .descriptors
+            .iter()
+            .map(|d| {
+                d.entries
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect()
+            })
+            .collect();
+        let algorithm = self.limiter.default_algorithm();
+        let (head, mut explained) =
+            explain::explain(&snapshot.rules, request.domain, &descriptors, algorithm);
+        // Read, not counted: every descriptor checks 0 hits.
+        let mut check = request.clone();
+        check.hits = 0;
+        for descriptor in &mut check.descriptors {
+            descriptor.hits = Some(0);
+        }
+        let mut seen: Vec<(Limit, WindowOutcome)> = Vec::new();
+        self.limiter
+            .decide_observed(&snapshot.rules, &check, now, |limit, _, outcome| {
+                seen.push((limit.clone(), outcome));
+            })
+            .await
+            .map_err(status_of_store_error)?;
+        // The windows come in request order, descriptor by descriptor, as explained (or one,
+        // Envoy's own `limit`, for a descriptor that carries it).
+        let mut windows = seen.into_iter();
+        for (e, descriptor) in explained.iter_mut().zip(&request.descriptors) {
+            let counted = if let Some(o) = descriptor.limit_override {
+                e.text.push_str(&format!(
+                    "
+  Envoy's own `limit` for this descriptor applies instead of the rules': {} per {}",
+                    o.requests_per_unit,
+                    o.unit.name()
+                ));
+                1
+            } else {
+                e.limits.len()
+            };
+            for (limit, outcome) in windows.by_ref().take(counted) {
+                e.text.push_str(&format!(
+                    "
+  now: {}",
+                    explain::state(&limit, &outcome, now, algorithm)
+                ));
+            }
+        }
+        Ok(explain::render(&head, &explained))
     }
 
     /// The decision when it must wait for the store (Redis).
