@@ -12,7 +12,7 @@
 //! regions (`MADV_HUGEPAGE`), and giving back the small pages inside a huge one makes the
 //! kernel split it: freeing a 100 MB rule file's parse tree (2 GB) then held decisions up to
 //! 26 ms, and the load itself took 38 s. Without them the slowest decision during that load is
-//! 4.5 ms (the machine's own noise is larger) and the load takes 26 s (`loadgen reload`, README).
+//! 4.5 ms (the machine's own noise is larger) and the load takes 26 s (`loadgen reload`, docs/performance.md).
 
 /// mimalloc's index of `mi_option_purge_delay`. mimalloc keeps retired options as placeholders
 /// so that these indices never move.

@@ -4,7 +4,7 @@
 //! `serve` flag that does the same; a flag or `RATELIMITD_…` variable given explicitly wins.
 //!
 //! What each variable means was read in envoyproxy/ratelimit's `src/settings/settings.go` and
-//! `src/provider/file_provider.go`; the README's table says what ratelimitd does with each.
+//! `src/provider/file_provider.go`; docs/envoyproxy-ratelimit.md says what ratelimitd does with each.
 //! A variable that asks for something ratelimitd does not do (statsd, memcache, a Unix socket,
 //! rules over xDS, tracing) stops the start, naming it: never silently ignored. Tuning knobs of
 //! the Go implementation (pool sizes, pipelining, flush intervals) are accepted and reported
