@@ -667,6 +667,22 @@ impl RedisProcess {
     }
 }
 
+/// With `redis`, a redis-server for the run (kept alive by the caller) and `binaries` counting
+/// in it; else no Redis and `binaries` as they are.
+fn with_redis(
+    binaries: &Binaries,
+    redis: bool,
+) -> Result<(Option<RedisProcess>, Binaries), Box<dyn std::error::Error>> {
+    let redis = if redis {
+        Some(RedisProcess::start()?)
+    } else {
+        None
+    };
+    let mut binaries = binaries.clone();
+    binaries.backend = redis.as_ref().map(RedisProcess::url);
+    Ok((redis, binaries))
+}
+
 impl Drop for RedisProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -727,13 +743,7 @@ fn compare(
             scenario.name, scenario.what, args.rounds
         );
         let (labels, kinds): (Vec<String>, Vec<Kind<'_>>) = lineup(&scenario).into_iter().unzip();
-        let redis = if args.redis {
-            Some(RedisProcess::start()?)
-        } else {
-            None
-        };
-        let mut binaries = args.binaries.clone();
-        binaries.backend = redis.as_ref().map(RedisProcess::url);
+        let (_redis, binaries) = with_redis(&args.binaries, args.redis)?;
         let servers = kinds
             .iter()
             .map(|kind| Server::start(&binaries, *kind, None))
@@ -977,13 +987,7 @@ fn instructions_for(
 }
 
 fn instructions(args: InstructionsArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let redis = if args.redis {
-        Some(RedisProcess::start()?)
-    } else {
-        None
-    };
-    let mut binaries = args.binaries.clone();
-    binaries.backend = redis.as_ref().map(RedisProcess::url);
+    let (_redis, binaries) = with_redis(&args.binaries, args.redis)?;
     let long = args.requests.max(10);
     let short = long / 10;
     println!("| scenario | server | instructions per decision | ratio |");

@@ -82,6 +82,17 @@ impl Admin {
         debug_allowed(self.remote_debug, peer)
     }
 
+    /// The request in a `/json` or `/explain` body from `peer`, as protobuf bytes; or the
+    /// refusal: a peer the debug endpoints do not answer, or a body that is no request.
+    fn debug_request(&self, peer: SocketAddr, body: &[u8]) -> Result<Vec<u8>, Box<Response>> {
+        if !self.debug_allowed(peer) {
+            return Err(Box::new(loopback_only()));
+        }
+        self.json
+            .request(body)
+            .map_err(|message| Box::new(plain(StatusCode::BAD_REQUEST, &message)))
+    }
+
     pub fn router(self) -> Router {
         Router::new()
             .route("/healthcheck", get(healthcheck))
@@ -246,12 +257,9 @@ async fn json(
     ConnectInfo(guarded::Peer(peer)): ConnectInfo<guarded::Peer>,
     body: Bytes,
 ) -> Response {
-    if !admin.debug_allowed(peer) {
-        return loopback_only();
-    }
-    let request = match admin.json.request(&body) {
+    let request = match admin.debug_request(peer, &body) {
         Ok(request) => request,
-        Err(message) => return plain(StatusCode::BAD_REQUEST, &message),
+        Err(refusal) => return *refusal,
     };
     let answer = match admin.service.decide(request.into()).answer().await {
         Ok(answer) => answer,
@@ -275,12 +283,9 @@ async fn explain(
     ConnectInfo(guarded::Peer(peer)): ConnectInfo<guarded::Peer>,
     body: Bytes,
 ) -> Response {
-    if !admin.debug_allowed(peer) {
-        return loopback_only();
-    }
-    let request = match admin.json.request(&body) {
+    let request = match admin.debug_request(peer, &body) {
         Ok(request) => request,
-        Err(message) => return plain(StatusCode::BAD_REQUEST, &message),
+        Err(refusal) => return *refusal,
     };
     match admin.service.explain(&request).await {
         Ok(text) => ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response(),
