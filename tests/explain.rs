@@ -1,6 +1,7 @@
 //! `POST /explain` on a running ratelimitd, in memory and counting in a real `redis-server`:
 //! the explanation of the request in `/json`'s body with each window's count, what remains and
-//! when it resets, which the next `ShouldRateLimit` confirms; explaining counts nothing.
+//! when it resets, which the next `ShouldRateLimit` over gRPC confirms; explaining counts
+//! nothing.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -9,6 +10,7 @@ mod common;
 use common::process::{Ratelimitd, http_agent};
 use common::redis::RedisServer;
 use common::*;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
 
 const RULES: &str = "\
 domain: shop
@@ -71,10 +73,23 @@ fn explained_counts_then_confirmed(rl: &Ratelimitd) {
         "{text}"
     );
     assert!(text.contains("the window resets in "), "{text}");
-    // Explaining again counted nothing: the same state, and the next call finds it.
+    // Explaining again counted nothing: the same state, and the next ShouldRateLimit finds it:
+    // refused by the empty bucket, with 3 of the hour's 5 left.
     assert_eq!(now_lines(&explain(rl, &body(&key)).1), now_lines(&text));
-    let (status, answer) = post_json(&rl.http_addr, &body(&key));
-    assert_eq!(status, 429, "the bucket of 2 is empty: {answer}");
+    let answer = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let mut client = Client::connect(format!("http://{}", rl.addr))
+            .await
+            .unwrap();
+        let descriptors = vec![
+            descriptor(&[("api_key", &key)]),
+            descriptor(&[("api_key", &key), ("path", "/checkout")]),
+            descriptor(&[("user", "u")]),
+        ];
+        call(&mut client, request("shop", descriptors)).await
+    });
+    assert_eq!(answer.overall_code, Code::OverLimit as i32);
+    assert_eq!(answer.statuses[0].limit_remaining, 3, "{answer:?}");
+    assert_eq!(answer.statuses[1].code, Code::OverLimit as i32);
     let (_, after) = explain(rl, &body(&key));
     assert_eq!(
         now_lines(&after)[0],
