@@ -152,6 +152,25 @@ async fn a_key_over_its_limit_is_refused_without_a_redis_call_and_as_redis_answe
     rl.stop();
 }
 
+/// Asks for `(key, value)` every `every` until it is admitted, failing after `within`; when it
+/// was admitted.
+async fn until_admitted(
+    c: &mut Client,
+    key: &str,
+    value: &str,
+    every: Duration,
+    within: Duration,
+) -> SystemTime {
+    let deadline = Instant::now() + within;
+    loop {
+        assert!(Instant::now() < deadline, "{key} never admitted again");
+        if is_ok(&ask(c, key, value).await) {
+            return SystemTime::now();
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
 /// Waits until just after a `seconds`-long window began; when the next one begins.
 async fn start_of_a_window(seconds: u64) -> SystemTime {
     let since = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap();
@@ -175,14 +194,14 @@ async fn a_cached_refusal_ends_with_its_window_and_a_bucket_s_when_it_refills() 
     assert!(is_ok(&ask(&mut c, "two", &key).await));
     assert!(!is_ok(&ask(&mut c, "two", &key).await));
     let (before, cached_before) = (redis_calls(&redis), cached(&rl));
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let passed_at = loop {
-        assert!(Instant::now() < deadline, "never admitted again");
-        if is_ok(&ask(&mut c, "two", &key).await) {
-            break SystemTime::now();
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let passed_at = until_admitted(
+        &mut c,
+        "two",
+        &key,
+        Duration::from_millis(20),
+        Duration::from_secs(5),
+    )
+    .await;
     let late = passed_at
         .duration_since(edge)
         .expect("admitted before its window ended");
@@ -205,14 +224,14 @@ async fn a_cached_refusal_ends_with_its_window_and_a_bucket_s_when_it_refills() 
     let refused_at = Instant::now();
     assert!(!is_ok(&refused));
     let (before, cached_before) = (redis_calls(&redis), cached(&rl));
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        assert!(Instant::now() < deadline, "the bucket never refilled");
-        if is_ok(&ask(&mut c, "bucket", &key).await) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until_admitted(
+        &mut c,
+        "bucket",
+        &key,
+        Duration::from_millis(10),
+        Duration::from_secs(5),
+    )
+    .await;
     let waited = refused_at.elapsed();
     assert!(
         waited < Duration::from_millis(800),
@@ -240,14 +259,14 @@ async fn a_sliding_window_is_refused_here_until_its_estimate_has_room() {
     let refused_at = Instant::now();
     assert!(!is_ok(&ask(&mut c, "sliding", &key).await));
     let (before, cached_before) = (redis_calls(&redis), cached(&rl));
-    let deadline = Instant::now() + Duration::from_secs(6);
-    loop {
-        assert!(Instant::now() < deadline, "the window never had room again");
-        if is_ok(&ask(&mut c, "sliding", &key).await) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_admitted(
+        &mut c,
+        "sliding",
+        &key,
+        Duration::from_millis(20),
+        Duration::from_secs(6),
+    )
+    .await;
     let waited = refused_at.elapsed();
     assert!(
         waited > Duration::from_millis(900) && waited < Duration::from_millis(3_500),
