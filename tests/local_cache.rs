@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::process::{Ratelimitd, wait_until};
-use common::redis::{RedisServer, cli};
+use common::redis::{RedisServer, script_calls};
 use common::*;
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitResponse;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
@@ -42,17 +42,6 @@ fn replica(rules: &Path, redis: &RedisServer, flags: &[&str]) -> Ratelimitd {
     let mut all = vec!["--backend", url.as_str(), "--backend-timeout-ms", "1000"];
     all.extend_from_slice(flags);
     Ratelimitd::start_with(rules, 0, &all)
-}
-
-/// Script calls Redis has run so far.
-fn redis_calls(redis: &RedisServer) -> u64 {
-    let stats = cli(redis.port, &["info", "commandstats"]);
-    stats
-        .lines()
-        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
 }
 
 async fn client(rl: &Ratelimitd) -> Client {
@@ -113,12 +102,12 @@ async fn a_key_over_its_limit_is_refused_without_a_redis_call_and_as_redis_answe
             }
             let by_redis = ask(&mut c, "minute", &key).await;
             assert!(!is_ok(&by_redis), "the 4th of 3 is refused by Redis");
-            let before = redis_calls(redis);
+            let before = script_calls(redis.port);
             let mut answers = Vec::new();
             for _ in 0..50 {
                 answers.push(ask(&mut c, "minute", &key).await);
             }
-            (by_redis, answers, redis_calls(redis) - before)
+            (by_redis, answers, script_calls(redis.port) - before)
         }
     })
     .await;
@@ -193,7 +182,7 @@ async fn a_cached_refusal_ends_with_its_window_and_a_bucket_s_when_it_refills() 
     assert!(is_ok(&ask(&mut c, "two", &key).await));
     assert!(is_ok(&ask(&mut c, "two", &key).await));
     assert!(!is_ok(&ask(&mut c, "two", &key).await));
-    let (before, cached_before) = (redis_calls(&redis), cached(&rl));
+    let (before, cached_before) = (script_calls(redis.port), cached(&rl));
     let passed_at = until_admitted(
         &mut c,
         "two",
@@ -210,7 +199,7 @@ async fn a_cached_refusal_ends_with_its_window_and_a_bucket_s_when_it_refills() 
         "admitted {late:?} after its window ended"
     );
     assert_eq!(
-        redis_calls(&redis) - before,
+        script_calls(redis.port) - before,
         1,
         "only the admitted request asked Redis"
     );
@@ -223,7 +212,7 @@ async fn a_cached_refusal_ends_with_its_window_and_a_bucket_s_when_it_refills() 
     let refused = ask(&mut c, "bucket", &key).await;
     let refused_at = Instant::now();
     assert!(!is_ok(&refused));
-    let (before, cached_before) = (redis_calls(&redis), cached(&rl));
+    let (before, cached_before) = (script_calls(redis.port), cached(&rl));
     until_admitted(
         &mut c,
         "bucket",
@@ -239,7 +228,7 @@ async fn a_cached_refusal_ends_with_its_window_and_a_bucket_s_when_it_refills() 
     );
     assert!(cached(&rl) - cached_before >= 5.0);
     assert!(
-        redis_calls(&redis) - before <= 3,
+        script_calls(redis.port) - before <= 3,
         "Redis asked only once the token could be back"
     );
     rl.stop();
@@ -258,7 +247,7 @@ async fn a_sliding_window_is_refused_here_until_its_estimate_has_room() {
     assert!(is_ok(&ask(&mut c, "sliding", &key).await));
     let refused_at = Instant::now();
     assert!(!is_ok(&ask(&mut c, "sliding", &key).await));
-    let (before, cached_before) = (redis_calls(&redis), cached(&rl));
+    let (before, cached_before) = (script_calls(redis.port), cached(&rl));
     until_admitted(
         &mut c,
         "sliding",
@@ -274,7 +263,7 @@ async fn a_sliding_window_is_refused_here_until_its_estimate_has_room() {
     );
     assert!(cached(&rl) - cached_before >= 20.0);
     assert!(
-        redis_calls(&redis) - before <= 3,
+        script_calls(redis.port) - before <= 3,
         "Redis asked only once there was room"
     );
     rl.stop();
@@ -342,12 +331,12 @@ async fn a_cache_too_small_for_the_keys_keeps_every_answer_right() {
             let mut answers = Vec::new();
             let mut calls = 0;
             for round in 0..8 {
-                let before = redis_calls(redis);
+                let before = script_calls(redis.port);
                 for key in &keys {
                     answers.push((round, is_ok(&ask(&mut c, "minute", key).await)));
                 }
                 if round >= 3 {
-                    calls += redis_calls(redis) - before;
+                    calls += script_calls(redis.port) - before;
                 }
             }
             (answers, calls)
@@ -380,11 +369,11 @@ async fn with_the_cache_off_every_refusal_asks_redis() {
             for _ in 0..4 {
                 ask(&mut c, "minute", &key).await;
             }
-            let before = redis_calls(redis);
+            let before = script_calls(redis.port);
             for _ in 0..10 {
                 assert!(!is_ok(&ask(&mut c, "minute", &key).await));
             }
-            redis_calls(redis) - before
+            script_calls(redis.port) - before
         }
     })
     .await;

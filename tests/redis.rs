@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::process::{Ratelimitd, wait_until};
-use common::redis::{RedisCluster, RedisServer, cli};
+use common::redis::{RedisCluster, RedisServer, cli, script_calls};
 use common::*;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
 
@@ -460,6 +460,41 @@ async fn keys_are_gone_from_redis_once_their_window_ends() {
     .await
     .unwrap();
     assert_eq!(dbsize, 0);
+    rl.stop();
+}
+
+/// Decisions that reach ratelimitd together go to Redis together: rounds of 16 calls sent at
+/// once on one connection take a few script calls each, not one per decision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_that_arrive_together_share_a_script_call() {
+    let redis = RedisServer::start();
+    let rules = rules_dir();
+    let rl = replica(
+        rules.path(),
+        &redis.url(),
+        &["--backend-timeout-ms", "1000"],
+    );
+    let client = Client::connect(format!("http://{}", rl.addr))
+        .await
+        .unwrap();
+    // The script is loaded and the connections open before anything is counted.
+    call(&mut client.clone(), shared("busy", "warm")).await;
+    let before = script_calls(redis.port);
+    let (rounds, at_once) = (20, 16);
+    for round in 0..rounds {
+        let answers = futures_util::future::join_all((0..at_once).map(|i| {
+            let mut client = client.clone();
+            async move { call(&mut client, shared("busy", &format!("r{round}-{i}"))).await }
+        }))
+        .await;
+        assert!(answers.iter().all(|a| a.overall_code == Code::Ok as i32));
+    }
+    let calls = script_calls(redis.port) - before;
+    assert!(
+        calls <= rounds * at_once / 4,
+        "{} decisions took {calls} script calls",
+        rounds * at_once
+    );
     rl.stop();
 }
 

@@ -20,6 +20,9 @@ use super::redis_script::{Answer, BackendError, KeyArgs, MAX_KEY_ARGS, SCRIPT};
 /// nobody else.
 const MAX_REQUESTS: usize = 128;
 
+/// The most turns the batcher gives other tasks to queue their decisions before it sends.
+const MAX_YIELDS: usize = 3;
+
 /// The longest one call may take before its decisions are told it failed (each decision gave
 /// up long before, after `--backend-timeout-ms`): a Redis that stopped answering must not stall
 /// the batcher for good.
@@ -51,10 +54,21 @@ async fn run(mut connection: ConnectionManager, mut queue: mpsc::Receiver<Job>) 
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_REQUESTS);
     while let Some(first) = queue.recv().await {
         batch.push(first);
-        while batch.len() < MAX_REQUESTS {
-            match queue.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+        // The decision that woke this task usually arrived with others (one read of Envoy's
+        // connection carries several requests), whose tasks are ready to run. Woken last, this
+        // task would run right after the first and send it alone: let them queue theirs first,
+        // and again while each turn brings more.
+        for _ in 0..MAX_YIELDS {
+            tokio::task::yield_now().await;
+            let before = batch.len();
+            while batch.len() < MAX_REQUESTS {
+                match queue.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            if batch.len() == before || batch.len() == MAX_REQUESTS {
+                break;
             }
         }
         // A decision that gave up waiting has been answered by the failure policy: do not

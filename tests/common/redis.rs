@@ -31,6 +31,16 @@ pub fn free_port(with_bus: bool) -> u16 {
     }
 }
 
+/// Script calls (`EVALSHA`) the Redis at `port` has run so far, from `INFO commandstats`.
+pub fn script_calls(port: u16) -> u64 {
+    cli(port, &["info", "commandstats"])
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 /// `redis-cli -p PORT ARGS…`: its output, trimmed.
 pub fn cli(port: u16, args: &[&str]) -> String {
     let output = Command::new(tool("redis-cli"))
