@@ -435,8 +435,9 @@ fn a_poisoned_hits_addend_is_refused_and_nobody_else_falls_back() {
     stop_all(replicas);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn keys_are_gone_from_redis_once_their_window_ends() {
+/// A Redis, the rules (kept while the replica runs), one replica counting there with a
+/// 1-second bound, and a client of it.
+async fn one_replica_on_one_redis() -> (RedisServer, tempfile::TempDir, Ratelimitd, Client) {
     let redis = RedisServer::start();
     let rules = rules_dir();
     let rl = replica(
@@ -444,9 +445,15 @@ async fn keys_are_gone_from_redis_once_their_window_ends() {
         &redis.url(),
         &["--backend-timeout-ms", "1000"],
     );
-    let mut client = Client::connect(format!("http://{}", rl.addr))
+    let client = Client::connect(format!("http://{}", rl.addr))
         .await
         .unwrap();
+    (redis, rules, rl, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_gone_from_redis_once_their_window_ends() {
+    let (redis, _rules, rl, mut client) = one_replica_on_one_redis().await;
     for i in 0..20 {
         call(&mut client, shared("fast", &format!("key-{i}"))).await;
     }
@@ -467,16 +474,7 @@ async fn keys_are_gone_from_redis_once_their_window_ends() {
 /// once on one connection take a few script calls each, not one per decision.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decisions_that_arrive_together_share_a_script_call() {
-    let redis = RedisServer::start();
-    let rules = rules_dir();
-    let rl = replica(
-        rules.path(),
-        &redis.url(),
-        &["--backend-timeout-ms", "1000"],
-    );
-    let client = Client::connect(format!("http://{}", rl.addr))
-        .await
-        .unwrap();
+    let (redis, _rules, rl, client) = one_replica_on_one_redis().await;
     // The script is loaded and the connections open before anything is counted.
     call(&mut client.clone(), shared("busy", "warm")).await;
     let before = script_calls(redis.port);
