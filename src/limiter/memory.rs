@@ -535,12 +535,28 @@ impl<K: Kept> MemoryStore<K> {
     /// Raises each counter of `batch` to at least its count in `counts` (what Redis answered),
     /// making the counters it lacks.
     pub fn mirror(&self, batch: &Batch, counts: &[Count]) {
+        // A key's windows come one after another: its id is worked out once.
+        let mut last: Option<(usize, Id)> = None;
         for (inc, count) in batch.increments.iter().zip(counts) {
             if inc.counting.refills() {
                 // Redis alone keeps refill counters: the local store counts them from full.
                 continue;
             }
-            let id = self.entries.id(batch.keys[inc.key].as_bytes());
+            let id = match last {
+                Some((key, id)) if key == inc.key => id,
+                _ => self.entries.id(batch.keys[inc.key].as_bytes()),
+            };
+            last = Some((inc.key, id));
+            // Mostly the counter is there already (a later window included: raising moves it).
+            let raised = self.entries.get(id).is_some_and(|entry| {
+                entry
+                    .get(inc.window_seconds)
+                    .map(|counter| counter.raise_to(inc.window_index, count.value))
+                    .is_some()
+            });
+            if raised {
+                continue;
+            }
             let mut peek = Increment { hits: 0, ..*inc };
             peek.enforced = false;
             // Makes the counter (an add of 0 hits), then raises it.
@@ -643,6 +659,34 @@ mod tests {
                 )
                 .collect(),
         }
+    }
+
+    #[test]
+    fn mirroring_makes_missing_counters_raises_never_lowers_and_follows_a_new_window() {
+        let store = MemoryStore::new(Budget::keys(100));
+        let key = CounterKey::new("d", [("k", "m")].into_iter());
+        let seen = |value| Count::fixed(value, false);
+        // Both windows of a new key are made at Redis's counts.
+        store.mirror(
+            &batch("m", &[(60, 10, 1, 7), (3600, 100, 1, 3)]),
+            &[seen(4), seen(9)],
+        );
+        assert_eq!(store.peek(&key, 60, 7), 4);
+        assert_eq!(store.peek(&key, 3600, 3), 9);
+        // Raised, never lowered.
+        store.mirror(
+            &batch("m", &[(60, 10, 1, 7), (3600, 100, 1, 3)]),
+            &[seen(6), seen(2)],
+        );
+        assert_eq!(store.peek(&key, 60, 7), 6);
+        assert_eq!(store.peek(&key, 3600, 3), 9);
+        // A later window starts at what Redis said of it, not on top of the last one.
+        store.mirror(&batch("m", &[(60, 10, 1, 8)]), &[seen(1)]);
+        assert_eq!(store.peek(&key, 60, 8), 1);
+        // And counting locally goes on from there.
+        let (admitted, counts) = store.apply(&batch("m", &[(60, 10, 1, 8)]));
+        assert!(admitted);
+        assert_eq!(counts[0].value, 2);
     }
 
     #[test]
