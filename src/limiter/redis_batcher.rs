@@ -6,7 +6,7 @@
 //! refusal), so every request keeps its all-or-nothing rule; what is shared is the cost of the
 //! call, in Redis (a script call has a fixed cost well above its commands') and in ratelimitd
 //! (one command, one write, one read for the lot). Under light load a batch holds one request
-//! and nothing waits for company.
+//! and waits for company only one turn of the scheduler.
 
 use redis::aio::ConnectionManager;
 use redis::{ErrorKind, Script, ServerErrorKind};
@@ -55,9 +55,9 @@ async fn run(mut connection: ConnectionManager, mut queue: mpsc::Receiver<Job>) 
     while let Some(first) = queue.recv().await {
         batch.push(first);
         // The decision that woke this task usually arrived with others (one read of Envoy's
-        // connection carries several requests), whose tasks are ready to run. Woken last, this
-        // task would run right after the first and send it alone: let them queue theirs first,
-        // and again while each turn brings more.
+        // connection carries several requests), whose tasks are ready to run. Tokio runs the
+        // task it woke last first, so this one would run right after that decision's and send
+        // it alone: let the others queue theirs, and again while each turn brings more.
         for _ in 0..MAX_YIELDS {
             tokio::task::yield_now().await;
             let before = batch.len();
