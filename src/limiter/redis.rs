@@ -423,20 +423,19 @@ impl RedisStore {
         group: &[usize],
     ) -> Result<Answer, BackendError> {
         // One request: the script's list of requests holds just this one.
-        let mut invocation = self.count.prepare_invoke();
-        invocation.arg(1).arg(group.len());
-        for &i in group {
-            let inc = &batch.increments[i];
-            invocation.key(self.key(tags, inc).as_slice());
-            for arg in KeyArgs::of(inc).as_slice() {
-                invocation.arg(*arg);
-            }
-        }
-        let reply: Vec<i64> = invocation.invoke_async(connection).await?;
         let args: SmallVec<[_; 4]> = group
             .iter()
             .map(|&i| KeyArgs::of(&batch.increments[i]))
             .collect();
+        let mut invocation = self.count.prepare_invoke();
+        invocation.arg(1).arg(group.len());
+        for (&i, key_args) in group.iter().zip(&args) {
+            invocation.key(self.key(tags, &batch.increments[i]).as_slice());
+            for arg in key_args.as_slice() {
+                invocation.arg(*arg);
+            }
+        }
+        let reply: Vec<i64> = invocation.invoke_async(connection).await?;
         Answer::read(&reply, &args).0
     }
 
@@ -451,17 +450,13 @@ impl RedisStore {
         for &i in group {
             let inc = &batch.increments[i];
             if inc.hits > 0 {
-                let (algorithm, burst) = match inc.counting {
-                    Counting::Fixed => (0, 0),
-                    Counting::Sliding => (1, 0),
-                    Counting::Bucket { burst } => (2, u64::from(burst)),
-                };
-                let limit = u64::from(inc.requests_per_unit);
+                // The same algorithm numbers and burst as the counting script's.
+                let args = KeyArgs::of(inc);
                 invocation.key(self.key(tags, inc).as_slice()).arg(&[
                     inc.hits,
-                    algorithm,
-                    limit,
-                    burst,
+                    args.algorithm(),
+                    u64::from(inc.requests_per_unit),
+                    args.burst(),
                     inc.window_ms(),
                 ]);
             }

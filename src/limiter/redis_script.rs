@@ -305,8 +305,13 @@ impl KeyArgs {
     }
 
     /// 0: fixed window, 1: sliding window, 2: token bucket.
-    fn algorithm(&self) -> u64 {
+    pub fn algorithm(&self) -> u64 {
         self.numbers[0] / 2
+    }
+
+    /// A bucket's burst; 0 for the other algorithms.
+    pub fn burst(&self) -> u64 {
+        self.numbers[4]
     }
 }
 
