@@ -47,7 +47,7 @@ fn ready(decided: Decided) -> Result<Answer, tonic::Status> {
 }
 
 fn decision(c: &mut Criterion) {
-    ratelimitd::allocator::return_freed_memory_at_once();
+    ratelimitd::allocator::configure();
     let mut group = c.benchmark_group("decision");
 
     let (hot, _) = service();

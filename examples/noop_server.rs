@@ -66,7 +66,7 @@ fn seed_answer(over_limit: bool) -> Result<RateLimitResponse, prost::DecodeError
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    ratelimitd::allocator::return_freed_memory_at_once();
+    ratelimitd::allocator::configure();
     let addr = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:0".to_string());

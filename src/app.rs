@@ -403,11 +403,12 @@ impl Sweeper {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stopped = Arc::clone(&stop);
         let started = crate::background::spawn("ratelimitd-sweep", 256 * 1024, move || {
-            // Wakes often to notice a stop; sweeps every `every`.
+            // Wakes often to notice a stop and to give freed memory back; sweeps every `every`.
             let nap = every.min(Duration::from_millis(100));
             let mut next = std::time::Instant::now() + every;
             while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
                 std::thread::sleep(nap);
+                crate::allocator::give_back_freed_memory();
                 if std::time::Instant::now() < next {
                     continue;
                 }

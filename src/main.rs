@@ -31,7 +31,7 @@ fn raise_open_file_limit() {
 }
 
 fn main() -> ExitCode {
-    ratelimitd::allocator::return_freed_memory_at_once();
+    ratelimitd::allocator::configure();
     let args = envoy_env::command_line(std::env::args_os().collect(), |name| {
         std::env::var(name).ok()
     });
