@@ -351,68 +351,92 @@ impl RedisStore {
         batch: &Batch,
         tags: &[Tag],
     ) -> Result<(bool, Counts), BackendError> {
-        let all: Vec<usize> = (0..batch.increments.len()).collect();
         match connection {
-            Connection::Single(jobs) => {
-                let (reply, answer) = oneshot::channel();
-                let job = Job {
-                    keys: batch
-                        .increments
-                        .iter()
-                        .map(|inc| self.key(tags, inc))
-                        .collect(),
-                    args: batch.increments.iter().map(KeyArgs::of).collect(),
-                    reply,
-                };
-                jobs.send(job)
-                    .await
-                    .map_err(|_| BackendError::Batch("the batcher stopped".into()))?;
-                let answer = answer
-                    .await
-                    .map_err(|_| BackendError::Batch("the batcher stopped".into()))??;
-                Ok(counts_of(batch, &[(all, answer)]))
-            }
+            Connection::Single(jobs) => self.apply_single(&jobs, batch, tags).await,
+            // Boxed: a decision's future is moved whole from frame to frame, so what only
+            // Cluster mode waits on should not make every decision's future larger.
             Connection::Cluster(cluster) => {
-                // One script per descriptor key (one slot each), all at once.
-                let mut groups: Vec<Vec<usize>> = Vec::new();
-                for (i, inc) in batch.increments.iter().enumerate() {
-                    match groups
-                        .iter_mut()
-                        .find(|g| batch.increments[g[0]].key == inc.key)
-                    {
-                        Some(group) => group.push(i),
-                        None => groups.push(vec![i]),
-                    }
-                }
-                let answers = futures_util::future::join_all(groups.iter().map(|group| {
-                    let mut connection = cluster.clone();
-                    async move { self.run(&mut connection, batch, tags, group).await }
-                }))
-                .await;
-                // A refusal, or a failure, in one slot: take back what the others counted.
-                let counted = |answer: &Result<Answer, BackendError>| {
-                    answer.as_ref().is_ok_and(|a| a.admitted)
-                };
-                let complete = answers.iter().all(counted);
-                if !complete {
-                    let releases = groups.iter().zip(&answers).filter(|(_, a)| counted(a)).map(
-                        |(group, _)| {
-                            let mut connection = cluster.clone();
-                            async move { self.take_back(&mut connection, batch, tags, group).await }
-                        },
-                    );
-                    let released = futures_util::future::join_all(releases).await;
-                    let answers = answers.into_iter().collect::<Result<Vec<_>, _>>()?;
-                    released.into_iter().collect::<Result<Vec<()>, _>>()?;
-                    let pairs: Vec<(Vec<usize>, Answer)> =
-                        groups.into_iter().zip(answers).collect();
-                    return Ok(counts_of(batch, &pairs));
-                }
-                let answers = answers.into_iter().collect::<Result<Vec<_>, _>>()?;
-                let pairs: Vec<(Vec<usize>, Answer)> = groups.into_iter().zip(answers).collect();
-                Ok(counts_of(batch, &pairs))
+                Box::pin(self.apply_cluster(cluster, batch, tags)).await
             }
         }
+    }
+
+    /// One Redis: the request joins the batcher's queue and waits for its answer.
+    async fn apply_single(
+        &self,
+        jobs: &mpsc::Sender<Job>,
+        batch: &Batch,
+        tags: &[Tag],
+    ) -> Result<(bool, Counts), BackendError> {
+        let stopped = || BackendError::Batch("the batcher stopped".into());
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            keys: batch
+                .increments
+                .iter()
+                .map(|inc| self.key(tags, inc))
+                .collect(),
+            args: batch.increments.iter().map(KeyArgs::of).collect(),
+            reply,
+        };
+        match jobs.try_send(job) {
+            Ok(()) => {}
+            // A full queue is rare: its wait is boxed for the same reason as Cluster mode.
+            Err(mpsc::error::TrySendError::Full(job)) => {
+                Box::pin(jobs.send(job)).await.map_err(|_| stopped())?;
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(stopped()),
+        }
+        let answer = answer.await.map_err(|_| stopped())??;
+        let all: SmallVec<[usize; 4]> = (0..batch.increments.len()).collect();
+        Ok(counts_of(batch, &[(all, answer)]))
+    }
+
+    /// Redis Cluster: one script per descriptor key (one slot each), all at once.
+    async fn apply_cluster(
+        &self,
+        cluster: ClusterConnection,
+        batch: &Batch,
+        tags: &[Tag],
+    ) -> Result<(bool, Counts), BackendError> {
+        let mut groups: Vec<SmallVec<[usize; 4]>> = Vec::new();
+        for (i, inc) in batch.increments.iter().enumerate() {
+            match groups
+                .iter_mut()
+                .find(|g| batch.increments[g[0]].key == inc.key)
+            {
+                Some(group) => group.push(i),
+                None => groups.push(smallvec::smallvec![i]),
+            }
+        }
+        let answers = futures_util::future::join_all(groups.iter().map(|group| {
+            let mut connection = cluster.clone();
+            async move { self.run(&mut connection, batch, tags, group).await }
+        }))
+        .await;
+        // A refusal, or a failure, in one slot: take back what the others counted.
+        let counted =
+            |answer: &Result<Answer, BackendError>| answer.as_ref().is_ok_and(|a| a.admitted);
+        let complete = answers.iter().all(counted);
+        if !complete {
+            let releases =
+                groups
+                    .iter()
+                    .zip(&answers)
+                    .filter(|(_, a)| counted(a))
+                    .map(|(group, _)| {
+                        let mut connection = cluster.clone();
+                        async move { self.take_back(&mut connection, batch, tags, group).await }
+                    });
+            let released = futures_util::future::join_all(releases).await;
+            let answers = answers.into_iter().collect::<Result<Vec<_>, _>>()?;
+            released.into_iter().collect::<Result<Vec<()>, _>>()?;
+            let pairs: Vec<_> = groups.into_iter().zip(answers).collect();
+            return Ok(counts_of(batch, &pairs));
+        }
+        let answers = answers.into_iter().collect::<Result<Vec<_>, _>>()?;
+        let pairs: Vec<_> = groups.into_iter().zip(answers).collect();
+        Ok(counts_of(batch, &pairs))
     }
 
     async fn run(
@@ -485,7 +509,7 @@ async fn preload_on_every_master(connection: &mut ClusterConnection) -> Result<(
 /// The counts of every increment, as the memory store reports them: an enforced counter is over
 /// when it refused, or, read after the refusing one, when its hits would not have fitted
 /// either; another is over when its count is past its limit.
-fn counts_of(batch: &Batch, answers: &[(Vec<usize>, Answer)]) -> (bool, Counts) {
+fn counts_of(batch: &Batch, answers: &[(SmallVec<[usize; 4]>, Answer)]) -> (bool, Counts) {
     let admitted = answers.iter().all(|(_, a)| a.admitted);
     let mut counts = Counts::from_elem(Count::default(), batch.increments.len());
     for (group, answer) in answers {

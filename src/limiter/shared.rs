@@ -24,6 +24,8 @@
 //! request every [`RETRY_EVERY`] tries Redis again: its success ends the outage, so a recovered
 //! Redis counts again within milliseconds.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -409,6 +411,19 @@ impl Shared {
         if let Ok(answer) = tokio::time::timeout(timeout, &mut call).await {
             return self.recorded(answer);
         }
+        // Boxed: a decision's future is moved whole from frame to frame, so the timers of this
+        // rare wait should not make every decision's future larger.
+        Box::pin(self.answer_late(call, started, answers_before)).await
+    }
+
+    /// The rest of [`Shared::ask_redis`] for a `call` that missed the timeout.
+    async fn answer_late(
+        &self,
+        mut call: Pin<&mut impl Future<Output = Result<(bool, Counts), BackendError>>>,
+        started: tokio::time::Instant,
+        answers_before: u64,
+    ) -> Result<(bool, Counts), StoreError> {
+        let timeout = self.redis.timeout();
         self.state.late.fetch_add(1, Ordering::Relaxed);
         let late = BackendError::Timeout(timeout);
         // Woken if an outage starts from here on; checked for one that started already.
