@@ -26,6 +26,12 @@ descriptors:
     rate_limit: {unit: hour, requests_per_unit: 1000}
   - key: stopped
     rate_limit: {unit: hour, requests_per_unit: 5000}
+  - key: few
+    rate_limit: {unit: hour, requests_per_unit: 4}
+  - key: few_bucket
+    rate_limit: {unit: hour, requests_per_unit: 4, algorithm: token_bucket}
+  - key: few_sliding
+    rate_limit: {unit: hour, requests_per_unit: 4, algorithm: sliding_window}
 ";
 
 fn rules_dir() -> tempfile::TempDir {
@@ -493,6 +499,32 @@ async fn decisions_that_arrive_together_share_a_script_call() {
         "{} decisions took {calls} script calls",
         rounds * at_once
     );
+    rl.stop();
+}
+
+/// Requests of every algorithm sent together share script calls, each with its keys' own
+/// arguments (a bucket's are one longer), and each counts against its own limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_of_every_algorithm_sent_together_each_count_against_their_own_limit() {
+    let (redis, _rules, rl, client) = one_replica_on_one_redis().await;
+    call(&mut client.clone(), shared("busy", "warm")).await;
+    let before = script_calls(redis.port);
+    let keys = ["few", "few_bucket", "few_sliding"];
+    let answers = futures_util::future::join_all((0..18).map(|i| {
+        let mut client = client.clone();
+        let key = keys[i % 3];
+        async move { (key, call(&mut client, shared(key, "together")).await) }
+    }))
+    .await;
+    for key in keys {
+        let admitted = answers
+            .iter()
+            .filter(|(k, a)| *k == key && a.overall_code == Code::Ok as i32)
+            .count();
+        assert_eq!(admitted, 4, "{key}: {answers:?}");
+    }
+    let calls = script_calls(redis.port) - before;
+    assert!(calls < 18 / 2, "18 decisions took {calls} script calls");
     rl.stop();
 }
 

@@ -446,7 +446,7 @@ impl RedisStore {
         tags: &[Tag],
         group: &[usize],
     ) -> Result<Answer, BackendError> {
-        // One request: the script's list of requests holds just this one.
+        // One request: the script's lists of shapes and requests hold just this one.
         let args: SmallVec<[_; 4]> = group
             .iter()
             .map(|&i| KeyArgs::of(&batch.increments[i]))
@@ -459,6 +459,7 @@ impl RedisStore {
                 invocation.arg(*arg);
             }
         }
+        invocation.arg(1).arg(1);
         let reply: Vec<i64> = invocation.invoke_async(connection).await?;
         Answer::read(&reply, &args).0
     }

@@ -81,30 +81,60 @@ async fn run(mut connection: ConnectionManager, mut queue: mpsc::Receiver<Job>) 
     }
 }
 
+/// How many of the latest shapes a request's arguments are compared with before it gets a
+/// shape of its own: bounds the search, since a call's requests mostly share one or two.
+const SHAPES_SEARCHED: usize = 8;
+
 /// The `EVALSHA` of a batch, written straight into one command buffer (a script invocation
-/// would allocate every key and argument on its own first).
+/// would allocate every key and argument on its own first). Requests whose keys' arguments
+/// are the same share one shape (see [`SCRIPT`]).
 fn command(script: &Script, batch: &[Job]) -> redis::Cmd {
+    // Each shape's first request, and each request's shape (1-based).
+    let mut shapes: SmallVec<[usize; 8]> = SmallVec::new();
+    let mut shape_of: SmallVec<[usize; MAX_REQUESTS]> = SmallVec::new();
+    for (i, job) in batch.iter().enumerate() {
+        let same = shapes
+            .iter()
+            .enumerate()
+            .rev()
+            .take(SHAPES_SEARCHED)
+            .find(|(_, first)| batch[**first].args == job.args);
+        let shape = match same {
+            Some((shape, _)) => shape,
+            None => {
+                shapes.push(i);
+                shapes.len() - 1
+            }
+        };
+        shape_of.push(shape + 1);
+    }
     let keys: usize = batch.iter().map(|job| job.keys.len()).sum();
+    let shape_keys: usize = shapes.iter().map(|&first| batch[first].args.len()).sum();
     // Every argument and its bytes (at most 20 digits a number), so nothing grows on the way.
-    let args = 3 + batch.len() + keys * (1 + MAX_KEY_ARGS);
+    let args = 5 + keys + shapes.len() + shape_keys * MAX_KEY_ARGS + batch.len();
     let bytes = 64
         + batch
             .iter()
             .flat_map(|job| &job.keys)
             .map(|k| k.len())
             .sum::<usize>()
-        + 21 * (batch.len() + keys * MAX_KEY_ARGS);
+        + 21 * (args - keys);
     let mut cmd = redis::Cmd::with_capacity(args, bytes);
     cmd.arg("EVALSHA").arg(script.get_hash()).arg(keys);
     for key in batch.iter().flat_map(|job| &job.keys) {
         cmd.arg(key.as_slice());
     }
-    cmd.arg(batch.len());
-    for job in batch {
-        cmd.arg(job.keys.len());
-        for arg in job.args.iter().flat_map(KeyArgs::as_slice) {
+    cmd.arg(shapes.len());
+    for &first in &shapes {
+        let args = &batch[first].args;
+        cmd.arg(args.len());
+        for arg in args.iter().flat_map(KeyArgs::as_slice) {
             cmd.arg(*arg);
         }
+    }
+    cmd.arg(batch.len());
+    for shape in shape_of {
+        cmd.arg(shape);
     }
     cmd
 }
@@ -149,5 +179,70 @@ async fn send(script: &Script, connection: &mut ConnectionManager, batch: &mut V
                 let _ = job.reply.send(Err(BackendError::Batch(message.clone())));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limiter::store::{Counting, Increment};
+
+    fn args(limit: u32, expires_in_ms: u64) -> KeyArgs {
+        KeyArgs::of(&Increment {
+            key: 0,
+            window_seconds: 60,
+            window_index: 0,
+            expires_in_ms,
+            requests_per_unit: limit,
+            hits: 1,
+            enforced: true,
+            counting: Counting::Fixed,
+            now_us: 0,
+        })
+    }
+
+    fn job(name: &str, keys: &[KeyArgs]) -> Job {
+        Job {
+            keys: keys
+                .iter()
+                .enumerate()
+                .map(|(i, _)| RedisKey::from_slice(format!("{name}:{i}").as_bytes()))
+                .collect(),
+            args: keys.iter().copied().collect(),
+            reply: oneshot::channel().0,
+        }
+    }
+
+    #[test]
+    fn requests_with_the_same_arguments_share_a_shape() {
+        let seed = [args(60, 30_000), args(1_000, 1_800_000)];
+        let later = [args(60, 29_999), args(1_000, 1_799_999)];
+        let batch = [
+            job("a", &seed),
+            job("b", &seed),
+            job("c", &later),
+            job("d", &seed[..1]),
+            job("e", &seed),
+        ];
+        let cmd = command(&Script::new(SCRIPT), &batch);
+        let words: Vec<String> = cmd
+            .args_iter()
+            .skip(2)
+            .map(|arg| match arg {
+                redis::Arg::Simple(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+                _ => "not a plain argument".into(),
+            })
+            .collect();
+        let expected = [
+            "9", "a:0", "a:1", "b:0", "b:1", "c:0", "c:1", "d:0", "e:0", "e:1",
+            // Three shapes: the seed's two windows, the same a millisecond later, one window.
+            "3", //
+            "2", "1", "1", "60", "30000", "1", "1", "1000", "1800000", //
+            "2", "1", "1", "60", "29999", "1", "1", "1000", "1799999", //
+            "1", "1", "1", "60", "30000", //
+            // Five requests and their shapes.
+            "5", "1", "1", "2", "3", "1",
+        ];
+        assert_eq!(words, expected);
     }
 }

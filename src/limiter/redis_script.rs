@@ -10,12 +10,17 @@ use smallvec::SmallVec;
 
 use super::store::{Counting, Increment, StoreError};
 
-/// ARGV: the number of requests, then per request its number of keys and, per key
+/// ARGV: the requests' shapes, then the requests. A shape is the arguments of a request's keys,
+/// which the requests of one call mostly share (the same rules, counted at the same
+/// millisecond): the number of shapes, then per shape its number of keys and, per key
 /// ([`KeyArgs`], 4 or 5 numbers): its kind (2 × algorithm + 1 if enforced; algorithm 0: fixed
 /// window, 1: sliding window, 2: token bucket), hits, limit, then a fixed window's expiry
 /// (milliseconds: what the window has left, by the caller's clock; relative, so a caller whose
 /// clock is behind cannot expire a key at once) or a refill counter's window length in
-/// milliseconds, and a bucket's burst. KEYS: every request's keys, in order. Returns, per
+/// milliseconds, and a bucket's burst. Then the number of requests and each one's shape
+/// (1-based). Every argument costs ratelimitd its writing and Redis its reading, so a shared
+/// shape takes a seed-shaped request from 9 arguments to 1. KEYS: every request's keys, in
+/// order. Returns, per
 /// request: the first enforced key over its limit (1-based; 0: admitted; -1: failed, and
 /// nothing more), then per key ([`width`] numbers): a fixed window's count; a bucket's
 /// theoretical arrival time and Redis's time, in µs; a sliding window's current count, previous
@@ -158,25 +163,36 @@ local function numbers_of(key, at)
   return x, y, z
 end
 
+-- Per shape, where each of its keys' arguments start.
+local shapes = {}
+local a = 2
+for s = 1, tonumber(ARGV[1]) do
+  local starts = {}
+  for i = 1, tonumber(ARGV[a]) do
+    a = a + 1
+    starts[i] = a
+    local kind = ARGV[a]
+    if kind == '4' or kind == '5' then
+      a = a + 4
+    else
+      a = a + 3
+    end
+  end
+  a = a + 1
+  shapes[s] = starts
+end
+
 -- Per key of the request at hand (reused from request to request, so that counting allocates
--- nothing per key): where its arguments start, its three numbers, a refill counter's old value.
-local ats, xs, ys, zs, olds = {}, {}, {}, {}, {}
+-- nothing per key): its three numbers, a refill counter's old value.
+local xs, ys, zs, olds = {}, {}, {}, {}
 local out = {}
 local o = 0
 local k = 0
-local a = 2
-for r = 1, tonumber(ARGV[1]) do
-  local n = tonumber(ARGV[a])
-  a = a + 1
+for r = 1, tonumber(ARGV[a]) do
+  local ats = shapes[tonumber(ARGV[a + r])]
+  local n = #ats
   for i = 1, n do
-    ats[i] = a
     olds[i] = nil
-    local kind = ARGV[a]
-    if kind == '4' or kind == '5' then
-      a = a + 5
-    else
-      a = a + 4
-    end
   end
   local first_over = 0
   local failed = false
@@ -279,7 +295,7 @@ return out
 ";
 
 /// A key's ARGV in [`SCRIPT`]: see there.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeyArgs {
     numbers: [u64; 5],
     len: usize,
