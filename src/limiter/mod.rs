@@ -218,6 +218,11 @@ impl Limiter {
         }
     }
 
+    /// Whether the counters are in Redis (and a decision may wait for it).
+    pub fn counts_in_redis(&self) -> bool {
+        matches!(self.store, Store::Redis(_))
+    }
+
     /// Redis's state now, in Redis mode.
     pub fn backend(&self) -> Option<BackendSnapshot> {
         match &self.store {

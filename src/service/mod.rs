@@ -182,7 +182,7 @@ impl RlsService {
     /// The decision at once, when counting in memory (where nothing waits); `None` when
     /// counting in Redis.
     fn decide_now(&self, message: &[u8], arrived: Instant) -> Option<Result<Answer, Status>> {
-        if self.limiter.backend().is_some() {
+        if self.limiter.counts_in_redis() {
             return None;
         }
         let started = self.record.then_some(arrived);
