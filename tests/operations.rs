@@ -375,8 +375,12 @@ fn a_file_past_the_limits_or_a_broken_link_is_refused_on_reload_and_the_rules_st
         let pad = "  ".repeat(2 * level);
         deep.push_str(&format!("{pad}- key: k{level}\n{pad}  descriptors:\n"));
     }
+    // Written beside under a hidden name and renamed in: the reloader must not see the 12 MB
+    // file half written (a second bad state, counted once more).
     let deep_file = dir.path().join("deep.yaml");
-    std::fs::write(&deep_file, deep).unwrap();
+    let partial = dir.path().join(".deep.yaml.partial");
+    std::fs::write(&partial, deep).unwrap();
+    std::fs::rename(&partial, &deep_file).unwrap();
     refused(
         "the deep file",
         "the YAML nests deeper than 256 mappings and lists",
