@@ -14,6 +14,7 @@ use common::process::{Ratelimitd, wait_until};
 use common::redis::{RedisCluster, RedisServer, cli, script_calls};
 use common::*;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
+use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 
 const RULES: &str = "\
 domain: shared
@@ -46,10 +47,7 @@ fn replica(rules: &Path, backend: &str, flags: &[&str]) -> Ratelimitd {
     Ratelimitd::start_with(rules, 0, &all)
 }
 
-fn shared(
-    key: &str,
-    value: &str,
-) -> envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest {
+fn shared(key: &str, value: &str) -> RateLimitRequest {
     request("shared", vec![descriptor(&[(key, value)])])
 }
 
@@ -476,6 +474,18 @@ async fn keys_are_gone_from_redis_once_their_window_ends() {
     rl.stop();
 }
 
+/// `requests` sent all at once on `client`'s connection; their answers, in order.
+async fn all_at_once(
+    client: &Client,
+    requests: impl Iterator<Item = RateLimitRequest>,
+) -> Vec<RateLimitResponse> {
+    futures_util::future::join_all(requests.map(|request| {
+        let mut client = client.clone();
+        async move { call(&mut client, request).await }
+    }))
+    .await
+}
+
 /// Decisions that reach ratelimitd together go to Redis together: rounds of 16 calls sent at
 /// once on one connection take a few script calls each, not one per decision.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -486,11 +496,8 @@ async fn decisions_that_arrive_together_share_a_script_call() {
     let before = script_calls(redis.port);
     let (rounds, at_once) = (20, 16);
     for round in 0..rounds {
-        let answers = futures_util::future::join_all((0..at_once).map(|i| {
-            let mut client = client.clone();
-            async move { call(&mut client, shared("busy", &format!("r{round}-{i}"))).await }
-        }))
-        .await;
+        let requests = (0..at_once).map(|i| shared("busy", &format!("r{round}-{i}")));
+        let answers = all_at_once(&client, requests).await;
         assert!(answers.iter().all(|a| a.overall_code == Code::Ok as i32));
     }
     let calls = script_calls(redis.port) - before;
@@ -510,16 +517,14 @@ async fn requests_of_every_algorithm_sent_together_each_count_against_their_own_
     call(&mut client.clone(), shared("busy", "warm")).await;
     let before = script_calls(redis.port);
     let keys = ["few", "few_bucket", "few_sliding"];
-    let answers = futures_util::future::join_all((0..18).map(|i| {
-        let mut client = client.clone();
-        let key = keys[i % 3];
-        async move { (key, call(&mut client, shared(key, "together")).await) }
-    }))
-    .await;
-    for key in keys {
+    let requests = (0..18).map(|i| shared(keys[i % 3], "together"));
+    let answers = all_at_once(&client, requests).await;
+    for (k, key) in keys.iter().enumerate() {
         let admitted = answers
             .iter()
-            .filter(|(k, a)| *k == key && a.overall_code == Code::Ok as i32)
+            .skip(k)
+            .step_by(3)
+            .filter(|a| a.overall_code == Code::Ok as i32)
             .count();
         assert_eq!(admitted, 4, "{key}: {answers:?}");
     }
