@@ -20,11 +20,10 @@ use super::store::{Counting, Increment, StoreError};
 /// milliseconds, and a bucket's burst. Then the number of requests and each one's shape
 /// (1-based). Every argument costs ratelimitd its writing and Redis its reading, so a shared
 /// shape takes a seed-shaped request from 9 arguments to 1. KEYS: every request's keys, in
-/// order. Returns, per
-/// request: the first enforced key over its limit (1-based; 0: admitted; -1: failed, and
-/// nothing more), then per key ([`width`] numbers): a fixed window's count; a bucket's
-/// theoretical arrival time and Redis's time, in µs; a sliding window's current count, previous
-/// count and milliseconds into the window. As few numbers each way as that: each costs
+/// order. Returns, per request: the first enforced key over its limit (1-based; 0: admitted;
+/// -1: failed, and nothing more), then per key ([`width`] numbers): a fixed window's count; a
+/// bucket's theoretical arrival time and Redis's time, in µs; a sliding window's current count,
+/// previous count and milliseconds into the window. As few numbers each way as that: each costs
 /// ratelimitd hundreds of instructions to write or read (a reply number about a thousand, in
 /// Redis's reply parser), and Redis a string to make.
 ///
