@@ -34,7 +34,7 @@ use tokio::sync::{OnceCell, mpsc, oneshot};
 
 use super::algorithm::{SlidingCounts, Standing};
 use super::redis_batcher::{self, Job};
-use super::redis_script::{Answer, KeyArgs, SCRIPT};
+use super::redis_script::{Answer, KeyArgs, SCRIPT, write_argv};
 use super::store::{Batch, Count, CounterStore, Counting, Counts, Increment, StoreError, is_over};
 
 pub use super::redis_script::BackendError;
@@ -452,14 +452,12 @@ impl RedisStore {
             .map(|&i| KeyArgs::of(&batch.increments[i]))
             .collect();
         let mut invocation = self.count.prepare_invoke();
-        invocation.arg(1).arg(group.len());
-        for (&i, key_args) in group.iter().zip(&args) {
+        for &i in group {
             invocation.key(self.key(tags, &batch.increments[i]).as_slice());
-            for arg in key_args.as_slice() {
-                invocation.arg(*arg);
-            }
         }
-        invocation.arg(1).arg(1);
+        write_argv(&[&args], |n| {
+            invocation.arg(n);
+        });
         let reply: Vec<i64> = invocation.invoke_async(connection).await?;
         Answer::read(&reply, &args).0
     }

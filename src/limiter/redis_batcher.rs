@@ -14,7 +14,7 @@ use smallvec::SmallVec;
 use tokio::sync::{mpsc, oneshot};
 
 use super::redis::RedisKey;
-use super::redis_script::{Answer, BackendError, KeyArgs, MAX_KEY_ARGS, SCRIPT};
+use super::redis_script::{Answer, BackendError, KeyArgs, MAX_KEY_ARGS, SCRIPT, write_argv};
 
 /// The most requests in one call: bounds the script's run time, during which Redis serves
 /// nobody else.
@@ -81,37 +81,12 @@ async fn run(mut connection: ConnectionManager, mut queue: mpsc::Receiver<Job>) 
     }
 }
 
-/// How many of the latest shapes a request's arguments are compared with before it gets a
-/// shape of its own: bounds the search, since a call's requests mostly share one or two.
-const SHAPES_SEARCHED: usize = 8;
-
 /// The `EVALSHA` of a batch, written straight into one command buffer (a script invocation
-/// would allocate every key and argument on its own first). Requests whose keys' arguments
-/// are the same share one shape (see [`SCRIPT`]).
+/// would allocate every key and argument on its own first).
 fn command(script: &Script, batch: &[Job]) -> redis::Cmd {
-    // Each shape's first request, and each request's shape (1-based).
-    let mut shapes: SmallVec<[usize; 8]> = SmallVec::new();
-    let mut shape_of: SmallVec<[usize; MAX_REQUESTS]> = SmallVec::new();
-    for (i, job) in batch.iter().enumerate() {
-        let same = shapes
-            .iter()
-            .enumerate()
-            .rev()
-            .take(SHAPES_SEARCHED)
-            .find(|(_, first)| batch[**first].args == job.args);
-        let shape = match same {
-            Some((shape, _)) => shape,
-            None => {
-                shapes.push(i);
-                shapes.len() - 1
-            }
-        };
-        shape_of.push(shape + 1);
-    }
     let keys: usize = batch.iter().map(|job| job.keys.len()).sum();
-    let shape_keys: usize = shapes.iter().map(|&first| batch[first].args.len()).sum();
-    // Every argument and its bytes (at most 20 digits a number), so nothing grows on the way.
-    let args = 5 + keys + shapes.len() + shape_keys * MAX_KEY_ARGS + batch.len();
+    // At most every argument and its bytes (20 digits a number), so nothing grows on the way.
+    let args = 5 + keys + batch.len() + keys * (1 + MAX_KEY_ARGS);
     let bytes = 64
         + batch
             .iter()
@@ -124,18 +99,11 @@ fn command(script: &Script, batch: &[Job]) -> redis::Cmd {
     for key in batch.iter().flat_map(|job| &job.keys) {
         cmd.arg(key.as_slice());
     }
-    cmd.arg(shapes.len());
-    for &first in &shapes {
-        let args = &batch[first].args;
-        cmd.arg(args.len());
-        for arg in args.iter().flat_map(KeyArgs::as_slice) {
-            cmd.arg(*arg);
-        }
-    }
-    cmd.arg(batch.len());
-    for shape in shape_of {
-        cmd.arg(shape);
-    }
+    let requests: SmallVec<[&[KeyArgs]; MAX_REQUESTS]> =
+        batch.iter().map(|job| job.args.as_slice()).collect();
+    write_argv(&requests, |n| {
+        cmd.arg(n);
+    });
     cmd
 }
 

@@ -362,6 +362,44 @@ impl From<BackendError> for StoreError {
     }
 }
 
+/// How many of the latest shapes a request's arguments are compared with before it gets a
+/// shape of its own: bounds the search, since a call's requests mostly share one or two.
+const SHAPES_SEARCHED: usize = 8;
+
+/// Gives `arg`, in order, the ARGV of [`SCRIPT`] for `requests` (each its keys' arguments):
+/// requests whose keys' arguments are the same share one shape.
+pub fn write_argv(requests: &[&[KeyArgs]], mut arg: impl FnMut(u64)) {
+    // Each shape's first request, and each request's shape (1-based).
+    let mut shapes: SmallVec<[usize; 8]> = SmallVec::new();
+    let mut shape_of: SmallVec<[u64; 128]> = SmallVec::new();
+    for (i, keys) in requests.iter().enumerate() {
+        let same = shapes
+            .iter()
+            .enumerate()
+            .rev()
+            .take(SHAPES_SEARCHED)
+            .find(|(_, first)| requests[**first] == *keys);
+        let shape = match same {
+            Some((shape, _)) => shape,
+            None => {
+                shapes.push(i);
+                shapes.len() - 1
+            }
+        };
+        shape_of.push(shape as u64 + 1);
+    }
+    arg(shapes.len() as u64);
+    for &first in &shapes {
+        let keys = requests[first];
+        arg(keys.len() as u64);
+        for &number in keys.iter().flat_map(KeyArgs::as_slice) {
+            arg(number);
+        }
+    }
+    arg(requests.len() as u64);
+    shape_of.into_iter().for_each(arg);
+}
+
 /// How many numbers [`SCRIPT`] answers for a key whose ARGV are `args`.
 pub fn width(args: &KeyArgs) -> usize {
     match args.algorithm() {
