@@ -34,7 +34,7 @@ use tokio::sync::{OnceCell, mpsc, oneshot};
 
 use super::algorithm::{SlidingCounts, Standing};
 use super::redis_batcher::{self, Job};
-use super::redis_script::{Answer, KeyArgs, SCRIPT, write_argv};
+use super::redis_script::{Answer, KeyArgs, SCRIPT, numbers, write_argv};
 use super::store::{Batch, Count, CounterStore, Counting, Counts, Increment, StoreError, is_over};
 
 pub use super::redis_script::BackendError;
@@ -458,8 +458,8 @@ impl RedisStore {
         write_argv(&[&args], |n| {
             invocation.arg(n);
         });
-        let reply: Vec<i64> = invocation.invoke_async(connection).await?;
-        Answer::read(&reply, &args).0
+        let reply: Vec<u8> = invocation.invoke_async(connection).await?;
+        Answer::read(&numbers(&reply)?, &args).0
     }
 
     async fn take_back(

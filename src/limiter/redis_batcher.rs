@@ -14,7 +14,9 @@ use smallvec::SmallVec;
 use tokio::sync::{mpsc, oneshot};
 
 use super::redis::RedisKey;
-use super::redis_script::{Answer, BackendError, KeyArgs, MAX_KEY_ARGS, SCRIPT, write_argv};
+use super::redis_script::{
+    Answer, BackendError, KeyArgs, MAX_KEY_ARGS, SCRIPT, numbers, write_argv,
+};
 
 /// The most requests in one call: bounds the script's run time, during which Redis serves
 /// nobody else.
@@ -112,7 +114,7 @@ async fn call(
     script: &Script,
     connection: &mut ConnectionManager,
     batch: &[Job],
-) -> redis::RedisResult<Vec<i64>> {
+) -> redis::RedisResult<Vec<u8>> {
     let cmd = command(script, batch);
     match cmd.query_async(connection).await {
         Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
@@ -132,17 +134,19 @@ async fn send(script: &Script, connection: &mut ConnectionManager, batch: &mut V
                 "no answer within the call timeout",
             )))
         });
-    match reply {
-        Ok(reply) => {
-            let mut rest = reply.as_slice();
+    let numbers = reply
+        .map_err(|error| error.to_string())
+        .and_then(|reply| numbers(&reply).map_err(|error| error.to_string()));
+    match numbers {
+        Ok(numbers) => {
+            let mut rest = numbers.as_slice();
             for job in batch.drain(..) {
                 let (answer, used) = Answer::read(rest, &job.args);
                 rest = rest.get(used..).unwrap_or_default();
                 let _ = job.reply.send(answer);
             }
         }
-        Err(error) => {
-            let message = error.to_string();
+        Err(message) => {
             for job in batch.drain(..) {
                 let _ = job.reply.send(Err(BackendError::Batch(message.clone())));
             }
