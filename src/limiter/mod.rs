@@ -13,7 +13,8 @@
 //! [`RedisStore`] wrapped in its failure policy ([`Shared`], see [`OnBackendError`]). Both keep
 //! the store contract ([`store`]): the same [`Batch`] in, the same counts out, so the decision
 //! around them does not change. A decision is one path, plan → count → conclude; in memory the
-//! count is made at once ([`Limiter::decide_now`]), with Redis it is awaited.
+//! count is made at once ([`Limiter::decide_now`]), with Redis it is awaited (unless the local
+//! over-limit cache refuses at once).
 
 pub mod algorithm;
 mod arrivals;
@@ -242,8 +243,9 @@ impl Limiter {
             .await
     }
 
-    /// [`Limiter::decide_observed`] at once, in memory mode, where nothing waits (no future
-    /// is made); `None` in Redis mode.
+    /// [`Limiter::decide_observed`] at once, where nothing waits (no future is made): in memory
+    /// mode always; in Redis mode when the local over-limit cache refuses the request, else
+    /// `None` (ask Redis, with [`Limiter::decide_observed`]).
     pub fn decide_now(
         &self,
         rules: &RuleSet,
@@ -251,16 +253,27 @@ impl Limiter {
         now: Duration,
         observe: impl FnMut(&Limit, &[(&str, &str)], WindowOutcome),
     ) -> Option<Result<Decision, StoreError>> {
-        let Store::Memory(store) = &self.store else {
-            return None;
-        };
         let Some(applied) = applied(rules, request) else {
             return Some(Ok(Decision::unknown_domain(request.descriptors.len())));
         };
         let plan = Plan::new(&applied, request, now, self.default_algorithm);
-        let (admitted, counts) = store.apply(&plan.batch);
-        let counted = Counted::Counts(admitted, counts);
+        let counted = match &self.store {
+            Store::Memory(store) => {
+                let (admitted, counts) = store.apply(&plan.batch);
+                Counted::Counts(admitted, counts)
+            }
+            Store::Redis(shared) => shared.cached_refusal(&plan.batch, rules.generation())?,
+        };
         Some(Ok(plan.conclude(request, counted, observe)))
+    }
+
+    /// Whether Redis's refusals are cached here, so that [`Limiter::decide_now`] may refuse
+    /// at once in Redis mode.
+    pub fn caches_refusals(&self) -> bool {
+        match &self.store {
+            Store::Memory(_) => false,
+            Store::Redis(shared) => shared.caches_refusals(),
+        }
     }
 
     /// [`Limiter::decide`], telling `observe` what each counted window saw.

@@ -93,6 +93,11 @@ impl OverLimitCache {
         }
     }
 
+    /// Whether it holds anything ever (`--local-cache-bytes` above 0).
+    pub fn is_on(&self) -> bool {
+        self.entries.is_some()
+    }
+
     /// Entries held now.
     pub fn len(&self) -> usize {
         self.entries.as_ref().map_or(0, Cache::len)

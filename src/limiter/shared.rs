@@ -366,9 +366,8 @@ impl Shared {
         generation: u64,
     ) -> Result<Counted, StoreError> {
         let tags = tags_of(batch);
-        if let Some(counts) = self.cache.refusal(batch, &tags, generation) {
-            self.state.cached.fetch_add(1, Ordering::Relaxed);
-            return Ok(Counted::Cached(counts));
+        if let Some(refused) = self.refused_here(batch, &tags, generation) {
+            return Ok(refused);
         }
         if self.state.should_try() {
             match self.ask_redis(batch, &tags).await {
@@ -397,6 +396,23 @@ impl Shared {
             OnBackendError::Allow => Ok(Counted::Allowed),
             OnBackendError::Deny => Ok(Counted::Denied),
         }
+    }
+
+    /// The local over-limit cache's refusal of `batch` (under the rules of `generation`), if it
+    /// knows one: what [`Shared::count`] answers without a call.
+    pub(super) fn cached_refusal(&self, batch: &Batch, generation: u64) -> Option<Counted> {
+        self.refused_here(batch, &tags_of(batch), generation)
+    }
+
+    fn refused_here(&self, batch: &Batch, tags: &[Tag], generation: u64) -> Option<Counted> {
+        let counts = self.cache.refusal(batch, tags, generation)?;
+        self.state.cached.fetch_add(1, Ordering::Relaxed);
+        Some(Counted::Cached(counts))
+    }
+
+    /// Whether refusals are cached here (`--local-cache-bytes` above 0).
+    pub fn caches_refusals(&self) -> bool {
+        self.cache.is_on()
     }
 
     /// Redis's answer for `batch`, its failure recorded. A call that misses the timeout while

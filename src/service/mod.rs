@@ -7,6 +7,7 @@
 //! decides what a failure means at the edge.
 
 mod live;
+mod recent_refusals;
 pub mod request;
 pub mod response;
 
@@ -22,6 +23,7 @@ use crate::explain;
 use crate::limiter::{Decision, Limiter, Request, StoreError, WindowOutcome, clock};
 use crate::rules::Limit;
 pub use live::{LiveRules, Snapshot};
+use recent_refusals::RecentRefusals;
 pub use response::{Answer, DEFAULT_OVER_LIMIT_BODY, HeaderStyle, ResponseSettings};
 
 /// The largest request accepted, in bytes, over gRPC and `/json` alike: more than 256
@@ -38,6 +40,8 @@ pub struct RlsService {
     record: bool,
     /// `--shadow-mode`: every answer is OK; limits are counted and reported as if enforced.
     shadow_mode: bool,
+    /// In Redis mode: the requests refused lately, which the local cache may refuse at once.
+    recent_refusals: RecentRefusals,
 }
 
 impl RlsService {
@@ -48,6 +52,7 @@ impl RlsService {
             settings: Arc::new(settings),
             record: true,
             shadow_mode: false,
+            recent_refusals: RecentRefusals::new(),
         }
     }
 
@@ -77,7 +82,8 @@ impl RlsService {
 
     /// Decides one encoded `RateLimitRequest`, counting wherever the limiter counts: the one
     /// entry point, for gRPC and `/json` alike. In memory the answer is made at once, with no
-    /// future; with Redis it comes later, from a future that waits for Redis.
+    /// future; with Redis it comes later, from a future that waits for Redis, unless the same
+    /// bytes were refused lately and the local over-limit cache refuses them again.
     ///
     /// At debug level, each decision is a span with the domain and the outcome (never a
     /// descriptor value: API keys are secrets).
@@ -176,13 +182,17 @@ impl RlsService {
             .instrument(span.clone())
             .await;
         let _entered = span.enter();
-        self.finish(decision, started, &span)
+        let answer = self.finish(decision, started, &span);
+        if matches!(&answer, Ok(a) if a.decision().over_limit) && self.limiter.caches_refusals() {
+            self.recent_refusals.remember(message);
+        }
+        answer
     }
 
-    /// The decision at once, when counting in memory (where nothing waits); `None` when
-    /// counting in Redis.
+    /// The decision at once, where nothing waits: counting in memory, or a request refused
+    /// lately that the local over-limit cache refuses again; `None`: ask Redis.
     fn decide_now(&self, message: &[u8], arrived: Instant) -> Option<Result<Answer, Status>> {
-        if self.limiter.counts_in_redis() {
+        if self.limiter.counts_in_redis() && !self.recent_refusals.contains(message) {
             return None;
         }
         let started = self.record.then_some(arrived);
@@ -193,13 +203,16 @@ impl RlsService {
         let span = decision_span(&request);
         let _entered = span.enter();
         let snapshot = self.rules.load();
-        // `None` only in Redis mode, which returned above.
-        let decision = self.limiter.decide_now(
-            &snapshot.rules,
-            &request,
-            now,
-            |limit, entries, outcome| self.record_window(&snapshot, limit, entries, outcome),
-        )?;
+        let Some(decision) =
+            self.limiter
+                .decide_now(&snapshot.rules, &request, now, |limit, entries, outcome| {
+                    self.record_window(&snapshot, limit, entries, outcome)
+                })
+        else {
+            // Redis mode, and the cache does not refuse it (any more).
+            self.recent_refusals.forget(message);
+            return None;
+        };
         Some(self.finish(decision, started, &span))
     }
 
