@@ -158,11 +158,10 @@ local function numbers_of(key, at)
   return x, y, z
 end
 
--- Per shape, where each of its keys' arguments start; per key (by where its arguments start),
--- what they say, read once a call rather than once a request: whether it is a fixed window,
--- enforced, its hits and limit, and how many numbers it answers.
+-- Per shape, where each of its keys' arguments start; the numbers of its keys' arguments, read
+-- once a call rather than once a request (in one table: tables cost Redis at each call).
 local shapes = {}
-local fixed, enforced, hits_of, limit_of, width = {}, {}, {}, {}, {}
+local num = {}
 local a = 2
 for s = 1, tonumber(ARGV[1]) do
   local starts = {}
@@ -170,17 +169,7 @@ for s = 1, tonumber(ARGV[1]) do
     a = a + 1
     starts[i] = a
     local kind = tonumber(ARGV[a])
-    fixed[a] = kind < 2
-    enforced[a] = kind % 2 == 1
-    hits_of[a] = tonumber(ARGV[a + 1])
-    limit_of[a] = tonumber(ARGV[a + 2])
-    if kind < 2 then
-      width[a] = 1
-    elseif kind < 4 then
-      width[a] = 3
-    else
-      width[a] = 2
-    end
+    num[a], num[a + 1], num[a + 2] = kind, tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
     if kind >= 4 then
       a = a + 4
     else
@@ -206,9 +195,10 @@ for r = 1, tonumber(ARGV[a]) do
   for i = 1, n do
     local at = ats[i]
     local key = KEYS[k + i]
-    local hits = hits_of[at]
+    local kind = num[at]
+    local hits = num[at + 1]
     local over
-    if fixed[at] then
+    if kind < 2 then
       -- `store::is_over`, written out (a Lua call costs): this is most of what Redis runs.
       local value
       if hits > 0 then
@@ -220,14 +210,14 @@ for r = 1, tonumber(ARGV[a]) do
         if value == hits then
           redis.call('PEXPIRE', key, ARGV[at + 3])
         end
-        over = value > limit_of[at]
+        over = value > num[at + 2]
       else
         value = read(key)
         if value == nil then
           failed = true
           break
         end
-        over = value >= limit_of[at]
+        over = value >= num[at + 2]
       end
       xs[i] = value
     else
@@ -235,7 +225,7 @@ for r = 1, tonumber(ARGV[a]) do
       local raw = redis.pcall('GET', key)
       local fits, x, y, z, store, ttl
       if type(raw) ~= 'table' then
-        fits, x, y, z, store, ttl = refill(raw, at, hits, enforced[at])
+        fits, x, y, z, store, ttl = refill(raw, at, hits, kind % 2 == 1)
       end
       if fits == nil then
         failed = true
@@ -249,7 +239,7 @@ for r = 1, tonumber(ARGV[a]) do
       over = not fits
     end
     counted = i
-    if over and enforced[at] then
+    if over and kind % 2 == 1 then
       first_over = i
       break
     end
@@ -259,8 +249,8 @@ for r = 1, tonumber(ARGV[a]) do
     for j = 1, upto do
       local at = ats[j]
       local key = KEYS[k + j]
-      if fixed[at] then
-        if hits_of[at] > 0 then
+      if num[at] < 2 then
+        if num[at + 1] > 0 then
           xs[j] = redis.pcall('DECRBY', key, ARGV[at + 1])
         end
       elseif olds[j] ~= nil then
@@ -282,13 +272,13 @@ for r = 1, tonumber(ARGV[a]) do
   else
     out[o] = first_over
     for i = 1, n do
-      local w = width[ats[i]]
+      local kind = num[ats[i]]
       o = o + 1
       out[o] = xs[i]
-      if w > 1 then
+      if kind >= 2 then
         o = o + 1
         out[o] = ys[i]
-        if w > 2 then
+        if kind < 4 then
           o = o + 1
           out[o] = zs[i]
         end
