@@ -267,12 +267,12 @@ impl Limiter {
         Some(Ok(plan.conclude(request, counted, observe)))
     }
 
-    /// Whether Redis's refusals are cached here, so that [`Limiter::decide_now`] may refuse
-    /// at once in Redis mode.
-    pub fn caches_refusals(&self) -> bool {
+    /// How many counters Redis's refusals are cached for here, at most (0: none, and in memory
+    /// mode): in Redis mode, [`Limiter::decide_now`] may refuse at once from that cache.
+    pub fn refusal_cache_capacity(&self) -> usize {
         match &self.store {
-            Store::Memory(_) => false,
-            Store::Redis(shared) => shared.caches_refusals(),
+            Store::Memory(_) => 0,
+            Store::Redis(shared) => shared.cache_capacity(),
         }
     }
 

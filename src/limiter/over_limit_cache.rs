@@ -93,9 +93,11 @@ impl OverLimitCache {
         }
     }
 
-    /// Whether it holds anything ever (`--local-cache-bytes` above 0).
-    pub fn is_on(&self) -> bool {
-        self.entries.is_some()
+    /// How many entries it holds at most (0: off).
+    pub fn capacity(&self) -> usize {
+        self.entries
+            .as_ref()
+            .map_or(0, |e| usize::try_from(e.capacity()).unwrap_or(usize::MAX))
     }
 
     /// Entries held now.

@@ -410,9 +410,9 @@ impl Shared {
         Some(Counted::Cached(counts))
     }
 
-    /// Whether refusals are cached here (`--local-cache-bytes` above 0).
-    pub fn caches_refusals(&self) -> bool {
-        self.cache.is_on()
+    /// How many counters the local over-limit cache holds at most (0: off).
+    pub fn cache_capacity(&self) -> usize {
+        self.cache.capacity()
     }
 
     /// Redis's answer for `batch`, its failure recorded. A call that misses the timeout while

@@ -46,13 +46,14 @@ pub struct RlsService {
 
 impl RlsService {
     pub fn new(rules: Arc<LiveRules>, limiter: Arc<Limiter>, settings: ResponseSettings) -> Self {
+        let recent_refusals = RecentRefusals::for_cache(limiter.refusal_cache_capacity());
         RlsService {
             rules,
             limiter,
             settings: Arc::new(settings),
             record: true,
             shadow_mode: false,
-            recent_refusals: RecentRefusals::new(),
+            recent_refusals,
         }
     }
 
@@ -183,7 +184,7 @@ impl RlsService {
             .await;
         let _entered = span.enter();
         let answer = self.finish(decision, started, &span);
-        if matches!(&answer, Ok(a) if a.decision().over_limit) && self.limiter.caches_refusals() {
+        if matches!(&answer, Ok(a) if a.decision().over_limit) && self.recent_refusals.is_on() {
             self.recent_refusals.remember(message);
         }
         answer
