@@ -6,7 +6,7 @@
 //! refusal), so every request keeps its all-or-nothing rule; what is shared is the cost of the
 //! call, in Redis (a script call has a fixed cost well above its commands') and in ratelimitd
 //! (one command, one write, one read for the lot). Under light load a batch holds one request
-//! and waits for company only one turn of the scheduler.
+//! and waits for company only two turns of the scheduler.
 
 use redis::aio::ConnectionManager;
 use redis::{ErrorKind, Script, ServerErrorKind};
@@ -23,7 +23,11 @@ use super::redis_script::{
 const MAX_REQUESTS: usize = 128;
 
 /// The most turns the batcher gives other tasks to queue their decisions before it sends.
-const MAX_YIELDS: usize = 3;
+const MAX_YIELDS: usize = 4;
+
+/// Turns in a row that bring nothing after which it sends: one empty turn is often followed by
+/// a full one (the next requests were still on their way in), so it takes two.
+const EMPTY_TURNS: usize = 2;
 
 /// The longest one call may take before its decisions are told it failed (each decision gave
 /// up long before, after `--backend-timeout-ms`): a Redis that stopped answering must not stall
@@ -59,7 +63,8 @@ async fn run(mut connection: ConnectionManager, mut queue: mpsc::Receiver<Job>) 
         // The decision that woke this task usually arrived with others (one read of Envoy's
         // connection carries several requests), whose tasks are ready to run. Tokio runs the
         // task it woke last first, so this one would run right after that decision's and send
-        // it alone: let the others queue theirs, and again while each turn brings more.
+        // it alone: let the others queue theirs, and again until two turns in a row bring none.
+        let mut empty_turns = 0;
         for _ in 0..MAX_YIELDS {
             tokio::task::yield_now().await;
             let before = batch.len();
@@ -69,7 +74,12 @@ async fn run(mut connection: ConnectionManager, mut queue: mpsc::Receiver<Job>) 
                     Err(_) => break,
                 }
             }
-            if batch.len() == before || batch.len() == MAX_REQUESTS {
+            empty_turns = if batch.len() == before {
+                empty_turns + 1
+            } else {
+                0
+            };
+            if empty_turns == EMPTY_TURNS || batch.len() == MAX_REQUESTS {
                 break;
             }
         }
