@@ -144,12 +144,12 @@ async fn send(script: &Script, connection: &mut ConnectionManager, batch: &mut V
                 "no answer within the call timeout",
             )))
         });
-    let numbers = reply
+    let read = reply
         .map_err(|error| error.to_string())
         .and_then(|reply| numbers(&reply).map_err(|error| error.to_string()));
-    match numbers {
-        Ok(numbers) => {
-            let mut rest = numbers.as_slice();
+    match read {
+        Ok(all) => {
+            let mut rest = all.as_slice();
             for job in batch.drain(..) {
                 let (answer, used) = Answer::read(rest, &job.args);
                 rest = rest.get(used..).unwrap_or_default();
