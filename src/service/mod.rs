@@ -184,7 +184,7 @@ impl RlsService {
             .await;
         let _entered = span.enter();
         let answer = self.finish(decision, started, &span);
-        if matches!(&answer, Ok(a) if a.decision().over_limit) && self.recent_refusals.is_on() {
+        if matches!(&answer, Ok(a) if a.decision().over_limit) {
             self.recent_refusals.remember(message);
         }
         answer

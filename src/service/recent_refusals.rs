@@ -39,18 +39,13 @@ impl RecentRefusals {
         }
     }
 
-    /// Whether it keeps hints at all (a cache is on).
-    pub fn is_on(&self) -> bool {
-        !self.slots.is_empty()
-    }
-
     /// Whether `message` was refused lately (and not found admitted since).
     pub fn contains(&self, message: &[u8]) -> bool {
         self.place(message)
             .is_some_and(|(slot, print)| slot.load(Ordering::Relaxed) == print)
     }
 
-    /// `message` was refused.
+    /// `message` was refused (nothing, when there is no cache).
     pub fn remember(&self, message: &[u8]) {
         if let Some((slot, print)) = self.place(message) {
             slot.store(print, Ordering::Relaxed);
@@ -114,7 +109,7 @@ mod tests {
     #[test]
     fn nothing_is_hinted_when_there_is_no_cache() {
         let hints = RecentRefusals::for_cache(0);
-        assert!(!hints.is_on());
+        assert!(hints.slots.is_empty());
         hints.remember(b"refused");
         assert!(!hints.contains(b"refused"));
     }
