@@ -579,21 +579,29 @@ pub fn tags_of(batch: &Batch) -> SmallVec<[Tag; 2]> {
 
 /// `{H}S:I`, `{H}S:s` or `{H}S:b` after `prefix`: see the module documentation.
 fn redis_key(prefix: &str, tag: &Tag, inc: &Increment) -> RedisKey {
-    let mut key = RedisKey::new();
-    key.extend_from_slice(prefix.as_bytes());
-    key.extend_from_slice(tag);
-    let mut number = itoa::Buffer::new();
-    key.extend_from_slice(number.format(inc.window_seconds).as_bytes());
-    key.push(b':');
+    let mut seconds = itoa::Buffer::new();
+    let seconds = seconds.format(inc.window_seconds).as_bytes();
+    let mut index = itoa::Buffer::new();
     // A refill counter's key lives as long as it weighs, whatever the window number.
-    match inc.counting {
-        Counting::Fixed => {
-            key.extend_from_slice(number.format(inc.window_index % 100).as_bytes());
-        }
-        Counting::Sliding => key.push(b's'),
-        Counting::Bucket { .. } => key.push(b'b'),
+    let last: &[u8] = match inc.counting {
+        Counting::Fixed => index.format(inc.window_index % 100).as_bytes(),
+        Counting::Sliding => b"s",
+        Counting::Bucket { .. } => b"b",
+    };
+    let parts = [prefix.as_bytes(), tag, seconds, b":", last];
+    let len: usize = parts.iter().map(|part| part.len()).sum();
+    let mut inline = [0u8; 32];
+    let Some(place) = inline.get_mut(..len) else {
+        // Only a long `--redis-key-prefix` makes a key this long.
+        return parts.concat().into();
+    };
+    // Every key without a prefix: written in place, no growing.
+    let mut at = 0;
+    for part in parts {
+        place[at..at + part.len()].copy_from_slice(part);
+        at += part.len();
     }
-    key
+    RedisKey::from_buf_and_len(inline, len)
 }
 
 fn tag_of(counter_key: &[u8]) -> Tag {
@@ -671,6 +679,45 @@ mod tests {
             a[..18],
             key("customer-1", 3600, 498_853)[..18],
             "one slot per descriptor"
+        );
+    }
+
+    #[test]
+    fn keys_take_the_prefix_and_the_refill_forms_whatever_their_length() {
+        let batch = Batch {
+            keys: smallvec::smallvec![CounterKey::new("d", [("k", "v")].into_iter())],
+            increments: Default::default(),
+        };
+        let tag = tags_of(&batch)[0];
+        let tag = std::str::from_utf8(&tag).unwrap();
+        let key = |prefix: &str, seconds: u32, counting: Counting| {
+            let inc = Increment {
+                key: 0,
+                window_seconds: seconds,
+                window_index: 1_234,
+                expires_in_ms: 1_000,
+                requests_per_unit: 60,
+                hits: 1,
+                enforced: true,
+                counting,
+                now_us: 0,
+            };
+            let tags = tags_of(&batch);
+            String::from_utf8(redis_key(prefix, &tags[0], &inc).to_vec()).unwrap()
+        };
+        assert_eq!(key("", 60, Counting::Fixed), format!("{tag}60:34"));
+        assert_eq!(key("", 1, Counting::Sliding), format!("{tag}1:s"));
+        let longest = key("", u32::MAX, Counting::Fixed);
+        assert_eq!(longest, format!("{tag}4294967295:34"));
+        assert_eq!(longest.len(), 31, "inline, as every key without a prefix");
+        assert_eq!(
+            key("rl_", 60, Counting::Bucket { burst: 5 }),
+            format!("rl_{tag}60:b")
+        );
+        let prefix = "a-prefix-long-enough-to-need-the-heap_";
+        assert_eq!(
+            key(prefix, 3_600, Counting::Fixed),
+            format!("{prefix}{tag}3600:34")
         );
     }
 }
