@@ -688,8 +688,8 @@ mod tests {
             keys: smallvec::smallvec![CounterKey::new("d", [("k", "v")].into_iter())],
             increments: Default::default(),
         };
-        let tag = tags_of(&batch)[0];
-        let tag = std::str::from_utf8(&tag).unwrap();
+        let tags = tags_of(&batch);
+        let tag = std::str::from_utf8(&tags[0]).unwrap();
         let key = |prefix: &str, seconds: u32, counting: Counting| {
             let inc = Increment {
                 key: 0,
@@ -702,7 +702,6 @@ mod tests {
                 counting,
                 now_us: 0,
             };
-            let tags = tags_of(&batch);
             String::from_utf8(redis_key(prefix, &tags[0], &inc).to_vec()).unwrap()
         };
         assert_eq!(key("", 60, Counting::Fixed), format!("{tag}60:34"));
