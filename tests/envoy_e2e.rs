@@ -252,7 +252,13 @@ fn the_default_bucket_admits_60_then_429_with_headers_retry_after_and_the_json_b
     for (i, s) in seen[..60].iter().enumerate() {
         let expected_status = if i % 4 == 3 { 500 } else { 200 };
         assert_eq!(s.status, expected_status, "request {}: {s:?}", i + 1);
-        assert_eq!(s.header("ratelimit-limit"), Some("60"), "request {}", i + 1);
+        assert_eq!(
+            s.header("ratelimit-limit"),
+            Some("60"),
+            "request {}: {s:?}\nEnvoy's rate-limit stats:\n{}",
+            i + 1,
+            trio.envoy.ratelimit_stats()
+        );
         let remaining = s.number("ratelimit-remaining");
         let reset = s.number("ratelimit-reset");
         match algorithm() {

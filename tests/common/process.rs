@@ -294,6 +294,8 @@ pub struct Envoy {
     _dir: tempfile::TempDir,
     /// The API listener, `127.0.0.1:PORT`.
     pub addr: String,
+    /// The admin listener, `127.0.0.1:PORT`.
+    admin: String,
 }
 
 impl Envoy {
@@ -383,6 +385,25 @@ impl Envoy {
             _process: process,
             _dir: dir,
             addr,
+            admin,
+        }
+    }
+
+    /// Envoy's rate-limit counters that are not 0 (`/stats?filter=ratelimit`): why a response
+    /// came without ratelimitd's headers (a timeout, an error, fail-open), for a failing test's
+    /// message.
+    pub fn ratelimit_stats(&self) -> String {
+        let url = format!("http://{}/stats?filter=ratelimit&usedonly", self.admin);
+        match http_agent().get(url).call() {
+            Ok(mut response) => response
+                .body_mut()
+                .read_to_string()
+                .unwrap_or_default()
+                .lines()
+                .filter(|line| !line.ends_with(": 0"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            Err(error) => format!("(Envoy's stats unreadable: {error})"),
         }
     }
 }
