@@ -128,6 +128,11 @@ struct RunArgs {
     /// Seconds of unmeasured load before measuring.
     #[arg(long, default_value_t = 1.0)]
     warmup: f64,
+    /// Open loop: send this many requests a second in all, each worker on its own schedule,
+    /// whatever the answers' pace (as Envoy sends for independent clients), instead of a new
+    /// request as soon as an answer comes. `--in-flight` workers bound what is outstanding.
+    #[arg(long)]
+    rate: Option<f64>,
 }
 
 #[derive(clap::Args)]
@@ -243,22 +248,32 @@ async fn run(args: RunArgs) -> Result<Value, Box<dyn std::error::Error>> {
     let measure_from = start + warmup;
     let until = measure_from + measure;
     let counts = Arc::new(Counts::default());
-    let mut workers = Vec::with_capacity(args.in_flight);
-    for w in 0..args.in_flight {
+    let (rate, workers) = (args.rate, args.in_flight.max(1));
+    let mut handles = Vec::with_capacity(workers);
+    for w in 0..workers {
         let mut client = LeanClient::new(channels[w % channels.len()].clone());
         let keys = Arc::clone(&keys);
         let counts = Arc::clone(&counts);
-        workers.push(tokio::spawn(async move {
+        handles.push(tokio::spawn(async move {
             let mut latencies =
                 Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
             // A small xorshift per worker: uniform keys without a shared RNG.
             let mut state =
                 0x9E37_79B9_7F4A_7C15_u64 ^ (w as u64 + 1).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            // With `--rate`, this worker's k-th request is due at `start + (k * workers + w) /
+            // rate`; a worker behind its schedule sends at once.
+            let interval = rate.map(|rate| Duration::from_secs_f64(workers as f64 / rate));
+            let mut due =
+                start + interval.map_or(Duration::ZERO, |i| i.mul_f64(w as f64 / workers as f64));
             loop {
                 state ^= state << 13;
                 state ^= state >> 7;
                 state ^= state << 17;
                 let key = &keys[(state % keys.len() as u64) as usize];
+                if let Some(interval) = interval {
+                    tokio::time::sleep_until(due.into()).await;
+                    due += interval;
+                }
                 let sent = Instant::now();
                 if sent >= until {
                     break;
@@ -281,8 +296,8 @@ async fn run(args: RunArgs) -> Result<Value, Box<dyn std::error::Error>> {
         }));
     }
     let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    for worker in workers {
-        let latencies = worker.await??;
+    for handle in handles {
+        let latencies = handle.await??;
         all.add(&latencies)?;
     }
     let (ok, over, errors) = (
