@@ -224,6 +224,12 @@ struct Counts {
 }
 
 async fn run(args: RunArgs) -> Result<Value, Box<dyn std::error::Error>> {
+    if args
+        .rate
+        .is_some_and(|rate| !(rate.is_finite() && rate > 0.0))
+    {
+        return Err("--rate: a positive number of requests a second".into());
+    }
     let channels = connect(&args.addr, args.connections.max(1)).await?;
     // Each key's request, encoded once (see `support/lean_client.rs`).
     let keys: Arc<Vec<Bytes>> = Arc::new(if args.hot {
