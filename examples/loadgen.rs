@@ -226,9 +226,9 @@ struct Counts {
 async fn run(args: RunArgs) -> Result<Value, Box<dyn std::error::Error>> {
     if args
         .rate
-        .is_some_and(|rate| !(rate.is_finite() && rate > 0.0))
+        .is_some_and(|rate| !(rate.is_finite() && rate >= 1.0))
     {
-        return Err("--rate: a positive number of requests a second".into());
+        return Err("--rate: at least 1 request a second".into());
     }
     let channels = connect(&args.addr, args.connections.max(1)).await?;
     // Each key's request, encoded once (see `support/lean_client.rs`).
@@ -277,6 +277,9 @@ async fn run(args: RunArgs) -> Result<Value, Box<dyn std::error::Error>> {
                 state ^= state << 17;
                 let key = &keys[(state % keys.len() as u64) as usize];
                 if let Some(interval) = interval {
+                    if due >= until {
+                        break;
+                    }
                     tokio::time::sleep_until(due.into()).await;
                     due += interval;
                 }
